@@ -1,0 +1,524 @@
+//! Configuration: the TOML file, overridden by flags and `STATECAR_*` environment variables.
+//!
+//! Everything is validated at start so that a bad deployment fails at once with one line that
+//! names the field, instead of misbehaving under load later.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::protocol::Limits;
+use crate::state::rules::{Rule, RuleConfig, Rules};
+use crate::upstream::url::UpstreamUrl;
+
+/// A configuration problem, always naming the field.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// Which file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not fit the schema.
+    #[error("config file {path}: {field}: {message}")]
+    Parse {
+        /// Which file.
+        path: String,
+        /// Dotted path of the offending field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value parsed but makes no sense.
+    #[error("config: {field}: {message}")]
+    Invalid {
+        /// Dotted path of the offending field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.to_string(),
+        message: message.into(),
+    }
+}
+
+/// The TOML file as written.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Client listener address.
+    pub listen: Option<String>,
+    /// The Redis behind the proxy.
+    #[serde(default)]
+    pub upstream: UpstreamSection,
+    /// Limits on client input and buffering.
+    #[serde(default)]
+    pub limits: LimitsSection,
+    /// Optional authentication for the sidecar itself.
+    #[serde(default)]
+    pub auth: AuthSection,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogSection,
+    /// Process-level settings.
+    #[serde(default)]
+    pub server: ServerSection,
+    /// Metrics and health endpoints.
+    #[serde(default)]
+    pub metrics: MetricsSection,
+    /// State-key rules, first match wins.
+    #[serde(default)]
+    pub state: Vec<RuleConfig>,
+}
+
+/// `[upstream]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamSection {
+    /// `redis://[user:password@]host:port[/db]`
+    pub url: String,
+    /// Shared, pipelined connections per (db, protocol).
+    pub max_connections: usize,
+    /// Dedicated connections for transactions, pub/sub and blocking commands, in all.
+    pub max_leased_connections: usize,
+    /// Reply deadline for non-blocking commands.
+    pub timeout_ms: u64,
+    /// TCP connect plus handshake deadline.
+    pub connect_timeout_ms: u64,
+    /// Retry a read-only command once when its connection failed before it was answered.
+    pub retry_on_timeout: bool,
+    /// TCP keepalive interval; 0 disables.
+    pub keepalive_s: u64,
+}
+
+impl Default for UpstreamSection {
+    fn default() -> Self {
+        UpstreamSection {
+            url: "redis://127.0.0.1:6379".into(),
+            max_connections: 8,
+            max_leased_connections: 256,
+            timeout_ms: 5000,
+            connect_timeout_ms: 2000,
+            retry_on_timeout: false,
+            keepalive_s: 60,
+        }
+    }
+}
+
+/// `[limits]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Largest bulk string a client may send (Redis: proto-max-bulk-len).
+    pub max_bulk_len: usize,
+    /// Most arguments in one command.
+    pub max_multibulk_len: usize,
+    /// Longest inline command.
+    pub max_inline_len: usize,
+    /// Commands read from one client whose replies are not yet written.
+    pub max_pending_requests: usize,
+    /// Reply bytes held for a client that does not read them before it is disconnected
+    /// (Redis: client-output-buffer-limit).
+    pub max_output_buffer: usize,
+    /// Largest decoded state value (a forged header cannot make us allocate more).
+    pub max_decoded_size: usize,
+    /// Most client connections at once; more are refused with an error.
+    pub max_clients: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        let l = Limits::default();
+        LimitsSection {
+            max_bulk_len: l.max_bulk_len,
+            max_multibulk_len: l.max_multibulk_len,
+            max_inline_len: l.max_inline_len,
+            max_pending_requests: 1024,
+            max_output_buffer: 256 * 1024 * 1024,
+            max_decoded_size: 512 * 1024 * 1024,
+            max_clients: 10_000,
+        }
+    }
+}
+
+/// `[auth]`: a password (default user) and/or named users, as Redis's requirepass and ACL users.
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// Password of the `default` user.
+    pub password: Option<String>,
+    /// Named users.
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+}
+
+/// One `[[auth.users]]` entry.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// User name for `AUTH name password`.
+    pub name: String,
+    /// Its password.
+    pub password: String,
+}
+
+/// `[log]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// error | warn | info | debug | trace, or a tracing filter.
+    pub level: String,
+    /// text | json
+    pub format: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+/// `[server]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// How long SIGTERM waits for in-flight commands before closing connections anyway.
+    pub drain_timeout_s: u64,
+    /// Runtime worker threads; 0 means one per core.
+    pub worker_threads: usize,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            drain_timeout_s: 30,
+            worker_threads: 0,
+        }
+    }
+}
+
+/// `[metrics]`
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Address of the /metrics, /healthz and /readyz listener; absent means off.
+    pub listen: Option<String>,
+}
+
+/// Values given on the command line or in the environment; they win over the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--listen` / STATECAR_LISTEN
+    pub listen: Option<String>,
+    /// `--upstream` / STATECAR_UPSTREAM
+    pub upstream: Option<String>,
+    /// `--upstream-password` / STATECAR_UPSTREAM_PASSWORD
+    pub upstream_password: Option<String>,
+    /// `--metrics-listen` / STATECAR_METRICS_LISTEN
+    pub metrics_listen: Option<String>,
+    /// `--log-level` / STATECAR_LOG_LEVEL
+    pub log_level: Option<String>,
+    /// `--log-format` / STATECAR_LOG_FORMAT
+    pub log_format: Option<String>,
+}
+
+/// The validated configuration the proxy runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Client listener.
+    pub listen: SocketAddr,
+    /// Where Redis is and how to talk to it.
+    pub upstream: UpstreamConfig,
+    /// Client input limits.
+    pub limits: Limits,
+    /// Per-client buffering limits.
+    pub max_pending_requests: usize,
+    /// See [`LimitsSection::max_output_buffer`].
+    pub max_output_buffer: usize,
+    /// See [`LimitsSection::max_decoded_size`].
+    pub max_decoded_size: usize,
+    /// See [`LimitsSection::max_clients`].
+    pub max_clients: usize,
+    /// Sidecar authentication.
+    pub auth: AuthSection,
+    /// Log filter.
+    pub log_level: String,
+    /// Log as JSON lines instead of text.
+    pub log_json: bool,
+    /// SIGTERM drain deadline.
+    pub drain_timeout_s: u64,
+    /// Runtime worker threads (0 = per core).
+    pub worker_threads: usize,
+    /// Metrics listener.
+    pub metrics_listen: Option<SocketAddr>,
+    /// State-key rules.
+    pub rules: Rules,
+}
+
+/// Upstream settings after parsing the URL.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Parsed `upstream.url`.
+    pub url: UpstreamUrl,
+    /// See [`UpstreamSection::max_connections`].
+    pub max_connections: usize,
+    /// See [`UpstreamSection::max_leased_connections`].
+    pub max_leased_connections: usize,
+    /// See [`UpstreamSection::timeout_ms`].
+    pub timeout_ms: u64,
+    /// See [`UpstreamSection::connect_timeout_ms`].
+    pub connect_timeout_ms: u64,
+    /// See [`UpstreamSection::retry_on_timeout`].
+    pub retry_on_timeout: bool,
+    /// See [`UpstreamSection::keepalive_s`].
+    pub keepalive_s: u64,
+}
+
+impl FileConfig {
+    /// Reads and parses a TOML file, reporting the dotted path of a bad field.
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        FileConfig::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses TOML text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<FileConfig, ConfigError> {
+        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            field: line_of(text, e.span()),
+            message: one_line(e.message()),
+        })?;
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = e.path().to_string();
+            let inner = e.into_inner();
+            ConfigError::Parse {
+                path: origin.to_string(),
+                field: if field == "." {
+                    line_of(text, inner.span())
+                } else {
+                    field
+                },
+                message: one_line(inner.message()),
+            }
+        })
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    match span {
+        Some(r) => {
+            let line = text[..r.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}")
+        }
+        None => "(file)".to_string(),
+    }
+}
+
+fn parse_addr(field: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+    s.parse::<SocketAddr>()
+        .map_err(|_| invalid(field, format!("\"{s}\" is not an address like 127.0.0.1:6380")))
+}
+
+fn positive(field: &str, v: u64) -> Result<(), ConfigError> {
+    if v == 0 {
+        return Err(invalid(field, "must be greater than 0"));
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Merges file and overrides, then validates everything.
+    pub fn build(file: FileConfig, o: &Overrides) -> Result<Config, ConfigError> {
+        let listen_s = o
+            .listen
+            .clone()
+            .or(file.listen.clone())
+            .unwrap_or_else(|| "127.0.0.1:6380".to_string());
+        let listen = parse_addr("listen", &listen_s)?;
+        let up = &file.upstream;
+        let url_s = o.upstream.clone().unwrap_or_else(|| up.url.clone());
+        let mut url = UpstreamUrl::parse(&url_s).map_err(|m| invalid("upstream.url", m))?;
+        if let Some(p) = &o.upstream_password {
+            url.password = Some(p.clone());
+        }
+        positive("upstream.max_connections", up.max_connections as u64)?;
+        if up.max_connections > 1024 {
+            return Err(invalid("upstream.max_connections", "must be at most 1024"));
+        }
+        positive(
+            "upstream.max_leased_connections",
+            up.max_leased_connections as u64,
+        )?;
+        positive("upstream.timeout_ms", up.timeout_ms)?;
+        positive("upstream.connect_timeout_ms", up.connect_timeout_ms)?;
+        let l = &file.limits;
+        positive("limits.max_bulk_len", l.max_bulk_len as u64)?;
+        positive("limits.max_multibulk_len", l.max_multibulk_len as u64)?;
+        positive("limits.max_inline_len", l.max_inline_len as u64)?;
+        positive("limits.max_pending_requests", l.max_pending_requests as u64)?;
+        positive("limits.max_output_buffer", l.max_output_buffer as u64)?;
+        positive("limits.max_decoded_size", l.max_decoded_size as u64)?;
+        positive("limits.max_clients", l.max_clients as u64)?;
+        if l.max_bulk_len > i32::MAX as usize {
+            return Err(invalid("limits.max_bulk_len", "must be at most 2147483647"));
+        }
+        if l.max_decoded_size > u32::MAX as usize {
+            return Err(invalid("limits.max_decoded_size", "must be at most 4294967295"));
+        }
+        for (i, u) in file.auth.users.iter().enumerate() {
+            if u.name.is_empty() || u.name.contains(char::is_whitespace) {
+                return Err(invalid(
+                    &format!("auth.users[{i}].name"),
+                    "must be a non-empty word",
+                ));
+            }
+        }
+        if file.auth.password.as_deref() == Some("") {
+            return Err(invalid("auth.password", "must not be empty (omit it to disable auth)"));
+        }
+        let log_level = o.log_level.clone().unwrap_or(file.log.level.clone());
+        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+            return Err(invalid("log.level", format!("\"{log_level}\" is not a level or filter")));
+        }
+        let log_format = o.log_format.clone().unwrap_or(file.log.format.clone());
+        let log_json = match log_format.as_str() {
+            "text" => false,
+            "json" => true,
+            other => {
+                return Err(invalid(
+                    "log.format",
+                    format!("\"{other}\" is not text or json"),
+                ));
+            }
+        };
+        let metrics_listen = match o.metrics_listen.clone().or(file.metrics.listen.clone()) {
+            Some(s) if !s.is_empty() => Some(parse_addr("metrics.listen", &s)?),
+            _ => None,
+        };
+        let mut rules = Vec::new();
+        for (i, r) in file.state.iter().enumerate() {
+            rules.push(Rule::from_config(i, r).map_err(|m| ConfigError::Invalid {
+                field: String::new(),
+                message: m,
+            })?);
+        }
+        Ok(Config {
+            listen,
+            upstream: UpstreamConfig {
+                url,
+                max_connections: up.max_connections,
+                max_leased_connections: up.max_leased_connections,
+                timeout_ms: up.timeout_ms,
+                connect_timeout_ms: up.connect_timeout_ms,
+                retry_on_timeout: up.retry_on_timeout,
+                keepalive_s: up.keepalive_s,
+            },
+            limits: Limits {
+                max_bulk_len: l.max_bulk_len,
+                max_multibulk_len: l.max_multibulk_len,
+                max_inline_len: l.max_inline_len,
+            },
+            max_pending_requests: l.max_pending_requests,
+            max_output_buffer: l.max_output_buffer,
+            max_decoded_size: l.max_decoded_size,
+            max_clients: l.max_clients,
+            auth: file.auth,
+            log_level,
+            log_json,
+            drain_timeout_s: file.server.drain_timeout_s,
+            worker_threads: file.server.worker_threads,
+            metrics_listen,
+            rules: Rules::new(rules),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(toml: &str) -> Result<Config, ConfigError> {
+        Config::build(FileConfig::parse(toml, "test.toml")?, &Overrides::default())
+    }
+
+    #[test]
+    fn issue_shape_parses() {
+        let c = build(
+            r#"
+listen = "127.0.0.1:6380"
+[upstream]
+url = "redis://127.0.0.1:6379/0"   # redis://[user:password@]host:port[/db]
+max_connections = 8                 # shared upstream connections
+timeout_ms = 5000
+connect_timeout_ms = 2000
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 6380);
+        assert_eq!(c.upstream.max_connections, 8);
+        assert_eq!(c.upstream.url.db, 0);
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = build("").unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:6380");
+        assert_eq!(c.upstream.url.host, "127.0.0.1");
+        assert_eq!(c.upstream.url.port, 6379);
+        assert!(c.rules.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_names_the_field() {
+        let e = build("[upstream]\nmax_conections = 3\n").unwrap_err().to_string();
+        assert!(e.contains("upstream.max_conections"), "{e}");
+        assert!(e.contains("unknown field"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn bad_value_names_the_field() {
+        let e = build("[upstream]\ntimeout_ms = \"soon\"\n").unwrap_err().to_string();
+        assert!(e.contains("upstream.timeout_ms"), "{e}");
+        let e = build("[upstream]\nmax_connections = 0\n").unwrap_err().to_string();
+        assert!(e.contains("upstream.max_connections"), "{e}");
+        let e = build("listen = \"nowhere\"\n").unwrap_err().to_string();
+        assert!(e.contains("listen"), "{e}");
+        let e = build("[upstream]\nurl = \"http://x\"\n").unwrap_err().to_string();
+        assert!(e.contains("upstream.url"), "{e}");
+    }
+
+    #[test]
+    fn overrides_win_over_file() {
+        let f = FileConfig::parse("listen = \"127.0.0.1:1\"\n", "t").unwrap();
+        let o = Overrides {
+            listen: Some("127.0.0.1:2".into()),
+            upstream: Some("redis://u:p@10.0.0.1:7000/3".into()),
+            ..Default::default()
+        };
+        let c = Config::build(f, &o).unwrap();
+        assert_eq!(c.listen.port(), 2);
+        assert_eq!(c.upstream.url.port, 7000);
+        assert_eq!(c.upstream.url.db, 3);
+        assert_eq!(c.upstream.url.username.as_deref(), Some("u"));
+    }
+}

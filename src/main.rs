@@ -1,0 +1,100 @@
+//! The `statecar` binary: flags, configuration, logging, signals. The work is in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use statecar::config::{Config, FileConfig, Overrides};
+
+/// A Redis-protocol sidecar that compresses, checksums and versions configured state keys.
+#[derive(Parser, Debug)]
+#[command(name = "statecar", version)]
+struct Cli {
+    /// TOML configuration file (optional: without it statecar is a transparent proxy).
+    #[arg(long, env = "STATECAR_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Client listener address, e.g. 127.0.0.1:6380.
+    #[arg(long, env = "STATECAR_LISTEN", global = true)]
+    listen: Option<String>,
+    /// Upstream Redis URL, redis://[user:password@]host:port[/db].
+    #[arg(long, env = "STATECAR_UPSTREAM", global = true)]
+    upstream: Option<String>,
+    /// Upstream password (overrides the URL's; for Kubernetes Secrets).
+    #[arg(long, env = "STATECAR_UPSTREAM_PASSWORD", hide_env_values = true, global = true)]
+    upstream_password: Option<String>,
+    /// Metrics and health listener, e.g. 127.0.0.1:9121.
+    #[arg(long, env = "STATECAR_METRICS_LISTEN", global = true)]
+    metrics_listen: Option<String>,
+    /// Log level or tracing filter (error, warn, info, debug, trace).
+    #[arg(long, env = "STATECAR_LOG_LEVEL", global = true)]
+    log_level: Option<String>,
+    /// Log format: text or json.
+    #[arg(long, env = "STATECAR_LOG_FORMAT", global = true)]
+    log_format: Option<String>,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the proxy (the default).
+    Run,
+    /// Validate the configuration and exit.
+    CheckConfig,
+}
+
+fn load(cli: &Cli) -> Result<Config, String> {
+    let file = match &cli.config {
+        Some(p) => FileConfig::load(p).map_err(|e| e.to_string())?,
+        None => FileConfig::default(),
+    };
+    let o = Overrides {
+        listen: cli.listen.clone(),
+        upstream: cli.upstream.clone(),
+        upstream_password: cli.upstream_password.clone(),
+        metrics_listen: cli.metrics_listen.clone(),
+        log_level: cli.log_level.clone(),
+        log_format: cli.log_format.clone(),
+    };
+    Config::build(file, &o).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let cfg = match load(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("statecar: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    statecar::telemetry::init_logging(&cfg.log_level, cfg.log_json);
+    match cli.command.unwrap_or(Cmd::Run) {
+        Cmd::CheckConfig => {
+            println!("configuration ok");
+            ExitCode::SUCCESS
+        }
+        Cmd::Run => {
+            let mut rt = tokio::runtime::Builder::new_multi_thread();
+            rt.enable_all();
+            if cfg.worker_threads > 0 {
+                rt.worker_threads(cfg.worker_threads);
+            }
+            let rt = match rt.build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("statecar: cannot start runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(statecar::run(Arc::new(cfg))) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("statecar: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

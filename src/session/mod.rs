@@ -1,0 +1,579 @@
+//! One client connection: commands in, routed, replies out in order.
+//!
+//! The reader half (this module) parses commands and routes each one: plain commands are
+//! gathered into a batch for the client's shared upstream connection; commands that change
+//! connection state or block go to a leased connection; a few are answered here. The writer half
+//! ([`writer`]) sends replies back in command order. Whenever a client's commands move from one
+//! upstream connection to another, the reader first waits until everything sent on the old one
+//! has been answered (a barrier), so Redis always executes a client's commands in its order.
+
+mod local;
+mod state;
+pub mod pinned;
+pub mod writer;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadHalf};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Auth;
+use crate::command::{self, Kind, Local, SubKind};
+use crate::config::Config;
+use crate::protocol::{Command, Parsed, RequestParser};
+use crate::reply;
+use crate::state::StateEngine;
+use crate::upstream::conn::{Batch, SharedConn};
+use crate::upstream::connect::read_frame;
+use crate::upstream::lease::Returned;
+use crate::upstream::{PoolKey, Upstream};
+use pinned::{Expect, Pinned};
+use writer::Out;
+
+/// A batch is sent once it holds this many commands or bytes, to bound per-item memory.
+const BATCH_MAX_COMMANDS: usize = 128;
+const BATCH_MAX_BYTES: usize = 256 * 1024;
+/// Input buffered while the session waits (barrier, blocking command) before it stops reading.
+const MAX_BUFFER_WHILE_WAITING: usize = 1024 * 1024;
+
+/// Everything sessions share.
+pub struct Ctx {
+    /// Validated configuration.
+    pub cfg: Arc<Config>,
+    /// Upstream connections.
+    pub upstream: Arc<Upstream>,
+    /// Sidecar credentials.
+    pub auth: Auth,
+    /// State-key handling.
+    pub state: StateEngine,
+    /// Source of client ids.
+    pub next_id: AtomicU64,
+    /// Cancelled on SIGTERM: sessions stop reading and finish what they have.
+    pub drain: CancellationToken,
+}
+
+/// Whether the session keeps going after a command.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// Next command.
+    Continue,
+    /// Close the connection (after the queued replies).
+    Stop,
+}
+
+/// `CLIENT REPLY` mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReplyMode {
+    On,
+    Off,
+    Skip,
+}
+
+/// One client's connection state.
+pub struct Session<S> {
+    ctx: Arc<Ctx>,
+    id: u64,
+    rd: ReadHalf<S>,
+    inbuf: BytesMut,
+    parser: RequestParser,
+    out: mpsc::Sender<Out>,
+    closed: watch::Receiver<bool>,
+    /// RESP version the client speaks.
+    proto: u8,
+    db: u32,
+    name: Option<Bytes>,
+    authed: bool,
+    reply_mode: ReplyMode,
+    shared: Option<(PoolKey, SharedConn)>,
+    batch: BytesMut,
+    batch_n: usize,
+    batch_discard: bool,
+    pinned: Option<Pinned>,
+    /// Subscriptions, mirrored so we know how many confirmations each command produces.
+    subs: [HashSet<Bytes>; 3],
+}
+
+/// Serves one client until it leaves.
+pub async fn serve<S>(ctx: Arc<Ctx>, stream: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let id = ctx.next_id.fetch_add(1, Ordering::Relaxed);
+    let (rd, wr) = tokio::io::split(stream);
+    let (out_tx, out_rx) = mpsc::channel(ctx.cfg.max_pending_requests);
+    let (closed_tx, closed_rx) = watch::channel(false);
+    let writer = tokio::spawn(writer::run(
+        wr,
+        out_rx,
+        closed_tx,
+        ctx.cfg.max_output_buffer,
+    ));
+    let db = ctx.cfg.upstream.url.db;
+    let authed = !ctx.auth.required();
+    let mut s = Session {
+        ctx,
+        id,
+        rd,
+        inbuf: BytesMut::with_capacity(4096),
+        parser: RequestParser::default(),
+        out: out_tx,
+        closed: closed_rx,
+        proto: 2,
+        db,
+        name: None,
+        authed,
+        reply_mode: ReplyMode::On,
+        shared: None,
+        batch: BytesMut::new(),
+        batch_n: 0,
+        batch_discard: false,
+        pinned: None,
+        subs: Default::default(),
+    };
+    tracing::debug!(client = id, %peer, "client connected");
+    s.run().await;
+    if let Some(p) = s.pinned.take() {
+        p.abandon();
+    }
+    drop(s);
+    let _ = writer.await;
+    tracing::debug!(client = id, "client disconnected");
+}
+
+impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
+    async fn run(&mut self) {
+        let limits = self.ctx.cfg.limits.clone();
+        loop {
+            loop {
+                match self.parser.next(&mut self.inbuf, &limits) {
+                    Ok(Some(Parsed::Command(cmd))) => {
+                        if self.dispatch(cmd).await == Flow::Stop {
+                            self.flush_batch().await;
+                            return;
+                        }
+                    }
+                    Ok(Some(Parsed::Nothing)) => {}
+                    Ok(None) => break,
+                    Err(e) => {
+                        crate::telemetry::command_rejected("protocol_error");
+                        tracing::debug!(client = self.id, error = %e, "malformed input; closing");
+                        self.flush_batch().await;
+                        let _ = self.out.send(Out::Ready(reply::error(&format!("ERR {e}")))).await;
+                        let _ = self.out.send(Out::Close).await;
+                        return;
+                    }
+                }
+            }
+            self.flush_batch().await;
+            if self.inbuf.is_empty() && self.inbuf.capacity() > 64 * 1024 {
+                self.inbuf = BytesMut::with_capacity(4096);
+            } else if self.inbuf.capacity() - self.inbuf.len() < 1024 {
+                self.inbuf.reserve(16 * 1024);
+            }
+            tokio::select! {
+                r = self.rd.read_buf(&mut self.inbuf) => match r {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                },
+                _ = self.closed.changed() => return,
+                _ = self.ctx.drain.cancelled() => return,
+            }
+        }
+    }
+
+    /// The pool key for this client's current db and protocol.
+    fn key(&self) -> PoolKey {
+        PoolKey {
+            db: self.db,
+            proto: self.proto,
+        }
+    }
+
+    /// Whether this command's reply is to be dropped (`CLIENT REPLY OFF/SKIP`).
+    fn take_discard(&mut self) -> bool {
+        match self.reply_mode {
+            ReplyMode::On => false,
+            ReplyMode::Off => true,
+            ReplyMode::Skip => {
+                self.reply_mode = ReplyMode::On;
+                true
+            }
+        }
+    }
+
+    /// Queues a locally produced reply (respecting `CLIENT REPLY`).
+    async fn reply(&mut self, b: impl Into<Bytes>) -> Flow {
+        let b = b.into();
+        if self.take_discard() {
+            return Flow::Continue;
+        }
+        self.flush_batch().await;
+        self.push(Out::Ready(b)).await
+    }
+
+    async fn push(&mut self, o: Out) -> Flow {
+        if self.out.send(o).await.is_err() {
+            Flow::Stop
+        } else {
+            Flow::Continue
+        }
+    }
+
+    /// Sends the gathered plain commands to the shared connection.
+    async fn flush_batch(&mut self) {
+        if self.batch_n == 0 {
+            return;
+        }
+        let key = self.key();
+        let conn = match &self.shared {
+            Some((k, c)) if *k == key => c.clone(),
+            _ => {
+                let c = self.ctx.upstream.assign(key);
+                self.shared = Some((key, c.clone()));
+                c
+            }
+        };
+        let (tx, rx) = oneshot::channel();
+        let replies = self.batch_n;
+        conn.send(Batch {
+            bytes: self.batch.split().freeze(),
+            replies,
+            tx,
+        });
+        self.batch_n = 0;
+        let _ = self
+            .out
+            .send(Out::Batch {
+                rx,
+                replies,
+                discard: self.batch_discard,
+            })
+            .await;
+    }
+
+    /// Adds a plain command to the batch for the shared connection.
+    async fn forward(&mut self, raw: &[u8]) -> Flow {
+        let discard = self.take_discard();
+        if self.batch_n > 0 && discard != self.batch_discard {
+            self.flush_batch().await;
+        }
+        self.batch_discard = discard;
+        self.batch.extend_from_slice(raw);
+        self.batch_n += 1;
+        if self.batch_n >= BATCH_MAX_COMMANDS || self.batch.len() >= BATCH_MAX_BYTES {
+            self.flush_batch().await;
+        }
+        Flow::Continue
+    }
+
+    /// Waits for `fut` while still watching the client: returns None if it went away.
+    async fn wait<T>(&mut self, fut: impl std::future::Future<Output = T>) -> Option<T> {
+        tokio::pin!(fut);
+        loop {
+            let room = self.inbuf.len() < MAX_BUFFER_WHILE_WAITING;
+            if self.inbuf.capacity() - self.inbuf.len() < 1024 {
+                self.inbuf.reserve(16 * 1024);
+            }
+            tokio::select! {
+                biased;
+                v = &mut fut => return Some(v),
+                r = self.rd.read_buf(&mut self.inbuf), if room => match r {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                },
+                _ = self.closed.changed() => return None,
+            }
+        }
+    }
+
+    /// Waits until every reply queued so far is written: the next command may go elsewhere.
+    async fn barrier(&mut self) -> bool {
+        self.flush_batch().await;
+        let (tx, rx) = oneshot::channel();
+        if self.push(Out::Barrier(tx)).await == Flow::Stop {
+            return false;
+        }
+        matches!(self.wait(rx).await, Some(Ok(())))
+    }
+
+    async fn dispatch(&mut self, cmd: Command) -> Flow {
+        let kind = command::classify(&cmd.args);
+        if !self.authed
+            && !matches!(
+                kind,
+                Kind::Local(Local::Auth | Local::Hello | Local::Quit | Local::Reset)
+            )
+        {
+            crate::telemetry::command_rejected("noauth");
+            return self.reply(reply::error("NOAUTH Authentication required.")).await;
+        }
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let route = if self.pinned.is_some() { "pinned" } else { "plain" };
+            tracing::debug!(client = self.id, command = %cmd.name(), ?kind, route, "route");
+        }
+        if let Kind::Local(l) = kind {
+            return self.local(l, cmd).await;
+        }
+        if kind == Kind::Refused {
+            return self
+                .reply(reply::error(&format!(
+                    "ERR {} is not supported through statecar",
+                    cmd.name()
+                )))
+                .await;
+        }
+        if self.pinned.is_some() {
+            return self.dispatch_pinned(kind, cmd).await;
+        }
+        if kind == Kind::Plain && !self.ctx.state.is_empty() {
+            if let Some(flow) = self.state_route(&cmd).await {
+                return flow;
+            }
+        }
+        match kind {
+            Kind::Plain => self.forward(&cmd.raw).await,
+            Kind::Blocking => self.blocking(cmd).await,
+            Kind::EndTransaction => {
+                let name = cmd.name();
+                self.reply(reply::error(&format!("ERR {name} without MULTI")))
+                    .await
+            }
+            Kind::Unwatch => self.reply(Bytes::from_static(reply::OK)).await,
+            Kind::Unsubscribe(k) => self.unsubscribe_unpinned(k, &cmd).await,
+            Kind::Multi
+            | Kind::Watch
+            | Kind::Subscribe(_)
+            | Kind::Monitor => {
+                if let Some(flow) = self.pin().await {
+                    return flow;
+                }
+                self.dispatch_pinned(kind, cmd).await
+            }
+            Kind::Local(_) | Kind::Refused => Flow::Continue,
+        }
+    }
+
+    /// Leases a dedicated connection for this client; `Some(flow)` if that failed.
+    async fn pin(&mut self) -> Option<Flow> {
+        if !self.barrier().await {
+            return Some(Flow::Stop);
+        }
+        let pool = self.ctx.upstream.leases().clone();
+        let key = self.key();
+        match self.wait(pool.acquire(key)).await {
+            None => Some(Flow::Stop),
+            Some(Err(e)) => Some(self.reply(Bytes::from(e.to_resp())).await),
+            Some(Ok(lease)) => {
+                let addr = self.ctx.upstream.config().url.addr();
+                self.pinned = Some(Pinned::start(lease, pool, self.out.clone(), addr));
+                None
+            }
+        }
+    }
+
+    /// Gives the dedicated connection back once the client no longer needs it.
+    async fn maybe_unpin(&mut self) -> Flow {
+        let done = matches!(&self.pinned, Some(p) if !p.in_multi && !p.watching && !p.sticky);
+        if !done {
+            return Flow::Continue;
+        }
+        let Some(p) = self.pinned.take() else {
+            return Flow::Continue;
+        };
+        match self.wait(p.finish()).await {
+            Some(Ok(())) => Flow::Continue,
+            _ => Flow::Stop,
+        }
+    }
+
+    /// Sends a command on the pinned connection.
+    async fn send_pinned(&mut self, raw: &[u8], expect: Option<Expect>) -> Flow {
+        let Some(p) = self.pinned.as_mut() else {
+            return Flow::Stop;
+        };
+        if p.is_broken() {
+            return Flow::Stop;
+        }
+        match p.send(raw, expect).await {
+            Ok(()) => Flow::Continue,
+            Err(e) => {
+                tracing::debug!(client = self.id, error = %e, "dedicated connection write failed");
+                Flow::Stop
+            }
+        }
+    }
+
+    fn subscribed_resp2(&self) -> bool {
+        self.proto == 2 && self.subs.iter().any(|s| !s.is_empty())
+    }
+
+    async fn dispatch_pinned(&mut self, kind: Kind, cmd: Command) -> Flow {
+        if self.subscribed_resp2() && !command::allowed_while_subscribed(&cmd.args) {
+            let name = String::from_utf8_lossy(&cmd.args[0]).to_lowercase();
+            return self
+                .reply(reply::error(&format!(
+                    "ERR Can't execute '{name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"
+                )))
+                .await;
+        }
+        let discard = self.take_discard();
+        let mut expect = Expect::Replies {
+            frames: 1,
+            swallow: discard,
+            then_stream: false,
+            notify: None,
+        };
+        let mut unpin_after = false;
+        {
+            let Some(p) = self.pinned.as_mut() else {
+                return Flow::Stop;
+            };
+            match kind {
+                Kind::Multi => p.in_multi = true,
+                Kind::EndTransaction => {
+                    p.in_multi = false;
+                    p.watching = false;
+                    unpin_after = true;
+                }
+                Kind::Watch => {
+                    if !p.in_multi {
+                        p.watching = true;
+                    }
+                }
+                Kind::Unwatch => {
+                    if !p.in_multi {
+                        p.watching = false;
+                        unpin_after = true;
+                    }
+                }
+                Kind::Monitor => {
+                    p.sticky = true;
+                    p.dirty = true;
+                    expect = Expect::Replies {
+                        frames: 1,
+                        swallow: discard,
+                        then_stream: true,
+                        notify: None,
+                    };
+                }
+                _ => {}
+            }
+        }
+        match kind {
+            Kind::Subscribe(k) | Kind::Unsubscribe(k) if !(kind == Kind::Subscribe(k) && cmd.args.len() < 2) => {
+                let subscribe = matches!(kind, Kind::Subscribe(_));
+                let frames = self.track_subscriptions(k, subscribe, &cmd.args[1..]);
+                if let Some(p) = self.pinned.as_mut() {
+                    p.sticky = true;
+                    p.dirty = true;
+                }
+                // In RESP3 the confirmations are pushes, which the relay forwards on its own.
+                let e = (self.proto == 2).then_some(Expect::Replies {
+                    frames,
+                    swallow: discard,
+                    then_stream: false,
+                    notify: None,
+                });
+                self.send_pinned(&cmd.raw, e).await
+            }
+            _ => {
+                if self.send_pinned(&cmd.raw, Some(expect)).await == Flow::Stop {
+                    return Flow::Stop;
+                }
+                if unpin_after {
+                    return self.maybe_unpin().await;
+                }
+                Flow::Continue
+            }
+        }
+    }
+
+    /// Updates the mirrored subscriptions; returns how many confirmations Redis will send.
+    fn track_subscriptions(&mut self, k: SubKind, subscribe: bool, names: &[Bytes]) -> usize {
+        let set = &mut self.subs[k as usize];
+        if subscribe {
+            set.extend(names.iter().cloned());
+            names.len()
+        } else if names.is_empty() {
+            let n = set.len().max(1);
+            set.clear();
+            n
+        } else {
+            for n in names {
+                set.remove(n);
+            }
+            names.len()
+        }
+    }
+
+    /// UNSUBSCRIBE without any subscription: answered as Redis does, without a connection.
+    async fn unsubscribe_unpinned(&mut self, k: SubKind, cmd: &Command) -> Flow {
+        let kind = match k {
+            SubKind::Channel => "unsubscribe",
+            SubKind::Pattern => "punsubscribe",
+            SubKind::Shard => "sunsubscribe",
+        };
+        let names: Vec<reply::Value> = if cmd.args.len() > 1 {
+            cmd.args[1..].iter().map(|a| reply::Value::Bulk(a.clone())).collect()
+        } else {
+            vec![reply::Value::Null]
+        };
+        let mut out = BytesMut::new();
+        for n in names {
+            reply::Value::Push(vec![reply::Value::text(kind), n, reply::Value::Int(0)])
+                .encode_into(self.proto, &mut out);
+        }
+        self.reply(out.freeze()).await
+    }
+
+    /// A blocking command on a leased connection, given back as soon as it is answered.
+    async fn blocking(&mut self, cmd: Command) -> Flow {
+        if !self.barrier().await {
+            return Flow::Stop;
+        }
+        let pool = self.ctx.upstream.leases().clone();
+        let key = self.key();
+        let mut lease = match self.wait(pool.acquire(key)).await {
+            None => return Flow::Stop,
+            Some(Err(e)) => return self.reply(Bytes::from(e.to_resp())).await,
+            Some(Ok(l)) => l,
+        };
+        let addr = self.ctx.upstream.config().url.addr();
+        let work = async {
+            use tokio::io::AsyncWriteExt;
+            lease
+                .conn
+                .stream
+                .write_all(&cmd.raw)
+                .await
+                .map_err(|e| crate::upstream::UpstreamError::io(&addr, &e))?;
+            let mut scanner = crate::protocol::Scanner::default();
+            let mut rbuf = std::mem::take(&mut lease.conn.rbuf);
+            let r = read_frame(&mut lease.conn.stream, &mut rbuf, &mut scanner, &addr).await;
+            lease.conn.rbuf = rbuf;
+            r
+        };
+        let r = self.wait(work).await;
+        match r {
+            // The client left while blocked: the command is still pending in Redis, so the
+            // connection can never be reused.
+            None => {
+                pool.release(lease, Returned::Broken);
+                Flow::Stop
+            }
+            Some(Ok(frame)) => {
+                pool.release(lease, Returned::Clean);
+                self.reply(frame).await
+            }
+            Some(Err(e)) => {
+                pool.release(lease, Returned::Broken);
+                self.reply(Bytes::from(e.to_resp())).await
+            }
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! A client pinned to a dedicated connection (MULTI, WATCH, pub/sub, MONITOR, tracking).
+//!
+//! Commands are written straight to the leased connection; a relay task reads what comes back
+//! and forwards it to the client's writer in arrival order. Each command leaves an [`Expect`]
+//! telling the relay how many replies it produces; anything that is not a reply (RESP3 pushes,
+//! RESP2 pub/sub messages, the MONITOR stream) passes straight through. Because one task forwards
+//! everything in wire order, pushes and replies can never swap places.
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::writer::Out;
+use crate::upstream::UpstreamError;
+use crate::upstream::connect::{Stream, decode_reply, read_frame};
+use crate::upstream::lease::{Lease, LeasePool, LeasedConn, Returned};
+use crate::protocol::Scanner;
+use redis_protocol::resp3::types::{BytesFrame, Resp3Frame};
+use std::sync::Arc;
+use tokio::sync::OwnedSemaphorePermit;
+
+/// What the relay should do with the replies of one command.
+pub enum Expect {
+    /// The next `frames` replies belong to the client (or are swallowed).
+    Replies {
+        /// How many reply frames.
+        frames: usize,
+        /// Consume without forwarding (CLIENT REPLY OFF, internal commands).
+        swallow: bool,
+        /// After these replies, everything is forwarded (MONITOR).
+        then_stream: bool,
+        /// Also hand the last reply to the session (SELECT needs to know if it worked).
+        notify: Option<oneshot::Sender<Bytes>>,
+    },
+    /// The session is unpinning: stop here and give the connection back.
+    Finish,
+}
+
+impl Expect {
+    /// The common case: one reply, forwarded.
+    pub fn one() -> Expect {
+        Expect::Replies {
+            frames: 1,
+            swallow: false,
+            then_stream: false,
+            notify: None,
+        }
+    }
+}
+
+/// How the relay ended.
+pub enum RelayEnd {
+    /// Reached `Finish`: the connection is idle and can be returned.
+    Finished(ReadHalf<Stream>, BytesMut),
+    /// The connection failed or the client went away.
+    Failed,
+}
+
+/// The pinned state of a session.
+pub struct Pinned {
+    wr: WriteHalf<Stream>,
+    expect: mpsc::UnboundedSender<Expect>,
+    relay: JoinHandle<RelayEnd>,
+    permit: OwnedSemaphorePermit,
+    key: crate::upstream::PoolKey,
+    pool: Arc<LeasePool>,
+    addr: String,
+    /// The connection's state no longer matches a fresh one (tracking, name, subscriptions).
+    pub dirty: bool,
+    /// Inside MULTI.
+    pub in_multi: bool,
+    /// WATCH is active.
+    pub watching: bool,
+    /// Stays pinned until the client leaves (pub/sub, MONITOR, tracking, CLIENT ID).
+    pub sticky: bool,
+}
+
+impl Pinned {
+    /// Starts relaying for a freshly leased connection.
+    pub fn start(lease: Lease, pool: Arc<LeasePool>, out: mpsc::Sender<Out>, addr: String) -> Pinned {
+        let Lease { conn, permit } = lease;
+        let LeasedConn { stream, rbuf, key } = conn;
+        let (rd, wr) = tokio::io::split(stream);
+        let (etx, erx) = mpsc::unbounded_channel();
+        let relay = tokio::spawn(relay(rd, rbuf, erx, out, addr.clone()));
+        Pinned {
+            wr,
+            expect: etx,
+            relay,
+            permit,
+            key,
+            pool,
+            addr,
+            dirty: false,
+            in_multi: false,
+            watching: false,
+            sticky: false,
+        }
+    }
+
+    /// Sends a command whose replies the relay handles as `expect` says.
+    pub async fn send(&mut self, raw: &[u8], expect: Option<Expect>) -> Result<(), UpstreamError> {
+        if let Some(e) = expect
+            && self.expect.send(e).is_err()
+        {
+            return Err(UpstreamError::Closed {
+                addr: self.addr.clone(),
+            });
+        }
+        self.wr
+            .write_all(raw)
+            .await
+            .map_err(|e| UpstreamError::io(&self.addr, &e))
+    }
+
+    /// True once the relay has stopped (the connection failed).
+    pub fn is_broken(&self) -> bool {
+        self.relay.is_finished()
+    }
+
+    /// Waits for every outstanding reply, then returns the connection to the pool.
+    pub async fn finish(self) -> Result<(), UpstreamError> {
+        let Pinned {
+            wr,
+            expect,
+            relay,
+            permit,
+            key,
+            pool,
+            addr,
+            dirty,
+            ..
+        } = self;
+        let _ = expect.send(Expect::Finish);
+        match relay.await {
+            Ok(RelayEnd::Finished(rd, rbuf)) => {
+                let stream = rd.unsplit(wr);
+                let how = if dirty { Returned::Dirty } else { Returned::Clean };
+                pool.release(
+                    Lease {
+                        conn: LeasedConn { stream, rbuf, key },
+                        permit,
+                    },
+                    how,
+                );
+                Ok(())
+            }
+            _ => {
+                crate::telemetry::leased_in_use(-1);
+                Err(UpstreamError::Closed { addr })
+            }
+        }
+    }
+
+    /// Drops the connection without waiting (the client is gone): closes it if replies are
+    /// still outstanding, since they would reach the next user.
+    pub fn abandon(self) {
+        let Pinned {
+            wr,
+            expect,
+            relay,
+            permit,
+            key,
+            pool,
+            ..
+        } = self;
+        let _ = expect.send(Expect::Finish);
+        tokio::spawn(async move {
+            // A relay that is still waiting for replies after a short grace is given up.
+            match tokio::time::timeout(std::time::Duration::from_millis(500), relay).await {
+                Ok(Ok(RelayEnd::Finished(rd, rbuf))) => {
+                    let stream = rd.unsplit(wr);
+                    pool.release(
+                        Lease {
+                            conn: LeasedConn { stream, rbuf, key },
+                            permit,
+                        },
+                        Returned::Dirty,
+                    );
+                }
+                _ => crate::telemetry::leased_in_use(-1),
+            }
+        });
+    }
+}
+
+/// RESP2 pub/sub message frames, which arrive unasked while subscribed.
+fn is_resp2_message(frame: &[u8]) -> bool {
+    frame.starts_with(b"*3\r\n$7\r\nmessage\r\n")
+        || frame.starts_with(b"*4\r\n$8\r\npmessage\r\n")
+        || frame.starts_with(b"*3\r\n$8\r\nsmessage\r\n")
+}
+
+/// For a RESP2 (un)subscribe confirmation, returns (is_shard, remaining count).
+fn subscription_count(frame: &Bytes) -> Option<(bool, i64)> {
+    if !frame.starts_with(b"*3\r\n$") {
+        return None;
+    }
+    let BytesFrame::Array { data, .. } = decode_reply(frame)? else {
+        return None;
+    };
+    let kind = data.first()?.as_bytes()?;
+    let shard = match kind {
+        b"subscribe" | b"unsubscribe" | b"psubscribe" | b"punsubscribe" => false,
+        b"ssubscribe" | b"sunsubscribe" => true,
+        _ => return None,
+    };
+    match data.get(2)? {
+        BytesFrame::Number { data, .. } => Some((shard, *data)),
+        _ => None,
+    }
+}
+
+async fn relay(
+    mut rd: ReadHalf<Stream>,
+    mut rbuf: BytesMut,
+    mut expect_rx: mpsc::UnboundedReceiver<Expect>,
+    out: mpsc::Sender<Out>,
+    addr: String,
+) -> RelayEnd {
+    let mut scanner = Scanner::default();
+    let mut head: Option<Expect> = None;
+    let mut streaming = false;
+    let mut subscribed = (0i64, 0i64);
+    loop {
+        // Finish is only honoured once every earlier reply has been relayed (head is empty).
+        let frame = tokio::select! {
+            biased;
+            r = read_frame(&mut rd, &mut rbuf, &mut scanner, &addr) => match r {
+                Ok(f) => f,
+                Err(e) => return fail(e, head, &mut expect_rx, &out).await,
+            },
+            e = expect_rx.recv(), if head.is_none() => match e {
+                Some(Expect::Finish) | None => return RelayEnd::Finished(rd, rbuf),
+                Some(e) => {
+                    head = Some(e);
+                    continue;
+                }
+            },
+        };
+        let push = frame.first() == Some(&b'>');
+        let message = subscribed != (0, 0) && is_resp2_message(&frame);
+        if streaming || push || message {
+            if out.send(Out::Ready(frame)).await.is_err() {
+                return RelayEnd::Failed;
+            }
+            continue;
+        }
+        if head.is_none() {
+            match expect_rx.try_recv() {
+                Ok(Expect::Finish) | Err(_) => {
+                    tracing::warn!(%addr, "reply with no command outstanding on a dedicated connection");
+                    return RelayEnd::Failed;
+                }
+                Ok(e) => head = Some(e),
+            }
+        }
+        if let Some((shard, n)) = subscription_count(&frame) {
+            if shard {
+                subscribed.1 = n;
+            } else {
+                subscribed.0 = n;
+            }
+        }
+        let Some(Expect::Replies {
+            frames,
+            swallow,
+            then_stream,
+            notify,
+        }) = head.take()
+        else {
+            return RelayEnd::Failed;
+        };
+        let last = frames <= 1;
+        if !swallow && out.send(Out::Ready(frame.clone())).await.is_err() {
+            return RelayEnd::Failed;
+        }
+        if last {
+            if let Some(n) = notify {
+                let _ = n.send(frame);
+            }
+            streaming |= then_stream;
+        } else {
+            head = Some(Expect::Replies {
+                frames: frames - 1,
+                swallow,
+                then_stream,
+                notify,
+            });
+        }
+    }
+}
+
+/// Answers every outstanding reply with the error, then stops.
+async fn fail(
+    e: UpstreamError,
+    head: Option<Expect>,
+    expect_rx: &mut mpsc::UnboundedReceiver<Expect>,
+    out: &mpsc::Sender<Out>,
+) -> RelayEnd {
+    tracing::warn!(error = %e, "dedicated upstream connection failed");
+    let line = Bytes::from(e.to_resp());
+    let mut pending: Vec<Expect> = head.into_iter().collect();
+    while let Ok(x) = expect_rx.try_recv() {
+        pending.push(x);
+    }
+    for x in pending {
+        if let Expect::Replies {
+            frames,
+            swallow: false,
+            ..
+        } = x
+        {
+            for _ in 0..frames {
+                let _ = out.send(Out::Ready(line.clone())).await;
+            }
+        }
+    }
+    // The client's dedicated connection is gone, as if Redis had closed it: close the client.
+    let _ = out.send(Out::Close).await;
+    RelayEnd::Failed
+}

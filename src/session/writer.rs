@@ -1,0 +1,168 @@
+//! The reply side of a client connection: writes replies in the order the commands came.
+//!
+//! The reader queues one [`Out`] per command (or per batch of commands); this task awaits each in
+//! turn, so a slow reply holds back only the replies behind it from the same client, exactly as
+//! Redis orders them. Replies that are already there are gathered into one write.
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::upstream::conn::BatchResult;
+
+/// Replies of this size or more are written directly instead of being copied into the buffer.
+const DIRECT_WRITE: usize = 64 * 1024;
+
+/// Something to send to the client, in order.
+pub enum Out {
+    /// Bytes that are ready now.
+    Ready(Bytes),
+    /// The replies of a batch on a shared connection.
+    Batch {
+        /// Where the replies arrive.
+        rx: oneshot::Receiver<BatchResult>,
+        /// How many replies the batch produces (needed to answer each with an error on failure).
+        replies: usize,
+        /// `CLIENT REPLY OFF/SKIP`: consume but do not send.
+        discard: bool,
+    },
+    /// A reply that the session computes later (state keys, emulated commands).
+    Pending(oneshot::Receiver<Bytes>),
+    /// Signals when everything queued before it has been written.
+    Barrier(oneshot::Sender<()>),
+    /// Write what is queued, then close the connection.
+    Close,
+}
+
+/// Shared flag: set when the connection is finished, so the reader stops too.
+pub type Closed = watch::Sender<bool>;
+
+struct Writer<W> {
+    wr: W,
+    buf: BytesMut,
+    max_output: usize,
+}
+
+impl<W: AsyncWrite + Unpin> Writer<W> {
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            self.wr.write_all(&self.buf).await?;
+            self.buf.clear();
+            if self.buf.capacity() > 4 * DIRECT_WRITE {
+                self.buf = BytesMut::new();
+            }
+        }
+        Ok(())
+    }
+
+    async fn put(&mut self, b: &[u8]) -> std::io::Result<()> {
+        if b.len() >= DIRECT_WRITE {
+            self.flush().await?;
+            self.wr.write_all(b).await?;
+        } else {
+            self.buf.extend_from_slice(b);
+            if self.buf.len() >= DIRECT_WRITE {
+                self.flush().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Turns a batch outcome into the bytes the client sees: the replies that arrived, then one
+    /// error per command that was not answered.
+    async fn put_batch(&mut self, r: BatchResult, replies: usize) -> std::io::Result<()> {
+        match r {
+            Ok(bytes) => self.put(&bytes).await,
+            Err(f) => {
+                self.put(&f.partial).await?;
+                let line = f.error.to_resp();
+                for _ in f.received..replies {
+                    self.put(&line).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Runs until the reader hangs up, the client goes away, or a `Close` is reached.
+pub async fn run<W: AsyncWrite + Unpin>(
+    wr: W,
+    mut rx: mpsc::Receiver<Out>,
+    closed: Closed,
+    max_output: usize,
+) {
+    let mut w = Writer {
+        wr,
+        buf: BytesMut::new(),
+        max_output,
+    };
+    let res: std::io::Result<()> = async {
+        loop {
+            let item = match rx.try_recv() {
+                Ok(i) => i,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    w.flush().await?;
+                    match rx.recv().await {
+                        Some(i) => i,
+                        None => break,
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+            };
+            match item {
+                Out::Ready(b) => w.put(&b).await?,
+                Out::Batch {
+                    mut rx,
+                    replies,
+                    discard,
+                } => {
+                    let r = match rx.try_recv() {
+                        Ok(r) => r,
+                        Err(_) => {
+                            w.flush().await?;
+                            match rx.await {
+                                Ok(r) => r,
+                                Err(_) => continue,
+                            }
+                        }
+                    };
+                    if !discard {
+                        w.put_batch(r, replies).await?;
+                    }
+                }
+                Out::Pending(mut rx) => {
+                    let b = match rx.try_recv() {
+                        Ok(b) => b,
+                        Err(_) => {
+                            w.flush().await?;
+                            match rx.await {
+                                Ok(b) => b,
+                                Err(_) => continue,
+                            }
+                        }
+                    };
+                    w.put(&b).await?;
+                }
+                Out::Barrier(tx) => {
+                    w.flush().await?;
+                    let _ = tx.send(());
+                }
+                Out::Close => break,
+            }
+            if w.buf.len() > w.max_output {
+                crate::telemetry::client_rejected("output_buffer");
+                tracing::warn!("client output buffer over limits.max_output_buffer; disconnecting");
+                return Ok(());
+            }
+        }
+        w.flush().await?;
+        Ok(())
+    }
+    .await;
+    if let Err(e) = res {
+        tracing::debug!(error = %e, "client write failed");
+    }
+    let _ = w.wr.shutdown().await;
+    let _ = closed.send(true);
+}

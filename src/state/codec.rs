@@ -1,0 +1,455 @@
+//! Compression codecs for state values.
+//!
+//! Every codec writes its library's standard format (LZ4 block, RFC 1950 zlib stream, zstd frame)
+//! so that a value can be recovered with stock tools if statecar is ever gone; see docs/FORMAT.md.
+//!
+//! Decompression is bounded by the caller's `original_len`: the output buffer is allocated once at
+//! exactly that size and nothing a payload says can make it grow. This is what stops a small
+//! stored value (a "bomb") from exhausting the proxy's memory.
+
+use std::cell::RefCell;
+
+use flate2::{Compression, FlushCompress, FlushDecompress, Status};
+use zstd::zstd_safe;
+
+/// zlib level. 6 is zlib's own default and what Python's `zlib.compress` uses, so values compress
+/// as they did under the seed library; people who choose zlib over lz4/zstd are choosing ratio,
+/// and levels above 6 cost 2-4x the CPU for about 1% on JSON.
+pub const ZLIB_LEVEL: u32 = 6;
+
+/// zstd level. 3 is zstd's default: close to lz4's speed on small values with a clearly better
+/// ratio; higher levels slow writes without helping typical session documents much.
+pub const ZSTD_LEVEL: i32 = 3;
+
+/// A compression algorithm, identified in the stored header by a one-byte id.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
+pub enum Codec {
+    /// Stored as is.
+    None,
+    /// LZ4 block format (no frame, no size prefix: the envelope header carries the size).
+    Lz4,
+    /// zlib stream (RFC 1950) at [`ZLIB_LEVEL`].
+    Zlib,
+    /// zstd frame at [`ZSTD_LEVEL`].
+    Zstd,
+}
+
+/// Why a payload could not be decompressed to exactly the expected length.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    /// The codec library rejected the payload.
+    #[error("{codec} data is corrupt ({detail})")]
+    Corrupt {
+        /// Codec name.
+        codec: &'static str,
+        /// The library's description of the problem.
+        detail: String,
+    },
+    /// The payload ended before producing the expected length.
+    #[error("{codec} data decodes to {actual} bytes, expected {expected}")]
+    TooShort {
+        /// Codec name.
+        codec: &'static str,
+        /// Length the header promised.
+        expected: usize,
+        /// Length actually produced.
+        actual: usize,
+    },
+    /// The payload would produce more than the expected length; decoding stopped at the limit.
+    #[error("{codec} data decodes to more than {expected} bytes")]
+    TooLong {
+        /// Codec name.
+        codec: &'static str,
+        /// Length the header promised.
+        expected: usize,
+    },
+    /// The stream ended properly but bytes follow it.
+    #[error("{codec} data has {count} trailing bytes")]
+    TrailingBytes {
+        /// Codec name.
+        codec: &'static str,
+        /// Number of unused payload bytes.
+        count: usize,
+    },
+}
+
+impl Codec {
+    /// Every codec, in id order.
+    pub const ALL: [Codec; 4] = [Codec::None, Codec::Lz4, Codec::Zlib, Codec::Zstd];
+
+    /// The id stored in the envelope header; never renumber, stored values depend on it.
+    pub fn id(self) -> u8 {
+        match self {
+            Codec::None => 0,
+            Codec::Lz4 => 1,
+            Codec::Zlib => 2,
+            Codec::Zstd => 3,
+        }
+    }
+
+    /// The codec for a stored id, or `None` for an id this build does not know.
+    pub fn from_id(id: u8) -> Option<Codec> {
+        Codec::ALL.into_iter().find(|c| c.id() == id)
+    }
+
+    /// The lowercase name used in configuration and in STATE.LOAD metadata.
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::None => "none",
+            Codec::Lz4 => "lz4",
+            Codec::Zlib => "zlib",
+            Codec::Zstd => "zstd",
+        }
+    }
+
+    /// Parses a configuration name, ignoring ASCII case (the seed library spelled them `LZ4`, `ZLIB`).
+    pub fn parse(name: &str) -> Option<Codec> {
+        Codec::ALL
+            .into_iter()
+            .find(|c| c.name().eq_ignore_ascii_case(name))
+    }
+
+    /// Compresses `input` in this codec's standard format.
+    ///
+    /// The result may be larger than the input; callers decide whether compression paid off. If a
+    /// codec library reports an error (possible only for zstd and zlib when their state cannot be
+    /// allocated) the result is a copy of `input`: never smaller than the input, so
+    /// [`crate::state::envelope::encode`] stores such a value uncompressed instead of labelling
+    /// raw bytes as compressed.
+    pub fn compress(self, input: &[u8]) -> Vec<u8> {
+        let compressed = match self {
+            Codec::None => return input.to_vec(),
+            Codec::Lz4 => return lz4_flex::block::compress(input),
+            Codec::Zlib => deflate(input),
+            Codec::Zstd => zstd_compress(input),
+        };
+        compressed.unwrap_or_else(|| input.to_vec())
+    }
+
+    /// Decompresses `payload`, which must decode to exactly `original_len` bytes.
+    ///
+    /// Allocates `original_len` bytes once and never more, whatever the payload claims; the
+    /// caller must already have checked `original_len` against its configured maximum.
+    pub fn decompress(self, payload: &[u8], original_len: usize) -> Result<Vec<u8>, CodecError> {
+        match self {
+            Codec::None => match payload.len() {
+                n if n == original_len => Ok(payload.to_vec()),
+                n if n < original_len => Err(CodecError::TooShort {
+                    codec: self.name(),
+                    expected: original_len,
+                    actual: n,
+                }),
+                n => Err(CodecError::TrailingBytes {
+                    codec: self.name(),
+                    count: n - original_len,
+                }),
+            },
+            Codec::Lz4 => lz4_decompress(payload, original_len),
+            Codec::Zlib => inflate(payload, original_len),
+            Codec::Zstd => zstd_decompress(payload, original_len),
+        }
+    }
+}
+
+impl std::fmt::Display for Codec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+fn lz4_decompress(payload: &[u8], original_len: usize) -> Result<Vec<u8>, CodecError> {
+    let codec = Codec::Lz4.name();
+    let mut out = vec![0u8; original_len];
+    match lz4_flex::block::decompress_into(payload, &mut out) {
+        Ok(n) if n == original_len => Ok(out),
+        Ok(n) => Err(CodecError::TooShort {
+            codec,
+            expected: original_len,
+            actual: n,
+        }),
+        Err(lz4_flex::block::DecompressError::OutputTooSmall { .. }) => Err(CodecError::TooLong {
+            codec,
+            expected: original_len,
+        }),
+        Err(e) => Err(CodecError::Corrupt {
+            codec,
+            detail: e.to_string(),
+        }),
+    }
+}
+
+fn deflate(input: &[u8]) -> Option<Vec<u8>> {
+    let mut z = flate2::Compress::new(Compression::new(ZLIB_LEVEL), true);
+    // Room for the worst case (stored blocks: 5 bytes per 16 KiB, plus zlib header and
+    // adler32) so the single Finish call below always completes.
+    let mut out = Vec::with_capacity(input.len() + input.len() / 16_000 * 5 + 64);
+    loop {
+        let consumed = usize::try_from(z.total_in()).ok()?;
+        let rest = input.get(consumed..)?;
+        match z.compress_vec(rest, &mut out, FlushCompress::Finish).ok()? {
+            Status::StreamEnd => return Some(out),
+            // Out of room despite the estimate: grow and continue rather than fail.
+            Status::Ok | Status::BufError => out.reserve(out.capacity().max(64)),
+        }
+    }
+}
+
+fn inflate(payload: &[u8], original_len: usize) -> Result<Vec<u8>, CodecError> {
+    let codec = Codec::Zlib.name();
+    let corrupt = |e: flate2::DecompressError| CodecError::Corrupt {
+        codec,
+        detail: e.to_string(),
+    };
+    let mut out = vec![0u8; original_len];
+    let mut z = flate2::Decompress::new(true);
+    let status = z
+        .decompress(payload, &mut out, FlushDecompress::Finish)
+        .map_err(corrupt)?;
+    // Totals never exceed the slice lengths handed in, so these conversions cannot saturate.
+    let produced = usize::try_from(z.total_out()).unwrap_or(usize::MAX);
+    let consumed = usize::try_from(z.total_in()).unwrap_or(usize::MAX);
+    if status == Status::StreamEnd {
+        if produced != original_len {
+            return Err(CodecError::TooShort {
+                codec,
+                expected: original_len,
+                actual: produced,
+            });
+        }
+        if consumed != payload.len() {
+            return Err(CodecError::TrailingBytes {
+                codec,
+                count: payload.len().saturating_sub(consumed),
+            });
+        }
+        return Ok(out);
+    }
+    if produced < original_len {
+        // Input ran out before the stream's end marker.
+        return Err(CodecError::TooShort {
+            codec,
+            expected: original_len,
+            actual: produced,
+        });
+    }
+    // Output is full but the stream has not ended: either more data follows (a bomb, or a
+    // header that lies about the length) or only the end marker is missing. One more byte of
+    // room tells the two apart without allocating.
+    let mut probe = [0u8; 1];
+    let rest = payload.get(consumed..).unwrap_or_default();
+    z.decompress(rest, &mut probe, FlushDecompress::Finish)
+        .map_err(corrupt)?;
+    if z.total_out() > original_len as u64 {
+        Err(CodecError::TooLong {
+            codec,
+            expected: original_len,
+        })
+    } else {
+        Err(CodecError::Corrupt {
+            codec,
+            detail: "stream does not end".to_string(),
+        })
+    }
+}
+
+thread_local! {
+    // zstd contexts cost tens to hundreds of KiB to set up; reusing one per thread keeps small
+    // values cheap. One-shot calls start a fresh frame each time, so reuse carries no state over.
+    static ZSTD_CCTX: RefCell<Option<zstd_safe::CCtx<'static>>> = const { RefCell::new(None) };
+    static ZSTD_DCTX: RefCell<Option<zstd_safe::DCtx<'static>>> = const { RefCell::new(None) };
+}
+
+fn zstd_compress(input: &[u8]) -> Option<Vec<u8>> {
+    ZSTD_CCTX.with(|cell| {
+        let mut slot = cell.try_borrow_mut().ok()?;
+        if slot.is_none() {
+            let mut cctx = zstd_safe::CCtx::try_create()?;
+            cctx.set_parameter(zstd_safe::CParameter::CompressionLevel(ZSTD_LEVEL))
+                .ok()?;
+            *slot = Some(cctx);
+        }
+        let cctx = slot.as_mut()?;
+        let mut out = Vec::with_capacity(zstd_safe::compress_bound(input.len()));
+        match cctx.compress2(&mut out, input) {
+            Ok(_) => Some(out),
+            Err(_) => {
+                // A failed compress2 leaves its frame open; start over with a new context.
+                *slot = None;
+                None
+            }
+        }
+    })
+}
+
+fn zstd_decompress(payload: &[u8], original_len: usize) -> Result<Vec<u8>, CodecError> {
+    let codec = Codec::Zstd.name();
+    let corrupt = |detail: &str| CodecError::Corrupt {
+        codec,
+        detail: detail.to_string(),
+    };
+    // Frames normally record their content size; checking the first frame's rejects a lying
+    // header or a bomb before any work (further frames, if any, are bounded by `out` below).
+    match zstd_safe::get_frame_content_size(payload) {
+        Ok(Some(n)) if n > original_len as u64 => {
+            return Err(CodecError::TooLong {
+                codec,
+                expected: original_len,
+            });
+        }
+        Ok(_) => {}
+        Err(_) => return Err(corrupt("invalid frame header")),
+    }
+    // One-shot decoding writes straight into `out` and needs no window buffer, unlike the
+    // streaming decoder, whose window size the frame header chooses (up to 128 MiB).
+    let mut out = vec![0u8; original_len];
+    let result = ZSTD_DCTX.with(|cell| {
+        let mut slot = cell.try_borrow_mut().map_err(|_| corrupt("decoder busy"))?;
+        if slot.is_none() {
+            *slot = Some(zstd_safe::DCtx::try_create().ok_or_else(|| corrupt("no memory"))?);
+        }
+        match slot.as_mut() {
+            Some(dctx) => Ok(dctx.decompress(&mut out[..], payload)),
+            None => Err(corrupt("no decoder")),
+        }
+    })?;
+    let produced = match result {
+        Ok(n) => n,
+        Err(code) if code.wrapping_neg() == DST_TOO_SMALL => {
+            return Err(CodecError::TooLong {
+                codec,
+                expected: original_len,
+            });
+        }
+        Err(code) => return Err(corrupt(zstd_safe::get_error_name(code))),
+    };
+    if produced != original_len {
+        return Err(CodecError::TooShort {
+            codec,
+            expected: original_len,
+            actual: produced,
+        });
+    }
+    Ok(out)
+}
+
+// zstd reports errors as the negated value of this enum (ZSTD_getErrorCode does the same
+// negation); the enum values are part of zstd's stable error API.
+const DST_TOO_SMALL: usize = zstd_safe::zstd_sys::ZSTD_ErrorCode::ZSTD_error_dstSize_tooSmall as usize;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<u8> {
+        crate::state::sample::agent_session_json(7, 16 * 1024)
+    }
+
+    #[test]
+    fn ids_and_names_round_trip() {
+        for c in Codec::ALL {
+            assert_eq!(Codec::from_id(c.id()), Some(c));
+            assert_eq!(Codec::parse(c.name()), Some(c));
+            assert_eq!(Codec::parse(&c.name().to_uppercase()), Some(c));
+        }
+        assert_eq!(Codec::from_id(4), None);
+        assert_eq!(Codec::from_id(255), None);
+        assert_eq!(Codec::parse("lz5"), None);
+        assert_eq!(Codec::parse(""), None);
+    }
+
+    #[test]
+    fn round_trip_every_codec() {
+        let input = sample();
+        for c in Codec::ALL {
+            let packed = c.compress(&input);
+            assert_eq!(c.decompress(&packed, input.len()).as_ref(), Ok(&input), "{c}");
+            if c != Codec::None {
+                assert!(packed.len() < input.len(), "{c} did not compress");
+            }
+            let empty = c.compress(b"");
+            assert_eq!(c.decompress(&empty, 0), Ok(Vec::new()), "{c}");
+        }
+    }
+
+    #[test]
+    fn wrong_length_is_rejected_both_ways() {
+        let input = sample();
+        for c in Codec::ALL {
+            let packed = c.compress(&input);
+            let short = c.decompress(&packed, input.len() - 1);
+            assert!(
+                matches!(
+                    short,
+                    Err(CodecError::TooLong { .. } | CodecError::TrailingBytes { .. })
+                ),
+                "{c}: {short:?}"
+            );
+            let long = c.decompress(&packed, input.len() + 1);
+            assert!(
+                matches!(long, Err(CodecError::TooShort { .. })),
+                "{c}: {long:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bombs_stop_at_original_len() {
+        // 64 MiB of zeros packs into a few KiB; claiming 1 KiB must fail after 1 KiB of work.
+        let zeros = vec![0u8; 64 << 20];
+        for c in [Codec::Lz4, Codec::Zlib, Codec::Zstd] {
+            let bomb = c.compress(&zeros);
+            assert!(bomb.len() < 1 << 20, "{c}: {}", bomb.len());
+            let r = c.decompress(&bomb, 1024);
+            assert_eq!(
+                r,
+                Err(CodecError::TooLong {
+                    codec: c.name(),
+                    expected: 1024
+                }),
+                "{c}"
+            );
+        }
+    }
+
+    #[test]
+    fn truncated_payloads_fail() {
+        let input = sample();
+        for c in Codec::ALL {
+            let packed = c.compress(&input);
+            for cut in [0, 1, packed.len() / 2, packed.len() - 4, packed.len() - 1] {
+                assert!(
+                    c.decompress(&packed[..cut], input.len()).is_err(),
+                    "{c} cut at {cut}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_fail() {
+        let input = sample();
+        for c in Codec::ALL {
+            let mut packed = c.compress(&input);
+            packed.push(0);
+            assert!(c.decompress(&packed, input.len()).is_err(), "{c}");
+        }
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for len in 0..300usize {
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            for c in Codec::ALL {
+                let _ = c.decompress(&bytes, len * 3);
+            }
+        }
+    }
+}

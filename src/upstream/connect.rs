@@ -1,0 +1,244 @@
+//! Opening one connection to Redis: TCP, keepalive, then the handshake (HELLO/AUTH, SELECT).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use redis_protocol::resp3::types::{BytesFrame, Resp3Frame};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::{PoolKey, UpstreamError};
+use crate::config::UpstreamConfig;
+use crate::protocol::{Limits, Scanner, Side, encode_multibulk};
+
+/// A byte stream to Redis; an enum so that TLS can join TCP without boxing every read.
+#[derive(Debug)]
+pub enum Stream {
+    /// Plain TCP.
+    Tcp(TcpStream),
+}
+
+impl Stream {
+    /// True when the peer has closed or sent something unsolicited: not safe to reuse.
+    pub fn is_stale(&self) -> bool {
+        let mut probe = [0u8; 1];
+        match self {
+            Stream::Tcp(s) => !matches!(s.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Limits for what Redis sends back: Redis is trusted, so only absurd lengths are refused.
+pub fn reply_limits() -> Limits {
+    Limits {
+        max_bulk_len: i64::MAX as usize,
+        max_multibulk_len: i64::MAX as usize,
+        max_inline_len: usize::MAX,
+    }
+}
+
+/// Reads one whole reply frame from `stream`, buffering in `rbuf`.
+pub async fn read_frame<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    scanner: &mut Scanner,
+    addr: &str,
+) -> Result<Bytes, UpstreamError> {
+    let limits = reply_limits();
+    loop {
+        if let Some(len) = scanner
+            .scan(rbuf, Side::Reply, &limits)
+            .map_err(|e| UpstreamError::Protocol {
+                addr: addr.to_string(),
+                detail: e.to_string(),
+            })?
+        {
+            scanner.reset();
+            return Ok(rbuf.split_to(len).freeze());
+        }
+        if rbuf.capacity() - rbuf.len() < 4096 {
+            rbuf.reserve(64 * 1024);
+        }
+        let n = stream
+            .read_buf(rbuf)
+            .await
+            .map_err(|e| UpstreamError::io(addr, &e))?;
+        if n == 0 {
+            return Err(UpstreamError::Closed {
+                addr: addr.to_string(),
+            });
+        }
+    }
+}
+
+/// Parses a complete reply frame with redis-protocol (RESP3 decoding also reads RESP2).
+pub fn decode_reply(frame: &Bytes) -> Option<BytesFrame> {
+    match redis_protocol::resp3::decode::complete::decode_bytes(frame) {
+        Ok(Some((f, _))) => Some(f),
+        _ => None,
+    }
+}
+
+/// What the handshake learned about the server.
+#[derive(Debug, Clone, Default)]
+pub struct ServerInfo {
+    /// `version` from HELLO, e.g. "7.0.15".
+    pub version: String,
+}
+
+/// An open, authenticated connection on the right db and protocol.
+pub struct Connected {
+    /// The stream.
+    pub stream: Stream,
+    /// Bytes read past the handshake replies (normally empty).
+    pub rbuf: BytesMut,
+    /// Facts from HELLO.
+    pub info: ServerInfo,
+}
+
+/// The commands that put a fresh (or RESET) connection into the state `key` asks for.
+pub fn handshake_commands(cfg: &UpstreamConfig, key: PoolKey, out: &mut BytesMut) -> usize {
+    let url = &cfg.url;
+    let proto = key.proto.to_string();
+    let mut hello: Vec<&[u8]> = vec![b"HELLO", proto.as_bytes()];
+    if let Some(p) = &url.password {
+        hello.push(b"AUTH");
+        hello.push(url.username.as_deref().unwrap_or("default").as_bytes());
+        hello.push(p.as_bytes());
+    }
+    hello.push(b"SETNAME");
+    hello.push(b"statecar");
+    encode_multibulk(out, &hello);
+    let mut n = 1;
+    if key.db != 0 {
+        let db = key.db.to_string();
+        encode_multibulk(out, &[b"SELECT".as_slice(), db.as_bytes()]);
+        n += 1;
+    }
+    n
+}
+
+/// Checks the handshake replies; the first error names the step.
+pub fn check_handshake_reply(
+    addr: &str,
+    step: usize,
+    frame: &Bytes,
+    info: &mut ServerInfo,
+) -> Result<(), UpstreamError> {
+    let fail = |reply: String| UpstreamError::Handshake {
+        addr: addr.to_string(),
+        step: if step == 0 { "HELLO" } else { "SELECT" },
+        reply,
+    };
+    let decoded = decode_reply(frame).ok_or_else(|| fail("unparseable reply".into()))?;
+    match &decoded {
+        BytesFrame::SimpleError { data, .. } => return Err(fail(data.to_string())),
+        BytesFrame::BlobError { data, .. } => {
+            return Err(fail(String::from_utf8_lossy(data).into_owned()));
+        }
+        _ => {}
+    }
+    if step == 0 {
+        let items: Vec<&BytesFrame> = match &decoded {
+            BytesFrame::Map { data, .. } => data.iter().flat_map(|(k, v)| [k, v]).collect(),
+            BytesFrame::Array { data, .. } => data.iter().collect(),
+            _ => Vec::new(),
+        };
+        for pair in items.chunks(2) {
+            if let [k, v] = pair
+                && k.as_bytes() == Some(b"version".as_slice())
+            {
+                info.version = v
+                    .as_bytes()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Opens and prepares one connection within `connect_timeout_ms`.
+pub async fn connect(cfg: &UpstreamConfig, key: PoolKey) -> Result<Connected, UpstreamError> {
+    let addr = cfg.url.addr();
+    let deadline = Duration::from_millis(cfg.connect_timeout_ms);
+    match tokio::time::timeout(deadline, connect_inner(cfg, key, &addr)).await {
+        Ok(r) => r,
+        Err(_) => Err(UpstreamError::Unavailable {
+            addr,
+            reason: format!("connect timed out after {} ms", cfg.connect_timeout_ms),
+        }),
+    }
+}
+
+async fn connect_inner(
+    cfg: &UpstreamConfig,
+    key: PoolKey,
+    addr: &str,
+) -> Result<Connected, UpstreamError> {
+    let tcp = TcpStream::connect((cfg.url.host.as_str(), cfg.url.port))
+        .await
+        .map_err(|e| UpstreamError::Unavailable {
+            addr: addr.to_string(),
+            reason: e.to_string().to_lowercase(),
+        })?;
+    let _ = tcp.set_nodelay(true);
+    if cfg.keepalive_s > 0 {
+        let ka = socket2::TcpKeepalive::new().with_time(Duration::from_secs(cfg.keepalive_s));
+        let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&ka);
+    }
+    let mut stream = Stream::Tcp(tcp);
+    let mut out = BytesMut::new();
+    let n = handshake_commands(cfg, key, &mut out);
+    stream
+        .write_all(&out)
+        .await
+        .map_err(|e| UpstreamError::io(addr, &e))?;
+    let mut rbuf = BytesMut::with_capacity(4096);
+    let mut scanner = Scanner::default();
+    let mut info = ServerInfo::default();
+    for step in 0..n {
+        let frame = read_frame(&mut stream, &mut rbuf, &mut scanner, addr).await?;
+        check_handshake_reply(addr, step, &frame, &mut info)?;
+    }
+    Ok(Connected { stream, rbuf, info })
+}
