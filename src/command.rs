@@ -83,8 +83,8 @@ pub fn classify(args: &[bytes::Bytes]) -> Kind {
     };
     match &buf[..n] {
         b"GET" | b"SET" => Kind::Plain,
-        b"BLPOP" | b"BRPOP" | b"BRPOPLPUSH" | b"BLMOVE" | b"BLMPOP" | b"BZPOPMIN"
-        | b"BZPOPMAX" | b"BZMPOP" | b"WAIT" | b"WAITAOF" => Kind::Blocking,
+        b"BLPOP" | b"BRPOP" | b"BRPOPLPUSH" | b"BLMOVE" | b"BLMPOP" | b"BZPOPMIN" | b"BZPOPMAX"
+        | b"BZMPOP" | b"WAIT" | b"WAITAOF" => Kind::Blocking,
         b"XREAD" | b"XREADGROUP" => {
             if args[1..].iter().any(|a| a.eq_ignore_ascii_case(b"BLOCK")) {
                 Kind::Blocking
@@ -152,8 +152,14 @@ mod tests {
     fn classifies_case_insensitively() {
         assert_eq!(k(&["get", "k"]), Kind::Plain);
         assert_eq!(k(&["bLpOp", "q", "0"]), Kind::Blocking);
-        assert_eq!(k(&["xread", "COUNT", "1", "STREAMS", "s", "0"]), Kind::Plain);
-        assert_eq!(k(&["xread", "block", "0", "STREAMS", "s", "$"]), Kind::Blocking);
+        assert_eq!(
+            k(&["xread", "COUNT", "1", "STREAMS", "s", "0"]),
+            Kind::Plain
+        );
+        assert_eq!(
+            k(&["xread", "block", "0", "STREAMS", "s", "$"]),
+            Kind::Blocking
+        );
         assert_eq!(k(&["multi"]), Kind::Multi);
         assert_eq!(k(&["psubscribe", "a*"]), Kind::Subscribe(SubKind::Pattern));
         assert_eq!(k(&["state.load", "k"]), Kind::Local(Local::State));

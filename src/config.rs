@@ -334,8 +334,12 @@ fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {
 }
 
 fn parse_addr(field: &str, s: &str) -> Result<SocketAddr, ConfigError> {
-    s.parse::<SocketAddr>()
-        .map_err(|_| invalid(field, format!("\"{s}\" is not an address like 127.0.0.1:6380")))
+    s.parse::<SocketAddr>().map_err(|_| {
+        invalid(
+            field,
+            format!("\"{s}\" is not an address like 127.0.0.1:6380"),
+        )
+    })
 }
 
 fn positive(field: &str, v: u64) -> Result<(), ConfigError> {
@@ -382,7 +386,10 @@ impl Config {
             return Err(invalid("limits.max_bulk_len", "must be at most 2147483647"));
         }
         if l.max_decoded_size > u32::MAX as usize {
-            return Err(invalid("limits.max_decoded_size", "must be at most 4294967295"));
+            return Err(invalid(
+                "limits.max_decoded_size",
+                "must be at most 4294967295",
+            ));
         }
         for (i, u) in file.auth.users.iter().enumerate() {
             if u.name.is_empty() || u.name.contains(char::is_whitespace) {
@@ -393,11 +400,17 @@ impl Config {
             }
         }
         if file.auth.password.as_deref() == Some("") {
-            return Err(invalid("auth.password", "must not be empty (omit it to disable auth)"));
+            return Err(invalid(
+                "auth.password",
+                "must not be empty (omit it to disable auth)",
+            ));
         }
         let log_level = o.log_level.clone().unwrap_or(file.log.level.clone());
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
-            return Err(invalid("log.level", format!("\"{log_level}\" is not a level or filter")));
+            return Err(invalid(
+                "log.level",
+                format!("\"{log_level}\" is not a level or filter"),
+            ));
         }
         let log_format = o.log_format.clone().unwrap_or(file.log.format.clone());
         let log_json = match log_format.as_str() {
@@ -489,7 +502,9 @@ connect_timeout_ms = 2000
 
     #[test]
     fn unknown_key_names_the_field() {
-        let e = build("[upstream]\nmax_conections = 3\n").unwrap_err().to_string();
+        let e = build("[upstream]\nmax_conections = 3\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("upstream.max_conections"), "{e}");
         assert!(e.contains("unknown field"), "{e}");
         assert!(!e.contains('\n'), "{e}");
@@ -497,13 +512,19 @@ connect_timeout_ms = 2000
 
     #[test]
     fn bad_value_names_the_field() {
-        let e = build("[upstream]\ntimeout_ms = \"soon\"\n").unwrap_err().to_string();
+        let e = build("[upstream]\ntimeout_ms = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("upstream.timeout_ms"), "{e}");
-        let e = build("[upstream]\nmax_connections = 0\n").unwrap_err().to_string();
+        let e = build("[upstream]\nmax_connections = 0\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("upstream.max_connections"), "{e}");
         let e = build("listen = \"nowhere\"\n").unwrap_err().to_string();
         assert!(e.contains("listen"), "{e}");
-        let e = build("[upstream]\nurl = \"http://x\"\n").unwrap_err().to_string();
+        let e = build("[upstream]\nurl = \"http://x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("upstream.url"), "{e}");
     }
 

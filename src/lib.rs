@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod command;
 pub mod config;
+pub mod offline;
 pub mod protocol;
 pub mod reply;
 pub mod server;
@@ -27,7 +28,10 @@ pub async fn run(cfg: Arc<config::Config>) -> Result<(), String> {
     let upstream = upstream::Upstream::new(cfg.upstream.clone());
     let ctx = Arc::new(session::Ctx {
         auth: auth::Auth::new(&cfg.auth),
-        state: state::StateEngine::new(cfg.rules.clone(), cfg.max_decoded_size),
+        state: Arc::new(state::StateEngine::new(
+            cfg.rules.clone(),
+            cfg.max_decoded_size,
+        )),
         upstream,
         cfg: cfg.clone(),
         next_id: AtomicU64::new(1),

@@ -21,7 +21,12 @@ struct Cli {
     #[arg(long, env = "STATECAR_UPSTREAM", global = true)]
     upstream: Option<String>,
     /// Upstream password (overrides the URL's; for Kubernetes Secrets).
-    #[arg(long, env = "STATECAR_UPSTREAM_PASSWORD", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "STATECAR_UPSTREAM_PASSWORD",
+        hide_env_values = true,
+        global = true
+    )]
     upstream_password: Option<String>,
     /// Metrics and health listener, e.g. 127.0.0.1:9121.
     #[arg(long, env = "STATECAR_METRICS_LISTEN", global = true)]
@@ -42,6 +47,24 @@ enum Cmd {
     Run,
     /// Validate the configuration and exit.
     CheckConfig,
+    /// Read a state key straight from Redis (no proxy), verify it and print it: the value's
+    /// bytes go to stdout, its metadata to stderr.
+    Decode {
+        /// The key.
+        key: String,
+        /// Print this version from the history instead of the current value.
+        #[arg(long)]
+        version: Option<u64>,
+        /// List the versions in the history, verified, instead of printing a value.
+        #[arg(long)]
+        versions: bool,
+    },
+    /// Verify every state key in Redis (current values and histories); exits 1 if any is damaged.
+    Verify {
+        /// Only keys matching this glob pattern.
+        #[arg(long = "match")]
+        pattern: Option<String>,
+    },
 }
 
 fn load(cli: &Cli) -> Result<Config, String> {
@@ -75,6 +98,16 @@ fn main() -> ExitCode {
             println!("configuration ok");
             ExitCode::SUCCESS
         }
+        Cmd::Decode {
+            key,
+            version,
+            versions,
+        } => offline(
+            || async move { statecar::offline::decode(&cfg, &key, version, versions).await },
+        ),
+        Cmd::Verify { pattern } => {
+            offline(|| async move { statecar::offline::verify(&cfg, pattern.as_deref()).await })
+        }
         Cmd::Run => {
             let mut rt = tokio::runtime::Builder::new_multi_thread();
             rt.enable_all();
@@ -95,6 +128,24 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// Runs an offline command on a small runtime and turns its result into an exit code.
+fn offline<F, Fut>(f: F) -> ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = i32>,
+{
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => ExitCode::from(rt.block_on(f()).clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("statecar: cannot start runtime: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -137,7 +137,9 @@ impl Scanner {
                                 return Ok(None);
                             }
                             if &buf[end - 2..end] != b"\r\n" {
-                                return Err(ProtocolError::new("bulk string not terminated by CRLF"));
+                                return Err(ProtocolError::new(
+                                    "bulk string not terminated by CRLF",
+                                ));
                             }
                             self.pos = end;
                         }
@@ -168,7 +170,11 @@ impl Scanner {
                     if self.open.len() >= 64 {
                         return Err(ProtocolError::new("nesting too deep"));
                     }
-                    let children = if matches!(kind, b'%' | b'|') { n * 2 } else { n };
+                    let children = if matches!(kind, b'%' | b'|') {
+                        n * 2
+                    } else {
+                        n
+                    };
                     if children > 0 {
                         self.open.push((children, kind == b'|'));
                         continue;
@@ -224,7 +230,8 @@ impl Command {
         A: Into<Bytes>,
     {
         let args: Vec<Bytes> = args.into_iter().map(Into::into).collect();
-        let mut raw = BytesMut::with_capacity(16 + args.iter().map(|a| a.len() + 16).sum::<usize>());
+        let mut raw =
+            BytesMut::with_capacity(16 + args.iter().map(|a| a.len() + 16).sum::<usize>());
         encode_multibulk(&mut raw, &args);
         Command {
             raw: raw.freeze(),
@@ -350,7 +357,8 @@ fn parse_inline(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Parsed>, P
     if line.last() == Some(&b'\r') {
         line = &line[..line.len() - 1];
     }
-    let args = split_args(line).ok_or_else(|| ProtocolError::new("unbalanced quotes in request"))?;
+    let args =
+        split_args(line).ok_or_else(|| ProtocolError::new("unbalanced quotes in request"))?;
     if args.is_empty() {
         return Ok(Some(Parsed::Nothing));
     }
@@ -472,7 +480,10 @@ mod tests {
         assert_eq!(cmds.len(), 3);
         assert_eq!(cmds[0], vec![b"GET".to_vec(), b"k".to_vec()]);
         assert_eq!(cmds[1], vec![b"PING".to_vec()]);
-        assert_eq!(cmds[2], vec![b"SET".to_vec(), b"a".to_vec(), b"b c".to_vec()]);
+        assert_eq!(
+            cmds[2],
+            vec![b"SET".to_vec(), b"a".to_vec(), b"b c".to_vec()]
+        );
     }
 
     #[test]
@@ -499,20 +510,33 @@ mod tests {
             max_inline_len: 16,
         };
         let mut p = RequestParser::default();
-        let e = p.next(&mut BytesMut::from(&b"*5\r\n"[..]), &limits).unwrap_err();
+        let e = p
+            .next(&mut BytesMut::from(&b"*5\r\n"[..]), &limits)
+            .unwrap_err();
         assert_eq!(e.to_string(), "Protocol error: invalid multibulk length");
         let mut p = RequestParser::default();
-        let e = p.next(&mut BytesMut::from(&b"*1\r\n$11\r\n"[..]), &limits).unwrap_err();
+        let e = p
+            .next(&mut BytesMut::from(&b"*1\r\n$11\r\n"[..]), &limits)
+            .unwrap_err();
         assert_eq!(e.to_string(), "Protocol error: invalid bulk length");
         let mut p = RequestParser::default();
-        let e = p.next(&mut BytesMut::from(&b"*1\r\n:1\r\n"[..]), &limits).unwrap_err();
+        let e = p
+            .next(&mut BytesMut::from(&b"*1\r\n:1\r\n"[..]), &limits)
+            .unwrap_err();
         assert_eq!(e.to_string(), "Protocol error: expected '$', got ':'");
         let mut p = RequestParser::default();
-        let e = p.next(&mut BytesMut::from(&[b'A'; 40][..]), &limits).unwrap_err();
+        let e = p
+            .next(&mut BytesMut::from(&[b'A'; 40][..]), &limits)
+            .unwrap_err();
         assert_eq!(e.to_string(), "Protocol error: too big inline request");
         let mut p = RequestParser::default();
-        let e = p.next(&mut BytesMut::from(&b"SET \"a\r\n"[..]), &limits).unwrap_err();
-        assert_eq!(e.to_string(), "Protocol error: unbalanced quotes in request");
+        let e = p
+            .next(&mut BytesMut::from(&b"SET \"a\r\n"[..]), &limits)
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Protocol error: unbalanced quotes in request"
+        );
     }
 
     #[test]
@@ -540,7 +564,9 @@ mod tests {
         let reply = b"*3\r\n$3\r\nfoo\r\n*1\r\n:42\r\n$-1\r\n";
         let mut s = Scanner::default();
         for cut in 0..reply.len() {
-            let r = s.scan(&reply[..cut], Side::Reply, &Limits::default()).unwrap();
+            let r = s
+                .scan(&reply[..cut], Side::Reply, &Limits::default())
+                .unwrap();
             assert_eq!(r, None, "cut {cut}");
         }
         assert_eq!(
@@ -553,7 +579,12 @@ mod tests {
     fn split_args_handles_quotes_and_escapes() {
         assert_eq!(
             split_args(b"set k \"a\\x41\\n\" 'it\\'s'").unwrap(),
-            vec![b"set".to_vec(), b"k".to_vec(), b"aA\n".to_vec(), b"it's".to_vec()]
+            vec![
+                b"set".to_vec(),
+                b"k".to_vec(),
+                b"aA\n".to_vec(),
+                b"it's".to_vec()
+            ]
         );
         assert!(split_args(b"\"abc").is_none());
         assert!(split_args(b"\"a\"b").is_none());

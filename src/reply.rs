@@ -45,7 +45,9 @@ impl Value {
             Value::Int(i) => Resp2::Integer(*i),
             Value::Bulk(b) => Resp2::BulkString(b.clone()),
             Value::Null => Resp2::Null,
-            Value::Array(v) | Value::Push(v) => Resp2::Array(v.iter().map(Value::to_resp2).collect()),
+            Value::Array(v) | Value::Push(v) => {
+                Resp2::Array(v.iter().map(Value::to_resp2).collect())
+            }
             Value::Map(kv) => Resp2::Array(
                 kv.iter()
                     .flat_map(|(k, v)| [k.to_resp2(), v.to_resp2()])
@@ -104,7 +106,9 @@ impl Value {
         };
         if let Err(e) = res {
             // Only reachable with a value we built wrongly; say so rather than send garbage.
-            out.extend_from_slice(format!("-ERR statecar: cannot encode reply: {e}\r\n").as_bytes());
+            out.extend_from_slice(
+                format!("-ERR statecar: cannot encode reply: {e}\r\n").as_bytes(),
+            );
         }
     }
 
@@ -143,8 +147,14 @@ mod tests {
 
     #[test]
     fn map_is_flat_in_resp2_and_a_map_in_resp3() {
-        let v = Value::Map(vec![(Value::text("a"), Value::Int(1)), (Value::text("b"), Value::Null)]);
-        assert_eq!(&v.encode(2)[..], b"*4\r\n$1\r\na\r\n:1\r\n$1\r\nb\r\n$-1\r\n");
+        let v = Value::Map(vec![
+            (Value::text("a"), Value::Int(1)),
+            (Value::text("b"), Value::Null),
+        ]);
+        assert_eq!(
+            &v.encode(2)[..],
+            b"*4\r\n$1\r\na\r\n:1\r\n$1\r\nb\r\n$-1\r\n"
+        );
         assert_eq!(&v.encode(3)[..], b"%2\r\n$1\r\na\r\n:1\r\n$1\r\nb\r\n_\r\n");
     }
 

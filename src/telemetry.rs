@@ -63,3 +63,17 @@ pub fn init_logging(level: &str, json: bool) {
         b.try_init()
     };
 }
+
+/// A state value was encoded: bytes before and after.
+pub fn state_write(rule: usize, original: usize, stored: usize) {
+    let rule = rule.to_string();
+    counter!("statecar_state_writes_total", "rule" => rule.clone()).increment(1);
+    counter!("statecar_state_bytes_original_total", "rule" => rule.clone())
+        .increment(original as u64);
+    counter!("statecar_state_bytes_stored_total", "rule" => rule).increment(stored as u64);
+}
+
+/// A stored value failed verification.
+pub fn checksum_failure() {
+    counter!("statecar_checksum_failures_total").increment(1);
+}

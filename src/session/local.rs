@@ -25,14 +25,24 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             Local::Quit => {
                 self.flush_batch().await;
                 if !self.take_discard() {
-                    let _ = self.push(super::Out::Ready(Bytes::from_static(reply::OK))).await;
+                    let _ = self
+                        .push(super::Out::Ready(Bytes::from_static(reply::OK)))
+                        .await;
                 }
                 let _ = self.push(super::Out::Close).await;
                 Flow::Stop
             }
             Local::Reset => self.reset().await,
             Local::Client => self.client(cmd).await,
-            Local::State => self.state_command(cmd).await,
+            Local::State => {
+                let in_multi = self.pinned.as_ref().is_some_and(|p| p.in_multi);
+                let plan = self.ctx.state.plan_state(&cmd, in_multi);
+                if self.pinned.is_some() {
+                    self.run_plan_pinned(plan).await
+                } else {
+                    self.run_plan(plan).await
+                }
+            }
         }
     }
 
@@ -100,7 +110,9 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             } else {
                 let o = String::from_utf8_lossy(&cmd.args[i]).into_owned();
                 return self
-                    .reply(reply::error(&format!("ERR Syntax error in HELLO option '{o}'")))
+                    .reply(reply::error(&format!(
+                        "ERR Syntax error in HELLO option '{o}'"
+                    )))
                     .await;
             }
         }
@@ -132,13 +144,12 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         if proto != self.proto {
             if self.pinned.is_some() {
                 // The dedicated connection must speak the new protocol too.
-                let raw = Command::from_args([Bytes::from_static(b"HELLO"), Bytes::from(proto.to_string())]).raw;
-                let swallow = Expect::Replies {
-                    frames: 1,
-                    swallow: true,
-                    then_stream: false,
-                    notify: None,
-                };
+                let raw = Command::from_args([
+                    Bytes::from_static(b"HELLO"),
+                    Bytes::from(proto.to_string()),
+                ])
+                .raw;
+                let swallow = Expect::replies(1, true);
                 if let Some(p) = self.pinned.as_mut() {
                     p.dirty = true;
                 }
@@ -152,7 +163,10 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         }
         let v = Value::Map(vec![
             (Value::text("server"), Value::text("redis")),
-            (Value::text("version"), Value::text(&self.ctx.upstream.version())),
+            (
+                Value::text("version"),
+                Value::text(&self.ctx.upstream.version()),
+            ),
             (Value::text("proto"), Value::Int(self.proto as i64)),
             (Value::text("id"), Value::Int(self.id as i64)),
             (Value::text("mode"), Value::text("standalone")),
@@ -173,7 +187,9 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 .await;
         };
         if n < 0 || n > u32::MAX as i64 {
-            return self.reply(reply::error("ERR DB index is out of range")).await;
+            return self
+                .reply(reply::error("ERR DB index is out of range"))
+                .await;
         }
         let n = n as u32;
         if let Some(p) = &self.pinned {
@@ -194,6 +210,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 swallow: discard,
                 then_stream: false,
                 notify: Some(tx),
+                reshape: None,
             };
             if self.send_pinned(&cmd.raw, Some(e)).await == Flow::Stop {
                 return Flow::Stop;
@@ -346,23 +363,13 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                     p.dirty = true;
                 }
                 let discard = self.take_discard();
-                let e = Expect::Replies {
-                    frames: 1,
-                    swallow: discard,
-                    then_stream: false,
-                    notify: None,
-                };
+                let e = Expect::replies(1, discard);
                 self.send_pinned(&cmd.raw, Some(e)).await
             }
             _ => {
                 if self.pinned.is_some() {
                     let discard = self.take_discard();
-                    let e = Expect::Replies {
-                        frames: 1,
-                        swallow: discard,
-                        then_stream: false,
-                        notify: None,
-                    };
+                    let e = Expect::replies(1, discard);
                     self.send_pinned(&cmd.raw, Some(e)).await
                 } else {
                     self.forward(&cmd.raw).await

@@ -8,7 +8,6 @@
 //! has been answered (a barrier), so Redis always executes a client's commands in its order.
 
 mod local;
-mod state;
 pub mod pinned;
 pub mod writer;
 
@@ -28,6 +27,8 @@ use crate::config::Config;
 use crate::protocol::{Command, Parsed, RequestParser};
 use crate::reply;
 use crate::state::StateEngine;
+use crate::state::plan::Plan;
+use crate::state::transform::{Pending, Reshape, Transform};
 use crate::upstream::conn::{Batch, SharedConn};
 use crate::upstream::connect::read_frame;
 use crate::upstream::lease::Returned;
@@ -50,7 +51,7 @@ pub struct Ctx {
     /// Sidecar credentials.
     pub auth: Auth,
     /// State-key handling.
-    pub state: StateEngine,
+    pub state: Arc<StateEngine>,
     /// Source of client ids.
     pub next_id: AtomicU64,
     /// Cancelled on SIGTERM: sessions stop reading and finish what they have.
@@ -163,7 +164,10 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                         crate::telemetry::command_rejected("protocol_error");
                         tracing::debug!(client = self.id, error = %e, "malformed input; closing");
                         self.flush_batch().await;
-                        let _ = self.out.send(Out::Ready(reply::error(&format!("ERR {e}")))).await;
+                        let _ = self
+                            .out
+                            .send(Out::Ready(reply::error(&format!("ERR {e}"))))
+                            .await;
                         let _ = self.out.send(Out::Close).await;
                         return;
                     }
@@ -229,15 +233,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         if self.batch_n == 0 {
             return;
         }
-        let key = self.key();
-        let conn = match &self.shared {
-            Some((k, c)) if *k == key => c.clone(),
-            _ => {
-                let c = self.ctx.upstream.assign(key);
-                self.shared = Some((key, c.clone()));
-                c
-            }
-        };
+        let conn = self.shared_conn();
         let (tx, rx) = oneshot::channel();
         let replies = self.batch_n;
         conn.send(Batch {
@@ -310,10 +306,16 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             )
         {
             crate::telemetry::command_rejected("noauth");
-            return self.reply(reply::error("NOAUTH Authentication required.")).await;
+            return self
+                .reply(reply::error("NOAUTH Authentication required."))
+                .await;
         }
         if tracing::enabled!(tracing::Level::DEBUG) {
-            let route = if self.pinned.is_some() { "pinned" } else { "plain" };
+            let route = if self.pinned.is_some() {
+                "pinned"
+            } else {
+                "plain"
+            };
             tracing::debug!(client = self.id, command = %cmd.name(), ?kind, route, "route");
         }
         if let Kind::Local(l) = kind {
@@ -330,10 +332,11 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         if self.pinned.is_some() {
             return self.dispatch_pinned(kind, cmd).await;
         }
-        if kind == Kind::Plain && !self.ctx.state.is_empty() {
-            if let Some(flow) = self.state_route(&cmd).await {
-                return flow;
-            }
+        if kind == Kind::Plain
+            && !self.ctx.state.is_empty()
+            && let Some(plan) = self.ctx.state.plan(&cmd, false)
+        {
+            return self.run_plan(plan).await;
         }
         match kind {
             Kind::Plain => self.forward(&cmd.raw).await,
@@ -345,10 +348,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             }
             Kind::Unwatch => self.reply(Bytes::from_static(reply::OK)).await,
             Kind::Unsubscribe(k) => self.unsubscribe_unpinned(k, &cmd).await,
-            Kind::Multi
-            | Kind::Watch
-            | Kind::Subscribe(_)
-            | Kind::Monitor => {
+            Kind::Multi | Kind::Watch | Kind::Subscribe(_) | Kind::Monitor => {
                 if let Some(flow) = self.pin().await {
                     return flow;
                 }
@@ -421,25 +421,35 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 )))
                 .await;
         }
+        let in_multi = self.pinned.as_ref().is_some_and(|p| p.in_multi);
+        if matches!(kind, Kind::Plain | Kind::Blocking) && !self.ctx.state.is_empty() {
+            if let Some(plan) = self.ctx.state.plan(&cmd, in_multi) {
+                return self.run_plan_pinned(plan).await;
+            }
+        }
         let discard = self.take_discard();
-        let mut expect = Expect::Replies {
-            frames: 1,
-            swallow: discard,
-            then_stream: false,
-            notify: None,
-        };
+        let mut expect = Expect::replies(1, discard);
         let mut unpin_after = false;
+        let mut end_tx = None;
         {
             let Some(p) = self.pinned.as_mut() else {
                 return Flow::Stop;
             };
             match kind {
-                Kind::Multi => p.in_multi = true,
-                Kind::EndTransaction => {
+                Kind::Multi => {
+                    if !p.in_multi {
+                        p.queued.clear();
+                        p.poisoned = false;
+                    }
+                    p.in_multi = true;
+                }
+                Kind::EndTransaction if p.in_multi => {
+                    end_tx = Some((std::mem::take(&mut p.queued), p.poisoned));
                     p.in_multi = false;
                     p.watching = false;
                     unpin_after = true;
                 }
+                Kind::EndTransaction => {}
                 Kind::Watch => {
                     if !p.in_multi {
                         p.watching = true;
@@ -459,13 +469,51 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                         swallow: discard,
                         then_stream: true,
                         notify: None,
+                        reshape: None,
                     };
                 }
-                _ => {}
+                _ => {
+                    if p.in_multi {
+                        p.queued.push(None);
+                    }
+                }
+            }
+        }
+        let exec = cmd.args[0].eq_ignore_ascii_case(b"EXEC");
+        if let Some((queued, poisoned)) = end_tx
+            && exec
+        {
+            if poisoned {
+                // A command was refused by us at queue time: Redis would abort the whole
+                // transaction, so discard it upstream and say so.
+                let raw = Command::from_args([Bytes::from_static(b"DISCARD")]).raw;
+                if self.send_pinned(&raw, Some(Expect::replies(1, true))).await == Flow::Stop {
+                    return Flow::Stop;
+                }
+                let e = reply::error("EXECABORT Transaction discarded because of previous errors.");
+                if !discard && self.push(Out::Ready(e)).await == Flow::Stop {
+                    return Flow::Stop;
+                }
+                return self.maybe_unpin().await;
+            }
+            if queued.iter().any(Option::is_some) {
+                let reshape = self.reshape(Box::new(Pending {
+                    transform: Transform::Exec(queued),
+                    retry: None,
+                }));
+                expect = Expect::Replies {
+                    frames: 1,
+                    swallow: discard,
+                    then_stream: false,
+                    notify: None,
+                    reshape: Some(reshape),
+                };
             }
         }
         match kind {
-            Kind::Subscribe(k) | Kind::Unsubscribe(k) if !(kind == Kind::Subscribe(k) && cmd.args.len() < 2) => {
+            Kind::Subscribe(k) | Kind::Unsubscribe(k)
+                if !(kind == Kind::Subscribe(k) && cmd.args.len() < 2) =>
+            {
                 let subscribe = matches!(kind, Kind::Subscribe(_));
                 let frames = self.track_subscriptions(k, subscribe, &cmd.args[1..]);
                 if let Some(p) = self.pinned.as_mut() {
@@ -473,12 +521,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                     p.dirty = true;
                 }
                 // In RESP3 the confirmations are pushes, which the relay forwards on its own.
-                let e = (self.proto == 2).then_some(Expect::Replies {
-                    frames,
-                    swallow: discard,
-                    then_stream: false,
-                    notify: None,
-                });
+                let e = (self.proto == 2).then(|| Expect::replies(frames, discard));
                 self.send_pinned(&cmd.raw, e).await
             }
             _ => {
@@ -489,6 +532,86 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                     return self.maybe_unpin().await;
                 }
                 Flow::Continue
+            }
+        }
+    }
+
+    /// Binds a transform to this session's engine, protocol and shared connection.
+    fn reshape(&mut self, pending: Box<Pending>) -> Box<Reshape> {
+        Box::new(Reshape {
+            pending,
+            engine: self.ctx.state.clone(),
+            proto: self.proto,
+            conn: Some(self.shared_conn()),
+        })
+    }
+
+    /// The client's shared connection for its current db and protocol.
+    fn shared_conn(&mut self) -> SharedConn {
+        let key = self.key();
+        match &self.shared {
+            Some((k, c)) if *k == key => c.clone(),
+            _ => {
+                let c = self.ctx.upstream.assign(key);
+                self.shared = Some((key, c.clone()));
+                c
+            }
+        }
+    }
+
+    /// Runs a state plan on the shared connection, in its place in the pipeline.
+    async fn run_plan(&mut self, plan: Plan) -> Flow {
+        match plan {
+            Plan::Reject(e) => self.reply(e).await,
+            Plan::Send { raw, pending } => {
+                let discard = self.take_discard();
+                self.flush_batch().await;
+                let reshape = self.reshape(pending);
+                let (tx, rx) = oneshot::channel();
+                if let Some(conn) = &reshape.conn {
+                    conn.send(Batch {
+                        bytes: raw,
+                        replies: 1,
+                        tx,
+                    });
+                }
+                self.push(Out::State {
+                    rx,
+                    reshape,
+                    discard,
+                })
+                .await
+            }
+        }
+    }
+
+    /// Runs a state plan on the pinned connection (inside MULTI the transform waits for EXEC).
+    async fn run_plan_pinned(&mut self, plan: Plan) -> Flow {
+        let in_multi = self.pinned.as_ref().is_some_and(|p| p.in_multi);
+        match plan {
+            Plan::Reject(e) => {
+                if in_multi && let Some(p) = self.pinned.as_mut() {
+                    p.poisoned = true;
+                }
+                self.reply(e).await
+            }
+            Plan::Send { raw, pending } => {
+                let discard = self.take_discard();
+                let expect = if in_multi {
+                    if let Some(p) = self.pinned.as_mut() {
+                        p.queued.push(Some(pending.transform));
+                    }
+                    Expect::replies(1, discard)
+                } else {
+                    Expect::Replies {
+                        frames: 1,
+                        swallow: discard,
+                        then_stream: false,
+                        notify: None,
+                        reshape: Some(self.reshape(pending)),
+                    }
+                };
+                self.send_pinned(&raw, Some(expect)).await
             }
         }
     }
@@ -519,7 +642,10 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             SubKind::Shard => "sunsubscribe",
         };
         let names: Vec<reply::Value> = if cmd.args.len() > 1 {
-            cmd.args[1..].iter().map(|a| reply::Value::Bulk(a.clone())).collect()
+            cmd.args[1..]
+                .iter()
+                .map(|a| reply::Value::Bulk(a.clone()))
+                .collect()
         } else {
             vec![reply::Value::Null]
         };

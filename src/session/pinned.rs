@@ -12,10 +12,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::writer::Out;
+use crate::protocol::Scanner;
+use crate::state::transform::Reshape;
 use crate::upstream::UpstreamError;
 use crate::upstream::connect::{Stream, decode_reply, read_frame};
 use crate::upstream::lease::{Lease, LeasePool, LeasedConn, Returned};
-use crate::protocol::Scanner;
 use redis_protocol::resp3::types::{BytesFrame, Resp3Frame};
 use std::sync::Arc;
 use tokio::sync::OwnedSemaphorePermit;
@@ -32,6 +33,8 @@ pub enum Expect {
         then_stream: bool,
         /// Also hand the last reply to the session (SELECT needs to know if it worked).
         notify: Option<oneshot::Sender<Bytes>>,
+        /// Reshape the reply (state keys).
+        reshape: Option<Box<Reshape>>,
     },
     /// The session is unpinning: stop here and give the connection back.
     Finish,
@@ -45,6 +48,18 @@ impl Expect {
             swallow: false,
             then_stream: false,
             notify: None,
+            reshape: None,
+        }
+    }
+
+    /// `frames` replies, forwarded unless `swallow`.
+    pub fn replies(frames: usize, swallow: bool) -> Expect {
+        Expect::Replies {
+            frames,
+            swallow,
+            then_stream: false,
+            notify: None,
+            reshape: None,
         }
     }
 }
@@ -74,11 +89,20 @@ pub struct Pinned {
     pub watching: bool,
     /// Stays pinned until the client leaves (pub/sub, MONITOR, tracking, CLIENT ID).
     pub sticky: bool,
+    /// Inside MULTI: the reply transform of each queued command, for the EXEC reply.
+    pub queued: Vec<Option<crate::state::transform::Transform>>,
+    /// A queued command was refused here, so EXEC must fail as Redis fails it (EXECABORT).
+    pub poisoned: bool,
 }
 
 impl Pinned {
     /// Starts relaying for a freshly leased connection.
-    pub fn start(lease: Lease, pool: Arc<LeasePool>, out: mpsc::Sender<Out>, addr: String) -> Pinned {
+    pub fn start(
+        lease: Lease,
+        pool: Arc<LeasePool>,
+        out: mpsc::Sender<Out>,
+        addr: String,
+    ) -> Pinned {
         let Lease { conn, permit } = lease;
         let LeasedConn { stream, rbuf, key } = conn;
         let (rd, wr) = tokio::io::split(stream);
@@ -96,6 +120,8 @@ impl Pinned {
             in_multi: false,
             watching: false,
             sticky: false,
+            queued: Vec::new(),
+            poisoned: false,
         }
     }
 
@@ -136,7 +162,11 @@ impl Pinned {
         match relay.await {
             Ok(RelayEnd::Finished(rd, rbuf)) => {
                 let stream = rd.unsplit(wr);
-                let how = if dirty { Returned::Dirty } else { Returned::Clean };
+                let how = if dirty {
+                    Returned::Dirty
+                } else {
+                    Returned::Clean
+                };
                 pool.release(
                     Lease {
                         conn: LeasedConn { stream, rbuf, key },
@@ -268,11 +298,16 @@ async fn relay(
             swallow,
             then_stream,
             notify,
+            reshape,
         }) = head.take()
         else {
             return RelayEnd::Failed;
         };
         let last = frames <= 1;
+        let frame = match &reshape {
+            Some(r) => r.apply(frame).await,
+            None => frame,
+        };
         if !swallow && out.send(Out::Ready(frame.clone())).await.is_err() {
             return RelayEnd::Failed;
         }
@@ -287,6 +322,7 @@ async fn relay(
                 swallow,
                 then_stream,
                 notify,
+                reshape,
             });
         }
     }

@@ -8,6 +8,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::state::transform::Reshape;
 use crate::upstream::conn::BatchResult;
 
 /// Replies of this size or more are written directly instead of being copied into the buffer.
@@ -26,8 +27,15 @@ pub enum Out {
         /// `CLIENT REPLY OFF/SKIP`: consume but do not send.
         discard: bool,
     },
-    /// A reply that the session computes later (state keys, emulated commands).
-    Pending(oneshot::Receiver<Bytes>),
+    /// One command on a shared connection whose reply is reshaped (state keys).
+    State {
+        /// Where the reply arrives.
+        rx: oneshot::Receiver<BatchResult>,
+        /// How to reshape it.
+        reshape: Box<Reshape>,
+        /// `CLIENT REPLY OFF/SKIP`.
+        discard: bool,
+    },
     /// Signals when everything queued before it has been written.
     Barrier(oneshot::Sender<()>),
     /// Write what is queued, then close the connection.
@@ -131,18 +139,28 @@ pub async fn run<W: AsyncWrite + Unpin>(
                         w.put_batch(r, replies).await?;
                     }
                 }
-                Out::Pending(mut rx) => {
-                    let b = match rx.try_recv() {
-                        Ok(b) => b,
+                Out::State {
+                    mut rx,
+                    reshape,
+                    discard,
+                } => {
+                    let r = match rx.try_recv() {
+                        Ok(r) => r,
                         Err(_) => {
                             w.flush().await?;
                             match rx.await {
-                                Ok(b) => b,
+                                Ok(r) => r,
                                 Err(_) => continue,
                             }
                         }
                     };
-                    w.put(&b).await?;
+                    let r = match r {
+                        Ok(b) => Ok(reshape.apply(b).await),
+                        Err(f) => Err(f),
+                    };
+                    if !discard {
+                        w.put_batch(r, 1).await?;
+                    }
                 }
                 Out::Barrier(tx) => {
                     w.flush().await?;

@@ -202,8 +202,10 @@ fn inflate(payload: &[u8], original_len: usize) -> Result<Vec<u8>, CodecError> {
     };
     let mut out = vec![0u8; original_len];
     let mut z = flate2::Decompress::new(true);
+    // FlushDecompress::None, not Finish: miniz refuses to continue after a Finish call that ran
+    // out of room, and the overflow probe below needs to continue.
     let status = z
-        .decompress(payload, &mut out, FlushDecompress::Finish)
+        .decompress(payload, &mut out, FlushDecompress::None)
         .map_err(corrupt)?;
     // Totals never exceed the slice lengths handed in, so these conversions cannot saturate.
     let produced = usize::try_from(z.total_out()).unwrap_or(usize::MAX);
@@ -237,7 +239,7 @@ fn inflate(payload: &[u8], original_len: usize) -> Result<Vec<u8>, CodecError> {
     // room tells the two apart without allocating.
     let mut probe = [0u8; 1];
     let rest = payload.get(consumed..).unwrap_or_default();
-    z.decompress(rest, &mut probe, FlushDecompress::Finish)
+    z.decompress(rest, &mut probe, FlushDecompress::None)
         .map_err(corrupt)?;
     if z.total_out() > original_len as u64 {
         Err(CodecError::TooLong {
@@ -334,7 +336,8 @@ fn zstd_decompress(payload: &[u8], original_len: usize) -> Result<Vec<u8>, Codec
 
 // zstd reports errors as the negated value of this enum (ZSTD_getErrorCode does the same
 // negation); the enum values are part of zstd's stable error API.
-const DST_TOO_SMALL: usize = zstd_safe::zstd_sys::ZSTD_ErrorCode::ZSTD_error_dstSize_tooSmall as usize;
+const DST_TOO_SMALL: usize =
+    zstd_safe::zstd_sys::ZSTD_ErrorCode::ZSTD_error_dstSize_tooSmall as usize;
 
 #[cfg(test)]
 mod tests {
@@ -362,7 +365,11 @@ mod tests {
         let input = sample();
         for c in Codec::ALL {
             let packed = c.compress(&input);
-            assert_eq!(c.decompress(&packed, input.len()).as_ref(), Ok(&input), "{c}");
+            assert_eq!(
+                c.decompress(&packed, input.len()).as_ref(),
+                Ok(&input),
+                "{c}"
+            );
             if c != Codec::None {
                 assert!(packed.len() < input.len(), "{c} did not compress");
             }

@@ -212,9 +212,7 @@ pub fn decode(stored: &[u8], max_decoded: usize) -> Result<Decoded, EnvelopeErro
             max: max_decoded,
         });
     }
-    let value = meta
-        .codec
-        .decompress(&stored[HEADER_LEN..], original_len)?;
+    let value = meta.codec.decompress(&stored[HEADER_LEN..], original_len)?;
     let computed = crc32fast::hash(&value);
     if computed != meta.crc32 {
         return Err(EnvelopeError::ChecksumMismatch {
@@ -281,7 +279,9 @@ pub fn inspect(stored: &[u8]) -> Result<Option<Meta>, EnvelopeError> {
         return Err(EnvelopeError::UnsupportedFormat(header[4]));
     }
 
-    let be32 = |at: usize| u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]);
+    let be32 = |at: usize| {
+        u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+    };
     let stored_header_crc = be32(24);
     let computed = crc32fast::hash(&header[..HEADER_CRC_SPAN]);
     if stored_header_crc != computed {
@@ -331,18 +331,509 @@ pub fn inspect(stored: &[u8]) -> Result<Option<Meta>, EnvelopeError> {
 }
 
 #[cfg(test)]
-mod scratch {
+mod tests {
     use super::*;
     use crate::state::sample::agent_session_json;
-    #[test]
-    fn scratch_ratio() {
-        for size in [1024usize, 16 * 1024, 256*1024] {
-            for seed in 0..3 {
-                let v = agent_session_json(seed, size);
-                let r: Vec<String> = [Codec::Lz4, Codec::Zlib, Codec::Zstd].iter().map(|c| format!("{c} {:.2}", v.len() as f64 / c.compress(&v).len() as f64)).collect();
-                eprintln!("{size} seed {seed}: {r:?}");
+    use proptest::prelude::*;
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    // Counts allocations on the current thread while armed, so tests can prove that forged
+    // headers are rejected before any allocation. Pass-through otherwise; thread-local so tests
+    // running in parallel do not disturb each other.
+    struct CountingAlloc;
+
+    thread_local! {
+        static ARMED: Cell<bool> = const { Cell::new(false) };
+        static ALLOCS: Cell<usize> = const { Cell::new(0) };
+        static LARGEST: Cell<usize> = const { Cell::new(0) };
+    }
+
+    fn note(size: usize) {
+        // try_with: the allocator can run during thread teardown, after the slots are gone.
+        if ARMED.try_with(Cell::get).unwrap_or(false) {
+            let _ = ALLOCS.try_with(|a| a.set(a.get() + 1));
+            let _ = LARGEST.try_with(|l| l.set(l.get().max(size)));
+        }
+    }
+
+    unsafe impl GlobalAlloc for CountingAlloc {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            note(layout.size());
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            note(layout.size());
+            unsafe { System.alloc_zeroed(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            unsafe { System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            note(new_size);
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    #[global_allocator]
+    static GLOBAL: CountingAlloc = CountingAlloc;
+
+    /// Runs `f`, returning its result, the number of heap allocations it made on this thread
+    /// and the largest one.
+    fn allocations<R>(f: impl FnOnce() -> R) -> (R, usize, usize) {
+        ALLOCS.with(|a| a.set(0));
+        LARGEST.with(|l| l.set(0));
+        ARMED.with(|a| a.set(true));
+        let r = f();
+        ARMED.with(|a| a.set(false));
+        (r, ALLOCS.with(Cell::get), LARGEST.with(Cell::get))
+    }
+
+    const MAX: usize = 64 << 20;
+
+    /// A header with a valid header CRC around an arbitrary payload, as an attacker or a buggy
+    /// writer could produce.
+    fn forge(codec_id: u8, flags: u16, original_len: u32, crc: u32, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&SIGNATURE);
+        out.push(codec_id);
+        out.extend_from_slice(&flags.to_be_bytes());
+        out.extend_from_slice(&1_700_000_000_000u64.to_be_bytes());
+        out.extend_from_slice(&original_len.to_be_bytes());
+        out.extend_from_slice(&crc.to_be_bytes());
+        let hc = crc32fast::hash(&out);
+        out.extend_from_slice(&hc.to_be_bytes());
+        out.extend_from_slice(&version_patch(7));
+        out.extend_from_slice(payload);
+        out
+    }
+
+    fn decoded_value(stored: &[u8]) -> Vec<u8> {
+        match decode(stored, MAX) {
+            Ok(Decoded::State { value, .. }) => value,
+            other => panic!("expected a state value, got {other:?}"),
+        }
+    }
+
+    /// Flipping bytes of `enc` (the encoding of `original`) must never yield Plain or bytes
+    /// other than `original`. In the header and in uncompressed payloads it must always fail.
+    /// In a compressed payload a flip can land on bits the decoder ignores (deflate padding,
+    /// a zstd window descriptor that is still large enough, an LZ4 match offset that points at
+    /// identical bytes); the value then decodes to exactly the original, which the CRC of the
+    /// original bytes proves, and that is accepted rather than turning a correct read into an
+    /// error. Returns how many flips decoded to the original.
+    fn check_flips(original: &[u8], enc: &[u8], masks: &[u8]) -> Result<usize, TestCaseError> {
+        let codec = inspect(enc).ok().flatten().map(|m| m.codec);
+        let mut benign = 0;
+        let mut flipped = enc.to_vec();
+        for i in 0..enc.len() {
+            for &m in masks {
+                flipped[i] ^= m;
+                let r = decode(&flipped, MAX);
+                flipped[i] ^= m;
+                match r {
+                    Err(_) => {}
+                    Ok(Decoded::State { value, .. })
+                        if i >= HEADER_LEN && codec != Some(Codec::None) && value == original =>
+                    {
+                        benign += 1;
+                    }
+                    Ok(other) => {
+                        return Err(TestCaseError::fail(format!(
+                            "flip {m:#04x} at {i} of {} ({codec:?}) decoded to {}",
+                            enc.len(),
+                            match other {
+                                Decoded::Plain => "Plain".to_string(),
+                                Decoded::State { value, .. } if value == original =>
+                                    "the original".to_string(),
+                                Decoded::State { value, .. } =>
+                                    format!("{} other bytes", value.len()),
+                            }
+                        )));
+                    }
+                }
             }
         }
-        eprintln!("{}", String::from_utf8_lossy(&agent_session_json(1, 4096)));
+        Ok(benign)
+    }
+
+    fn any_codec() -> impl Strategy<Value = Codec> {
+        prop::sample::select(Codec::ALL.to_vec())
+    }
+
+    /// Random bytes, compressible bytes (small alphabet) and realistic JSON, up to `max` long.
+    fn value_up_to(max: usize) -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..max),
+            prop::collection::vec(0u8..4, 0..max),
+            (any::<u64>(), 0..max).prop_map(|(seed, len)| agent_session_json(seed, len)),
+        ]
+    }
+
+    fn any_value() -> impl Strategy<Value = Vec<u8>> {
+        value_up_to(8192)
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(
+            value in any_value(),
+            codec in any_codec(),
+            min_size in prop_oneof![Just(0usize), 0usize..5000, Just(usize::MAX)],
+            ts in any::<u64>(),
+            version in any::<u32>(),
+        ) {
+            let enc = encode(&value, codec, min_size, ts, version);
+            let meta = match decode(&enc, MAX) {
+                Ok(Decoded::State { value: v, meta }) => {
+                    prop_assert_eq!(&v, &value);
+                    meta
+                }
+                other => return Err(TestCaseError::fail(format!("{other:?}"))),
+            };
+            prop_assert_eq!(Some(meta.clone()), inspect(&enc).ok().flatten());
+            prop_assert_eq!(meta.original_len as usize, value.len());
+            prop_assert_eq!(meta.crc32, crc32fast::hash(&value));
+            prop_assert_eq!(meta.version, version);
+            prop_assert_eq!(meta.timestamp_ms, ts);
+            prop_assert_eq!(meta.stored_len, enc.len());
+            if meta.codec == Codec::None {
+                prop_assert_eq!(enc.len(), HEADER_LEN + value.len());
+            } else {
+                prop_assert_eq!(meta.codec, codec);
+                prop_assert!(value.len() >= min_size);
+                prop_assert!(enc.len() - HEADER_LEN < value.len());
+            }
+            // Compression is used whenever it is allowed and pays off.
+            let packed = codec.compress(&value);
+            let should_compress =
+                codec != Codec::None && value.len() >= min_size && packed.len() < value.len();
+            prop_assert_eq!(meta.codec != Codec::None, should_compress);
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode(&bytes, MAX);
+            let _ = inspect(&bytes);
+            // Garbage behind a valid signature and header CRC.
+            for id in 0..=4u8 {
+                let forged = forge(id, 0, bytes.len() as u32 * 2 + 1, 0, &bytes);
+                prop_assert!(decode(&forged, MAX).is_err());
+            }
+        }
+    }
+
+    proptest! {
+        // Each case decodes the value once per byte and mask, so cases are fewer and smaller.
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        #[test]
+        fn every_single_byte_corruption_is_detected(
+            value in value_up_to(1500),
+            codec in any_codec(),
+        ) {
+            let enc = encode(&value, codec, 0, 1_700_000_000_000, 3);
+            check_flips(&value, &enc, &[0x01, 0x80, 0xff])?;
+        }
+
+        #[test]
+        fn truncation_at_every_length_fails(value in value_up_to(3000), codec in any_codec()) {
+            let enc = encode(&value, codec, 0, 5, 5);
+            // Cutting to nothing leaves an empty string, which is a legitimate plain value.
+            prop_assert_eq!(decode(&enc[..0], MAX), Ok(Decoded::Plain));
+            for cut in 1..enc.len() {
+                let r = decode(&enc[..cut], MAX);
+                prop_assert!(r.is_err(), "cut at {} of {}: {:?}", cut, enc.len(), r);
+            }
+        }
+    }
+
+    #[test]
+    fn sample_values_detect_every_flip_with_many_masks() {
+        let masks = [0x01, 0x10, 0x80, 0xff, 0x5a];
+        let mut benign = 0;
+        let mut total = 0;
+        for codec in Codec::ALL {
+            for (seed, len) in [(1u64, 1024usize), (2, 4096)] {
+                let value = agent_session_json(seed, len);
+                let enc = encode(&value, codec, 0, 42, 9);
+                benign += check_flips(&value, &enc, &masks)
+                    .map_err(|e| e.to_string())
+                    .unwrap();
+                total += enc.len() * masks.len();
+            }
+        }
+        // Benign flips exist but are rare; many would mean the CRC is not being checked.
+        assert!(benign * 1000 < total, "{benign} of {total} flips decoded");
+    }
+
+    #[test]
+    fn forged_huge_length_is_too_large_without_allocating() {
+        let forged = forge(Codec::Lz4.id(), 0, u32::MAX, 0, &[0x1f, 0, 0, 0]);
+        let (r, count, _) = allocations(|| decode(&forged, MAX));
+        assert_eq!(
+            r,
+            Err(EnvelopeError::TooLarge {
+                claimed: u32::MAX,
+                max: MAX
+            })
+        );
+        assert_eq!(count, 0, "decode allocated before rejecting");
+        // inspect does not apply the limit: listing can still show the claim.
+        assert_eq!(
+            inspect(&forged).map(|m| m.map(|m| m.original_len)),
+            Ok(Some(u32::MAX))
+        );
+    }
+
+    #[test]
+    fn forged_codec_ids_are_rejected() {
+        let value = b"hello".to_vec();
+        let crc = crc32fast::hash(&value);
+        for id in 4..=255u8 {
+            let forged = forge(id, 0, 5, crc, &value);
+            assert_eq!(decode(&forged, MAX), Err(EnvelopeError::UnknownCodec(id)));
+            assert_eq!(inspect(&forged), Err(EnvelopeError::UnknownCodec(id)));
+        }
+        // A known but wrong codec id: raw bytes labelled lz4 / zlib / zstd.
+        for c in [Codec::Lz4, Codec::Zlib, Codec::Zstd] {
+            let forged = forge(c.id(), 0, 5, crc, &value);
+            assert!(decode(&forged, MAX).is_err(), "{c}");
+        }
+    }
+
+    #[test]
+    fn bombs_fail_with_bounded_allocation() {
+        let zeros = vec![0u8; 64 << 20];
+        let small = 4096u32;
+        for c in [Codec::Lz4, Codec::Zlib, Codec::Zstd] {
+            let payload = c.compress(&zeros);
+            // Header honest about the CRC of what it claims, lying about the length.
+            let forged = forge(
+                c.id(),
+                0,
+                small,
+                crc32fast::hash(&zeros[..small as usize]),
+                &payload,
+            );
+            let (r, _, largest) = allocations(|| decode(&forged, MAX));
+            assert!(
+                matches!(
+                    r,
+                    Err(EnvelopeError::Decompress(CodecError::TooLong { .. }))
+                ),
+                "{c}: {r:?}"
+            );
+            // Decoder state (zlib's window) is allocated too; nothing scales with the bomb.
+            assert!(largest <= 64 * 1024, "{c}: allocated {largest} bytes");
+        }
+        // Honest header, but over the configured maximum.
+        let enc = encode(&zeros, Codec::Zstd, 0, 0, 1);
+        assert!(enc.len() < 64 * 1024);
+        let (r, count, _) = allocations(|| decode(&enc, 1 << 20));
+        assert_eq!(
+            r,
+            Err(EnvelopeError::TooLarge {
+                claimed: 64 << 20,
+                max: 1 << 20
+            })
+        );
+        assert_eq!(count, 0);
+        // Payload producing less than claimed.
+        let tiny = Codec::Zstd.compress(&zeros[..100]);
+        let forged = forge(Codec::Zstd.id(), 0, 1000, 0, &tiny);
+        assert!(matches!(
+            decode(&forged, MAX),
+            Err(EnvelopeError::Decompress(CodecError::TooShort { .. }))
+        ));
+    }
+
+    #[test]
+    fn legacy_values_are_plain() {
+        let json = br#"{"session":"legacy","n":1}"#.repeat(4);
+        for v in [
+            &b""[..],
+            b"x",
+            b"hello world",
+            &json,
+            &[0xE5, b'S', 0, 0, 1, 2, 3], // short, not a signature prefix
+            &[0u8; 100],
+        ] {
+            assert_eq!(decode(v, MAX), Ok(Decoded::Plain), "{v:?}");
+            assert_eq!(inspect(v), Ok(None));
+        }
+        // Two signature bytes off, however long: plain.
+        let mut v = encode(&json, Codec::Lz4, 0, 0, 1);
+        v[0] = b'{';
+        v[4] = 7;
+        assert_eq!(decode(&v, MAX), Ok(Decoded::Plain));
+    }
+
+    #[test]
+    fn one_byte_off_the_signature_is_an_error() {
+        let enc = encode(
+            b"some state value that is long enough",
+            Codec::None,
+            0,
+            0,
+            1,
+        );
+        for i in 0..4 {
+            let mut v = enc.clone();
+            v[i] ^= 0x20;
+            assert!(
+                matches!(decode(&v, MAX), Err(EnvelopeError::DamagedMagic { .. })),
+                "byte {i}"
+            );
+        }
+        let mut v = enc.clone();
+        v[4] = 2;
+        assert_eq!(decode(&v, MAX), Err(EnvelopeError::UnsupportedFormat(2)));
+        // Short exact prefixes are truncated envelopes.
+        for cut in 1..HEADER_LEN {
+            assert_eq!(
+                decode(&enc[..cut], MAX),
+                Err(EnvelopeError::Truncated {
+                    len: cut,
+                    expected: HEADER_LEN
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn header_field_checks() {
+        let value = agent_session_json(4, 2048);
+        let enc = encode(&value, Codec::Lz4, 0, 99, 12);
+
+        let mut v = enc.clone();
+        v[10] ^= 1; // timestamp
+        assert!(matches!(
+            decode(&v, MAX),
+            Err(EnvelopeError::HeaderChecksum { .. })
+        ));
+
+        let mut v = enc.clone();
+        v[VERSION_OFFSET + 3] ^= 1;
+        assert_eq!(
+            decode(&v, MAX),
+            Err(EnvelopeError::VersionPair {
+                version: 13,
+                check: !12
+            })
+        );
+
+        let forged = forge(Codec::None.id(), 1, 3, crc32fast::hash(b"abc"), b"abc");
+        assert_eq!(
+            decode(&forged, MAX),
+            Err(EnvelopeError::UnsupportedFlags(1))
+        );
+
+        let forged = forge(Codec::None.id(), 0, 3, 0xdead_beef, b"abc");
+        let err = decode(&forged, MAX).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "checksum mismatch (stored 0xdeadbeef, computed 0x{:08x})",
+                crc32fast::hash(b"abc")
+            )
+        );
+
+        let forged = forge(Codec::None.id(), 0, 3, crc32fast::hash(b"abc"), b"abcd");
+        assert!(matches!(
+            decode(&forged, MAX),
+            Err(EnvelopeError::Decompress(CodecError::TrailingBytes {
+                count: 1,
+                ..
+            }))
+        ));
+    }
+
+    #[test]
+    fn inspect_reads_the_header_only() {
+        let value = agent_session_json(8, 8192);
+        let mut enc = encode(&value, Codec::Zstd, 0, 1234, 5);
+        let last = enc.len() - 1;
+        enc[last] ^= 0xff;
+        let meta = inspect(&enc)
+            .ok()
+            .flatten()
+            .map(|m| (m.codec, m.original_len, m.version));
+        assert_eq!(meta, Some((Codec::Zstd, 8192, 5)));
+        assert!(decode(&enc, MAX).is_err());
+    }
+
+    #[test]
+    fn small_or_incompressible_values_are_stored_plainly() {
+        let value = agent_session_json(6, 4096);
+        let enc = encode(&value, Codec::Lz4, 4097, 0, 1);
+        assert_eq!(enc[5], Codec::None.id());
+        let enc = encode(&value, Codec::Lz4, 4096, 0, 1);
+        assert_eq!(enc[5], Codec::Lz4.id());
+        let enc = encode(b"abc", Codec::Zstd, 0, 0, 1);
+        assert_eq!(enc[5], Codec::None.id());
+        assert_eq!(decoded_value(&enc), b"abc");
+    }
+
+    #[test]
+    fn version_patch_is_what_the_lua_script_writes() {
+        assert_eq!(version_patch(1), [0, 0, 0, 1, 0xff, 0xff, 0xff, 0xfe]);
+        assert_eq!(version_patch(0), [0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
+        let value = agent_session_json(3, 3000);
+        let enc = encode(&value, Codec::Zlib, 0, 77, 0);
+        for version in [1u32, 2, 1000, u32::MAX] {
+            // The script does: string.sub(v, 1, 28) .. patch .. string.sub(v, 37)
+            let mut patched = enc[..VERSION_OFFSET].to_vec();
+            patched.extend_from_slice(&version_patch(version));
+            patched.extend_from_slice(&enc[HEADER_LEN..]);
+            let mut set = enc.clone();
+            set_version(&mut set, version);
+            assert_eq!(patched, set);
+            match decode(&patched, MAX) {
+                Ok(Decoded::State { value: v, meta }) => {
+                    assert_eq!(v, value);
+                    assert_eq!(meta.version, version);
+                    assert_eq!(meta.timestamp_ms, 77);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn error_messages_read_well_after_a_key_name() {
+        let cases = [
+            (
+                EnvelopeError::TooLarge {
+                    claimed: 4_294_967_295,
+                    max: 67_108_864,
+                },
+                "decoded size 4294967295 exceeds limit 67108864",
+            ),
+            (EnvelopeError::UnknownCodec(9), "unknown codec id 9"),
+            (
+                EnvelopeError::Truncated {
+                    len: 20,
+                    expected: 36,
+                },
+                "truncated (20 bytes, expected 36)",
+            ),
+            (
+                EnvelopeError::DamagedMagic {
+                    found: [0xe5, 0x53, 0x43, 0x4a, 0x01],
+                },
+                "damaged header magic (found [e5, 53, 43, 4a, 01])",
+            ),
+            (
+                EnvelopeError::Decompress(CodecError::TooLong {
+                    codec: "lz4",
+                    expected: 10,
+                }),
+                "lz4 data decodes to more than 10 bytes",
+            ),
+        ];
+        for (e, want) in cases {
+            assert_eq!(e.to_string(), want);
+        }
     }
 }

@@ -49,22 +49,158 @@ impl Rng {
 }
 
 const WORDS: &[&str] = &[
-    "the", "a", "to", "of", "and", "in", "for", "is", "on", "that", "with", "it", "as", "be",
-    "this", "you", "we", "can", "will", "not", "are", "your", "from", "at", "by", "if", "or",
-    "have", "an", "should", "would", "could", "then", "when", "after", "before", "because",
-    "order", "refund", "account", "customer", "invoice", "payment", "subscription", "plan",
-    "annual", "monthly", "shipping", "address", "delivery", "tracking", "number", "warehouse",
-    "deployment", "cluster", "service", "request", "latency", "timeout", "error", "retry",
-    "database", "query", "index", "cache", "memory", "session", "token", "user", "agent",
-    "tool", "result", "document", "policy", "summary", "report", "search", "ticket", "issue",
-    "priority", "status", "pending", "resolved", "escalated", "approved", "declined", "update",
-    "check", "confirm", "review", "explain", "suggest", "schedule", "cancel", "restart",
-    "upgrade", "configure", "verify", "compare", "analyze", "first", "next", "previous",
-    "latest", "new", "old", "large", "small", "quick", "slow", "important", "possible",
-    "available", "missing", "correct", "wrong", "yesterday", "today", "tomorrow", "week",
-    "month", "hour", "minutes", "seconds", "three", "two", "five", "ten", "several", "most",
-    "all", "some", "any", "each", "other", "same", "only", "also", "still", "already", "just",
-    "please", "thanks", "sure", "here", "there", "what", "which", "how", "why", "where", "who",
+    "the",
+    "a",
+    "to",
+    "of",
+    "and",
+    "in",
+    "for",
+    "is",
+    "on",
+    "that",
+    "with",
+    "it",
+    "as",
+    "be",
+    "this",
+    "you",
+    "we",
+    "can",
+    "will",
+    "not",
+    "are",
+    "your",
+    "from",
+    "at",
+    "by",
+    "if",
+    "or",
+    "have",
+    "an",
+    "should",
+    "would",
+    "could",
+    "then",
+    "when",
+    "after",
+    "before",
+    "because",
+    "order",
+    "refund",
+    "account",
+    "customer",
+    "invoice",
+    "payment",
+    "subscription",
+    "plan",
+    "annual",
+    "monthly",
+    "shipping",
+    "address",
+    "delivery",
+    "tracking",
+    "number",
+    "warehouse",
+    "deployment",
+    "cluster",
+    "service",
+    "request",
+    "latency",
+    "timeout",
+    "error",
+    "retry",
+    "database",
+    "query",
+    "index",
+    "cache",
+    "memory",
+    "session",
+    "token",
+    "user",
+    "agent",
+    "tool",
+    "result",
+    "document",
+    "policy",
+    "summary",
+    "report",
+    "search",
+    "ticket",
+    "issue",
+    "priority",
+    "status",
+    "pending",
+    "resolved",
+    "escalated",
+    "approved",
+    "declined",
+    "update",
+    "check",
+    "confirm",
+    "review",
+    "explain",
+    "suggest",
+    "schedule",
+    "cancel",
+    "restart",
+    "upgrade",
+    "configure",
+    "verify",
+    "compare",
+    "analyze",
+    "first",
+    "next",
+    "previous",
+    "latest",
+    "new",
+    "old",
+    "large",
+    "small",
+    "quick",
+    "slow",
+    "important",
+    "possible",
+    "available",
+    "missing",
+    "correct",
+    "wrong",
+    "yesterday",
+    "today",
+    "tomorrow",
+    "week",
+    "month",
+    "hour",
+    "minutes",
+    "seconds",
+    "three",
+    "two",
+    "five",
+    "ten",
+    "several",
+    "most",
+    "all",
+    "some",
+    "any",
+    "each",
+    "other",
+    "same",
+    "only",
+    "also",
+    "still",
+    "already",
+    "just",
+    "please",
+    "thanks",
+    "sure",
+    "here",
+    "there",
+    "what",
+    "which",
+    "how",
+    "why",
+    "where",
+    "who",
 ];
 
 const TOOLS: &[&str] = &[
@@ -115,20 +251,70 @@ const SENTENCES: &[&str] = &[
 ];
 
 const NOUNS: &[&str] = &[
-    "order", "refund", "account", "invoice", "payment", "subscription", "plan", "shipping address",
-    "delivery", "tracking number", "deployment", "cluster", "service", "request", "database",
-    "query", "cache", "session", "token", "customer", "document", "policy", "report", "ticket",
-    "warehouse", "API key", "webhook", "pipeline", "dashboard", "alert",
+    "order",
+    "refund",
+    "account",
+    "invoice",
+    "payment",
+    "subscription",
+    "plan",
+    "shipping address",
+    "delivery",
+    "tracking number",
+    "deployment",
+    "cluster",
+    "service",
+    "request",
+    "database",
+    "query",
+    "cache",
+    "session",
+    "token",
+    "customer",
+    "document",
+    "policy",
+    "report",
+    "ticket",
+    "warehouse",
+    "API key",
+    "webhook",
+    "pipeline",
+    "dashboard",
+    "alert",
 ];
 
 const STATES: &[&str] = &[
-    "pending", "resolved", "escalated", "approved", "declined", "active", "expired", "healthy",
-    "degraded", "missing", "correct", "available", "delayed", "closed",
+    "pending",
+    "resolved",
+    "escalated",
+    "approved",
+    "declined",
+    "active",
+    "expired",
+    "healthy",
+    "degraded",
+    "missing",
+    "correct",
+    "available",
+    "delayed",
+    "closed",
 ];
 
 const VERBS: &[&str] = &[
-    "check", "confirm", "review", "update", "cancel", "restart", "upgrade", "configure",
-    "verify", "compare", "analyze", "escalate", "schedule", "refund",
+    "check",
+    "confirm",
+    "review",
+    "update",
+    "cancel",
+    "restart",
+    "upgrade",
+    "configure",
+    "verify",
+    "compare",
+    "analyze",
+    "escalate",
+    "schedule",
+    "refund",
 ];
 
 /// Appends English-like text of exactly `len` bytes (ASCII, nothing that needs JSON escaping).
@@ -239,7 +425,13 @@ fn tool_arguments(rng: &mut Rng, out: &mut String, tool: &str) {
 }
 
 /// Appends one message object (without a leading comma).
-fn message(rng: &mut Rng, out: &mut String, n: usize, clock_ms: &mut u64, pending_call: &mut Option<(String, &'static str)>) {
+fn message(
+    rng: &mut Rng,
+    out: &mut String,
+    n: usize,
+    clock_ms: &mut u64,
+    pending_call: &mut Option<(String, &'static str)>,
+) {
     *clock_ms += rng.range(400, 45_000);
     let _ = write!(out, "{{\"id\":\"msg_{n:04}\",\"created_at\":\"");
     iso8601(out, *clock_ms);
@@ -263,7 +455,11 @@ fn message(rng: &mut Rng, out: &mut String, n: usize, clock_ms: &mut u64, pendin
             text(rng, out, len);
             out.push_str("\\\"}");
         }
-        let _ = write!(out, "]}}\",\"latency_ms\":{:.1}}}", rng.range(5, 2500) as f64 / 1.7);
+        let _ = write!(
+            out,
+            "]}}\",\"latency_ms\":{:.1}}}",
+            rng.range(5, 2500) as f64 / 1.7
+        );
         return;
     }
     let role = if n % 2 == 0 { "user" } else { "assistant" };
@@ -343,7 +539,13 @@ pub fn agent_session_json(seed: u64, target_len: usize) -> Vec<u8> {
         let mut probe_rng = Rng(rng.0);
         let mut probe_clock = clock_ms;
         let mut probe_pending = pending_call.clone();
-        message(&mut probe_rng, &mut scratch, n, &mut probe_clock, &mut probe_pending);
+        message(
+            &mut probe_rng,
+            &mut scratch,
+            n,
+            &mut probe_clock,
+            &mut probe_pending,
+        );
         let comma = usize::from(n > 0);
         if out.len() + comma + scratch.len() + fixed > target_len {
             break;
@@ -504,7 +706,9 @@ pub(crate) mod tests {
 
     #[test]
     fn validator_sanity() {
-        assert!(is_valid_json(br#"{"a":[1,-2.5,"x\"y",true,null,{}],"b":{}}"#));
+        assert!(is_valid_json(
+            br#"{"a":[1,-2.5,"x\"y",true,null,{}],"b":{}}"#
+        ));
         assert!(!is_valid_json(br#"{"a":1,}"#));
         assert!(!is_valid_json(br#"{"a":"unterminated}"#));
         assert!(!is_valid_json(br#"[1 2]"#));
@@ -550,10 +754,18 @@ pub(crate) mod tests {
 
     #[test]
     fn compressibility_is_realistic() {
-        for target in [1024usize, 16 * 1024, 256 * 1024] {
-            let doc = agent_session_json(5, target);
-            let ratio = doc.len() as f64 / Codec::Lz4.compress(&doc).len() as f64;
-            assert!((1.6..=5.0).contains(&ratio), "lz4 ratio {ratio:.2} at {target}");
+        // A 1 KiB document is mostly ids, timestamps and a few sentences, and LZ4 has little
+        // history to match against; larger ones settle in the 2-3x range for LZ4 and 3-5x for
+        // zlib, like real session JSON, rather than the 50x of repeated filler.
+        for (target, lz4_min) in [(1024usize, 1.1), (16 * 1024, 2.0), (256 * 1024, 2.0)] {
+            for seed in 0..3 {
+                let doc = agent_session_json(seed, target);
+                let ratio = |c: Codec| doc.len() as f64 / c.compress(&doc).len() as f64;
+                let lz4 = ratio(Codec::Lz4);
+                assert!((lz4_min..=5.0).contains(&lz4), "lz4 {lz4:.2} at {target}");
+                let zlib = ratio(Codec::Zlib);
+                assert!((lz4..=8.0).contains(&zlib), "zlib {zlib:.2} at {target}");
+            }
         }
     }
 

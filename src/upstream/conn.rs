@@ -108,7 +108,12 @@ async fn run(
             Ok(c) => {
                 up.note_connect(true, Some(&c.info.version));
                 telemetry::upstream_connect(true);
-                tracing::debug!(db = key.db, proto = key.proto, index, "shared upstream connection open");
+                tracing::debug!(
+                    db = key.db,
+                    proto = key.proto,
+                    index,
+                    "shared upstream connection open"
+                );
                 drop(up);
                 backoff = BACKOFF_MIN;
                 let mut conn = Serving {
@@ -293,7 +298,9 @@ impl Serving {
         let mut first = true;
         while let Some(f) = self.inflight.pop_front() {
             let partial = if first {
-                self.rbuf.split_to(self.consumed.min(self.rbuf.len())).freeze()
+                self.rbuf
+                    .split_to(self.consumed.min(self.rbuf.len()))
+                    .freeze()
             } else {
                 Bytes::new()
             };
@@ -326,4 +333,3 @@ pub async fn call(conn: &SharedConn, bytes: Bytes, replies: usize) -> BatchResul
         })
     })
 }
-

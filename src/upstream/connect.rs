@@ -26,7 +26,9 @@ impl Stream {
     pub fn is_stale(&self) -> bool {
         let mut probe = [0u8; 1];
         match self {
-            Stream::Tcp(s) => !matches!(s.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+            Stream::Tcp(s) => {
+                !matches!(s.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
         }
     }
 }
@@ -85,12 +87,13 @@ pub async fn read_frame<S: AsyncRead + Unpin>(
 ) -> Result<Bytes, UpstreamError> {
     let limits = reply_limits();
     loop {
-        if let Some(len) = scanner
-            .scan(rbuf, Side::Reply, &limits)
-            .map_err(|e| UpstreamError::Protocol {
-                addr: addr.to_string(),
-                detail: e.to_string(),
-            })?
+        if let Some(len) =
+            scanner
+                .scan(rbuf, Side::Reply, &limits)
+                .map_err(|e| UpstreamError::Protocol {
+                    addr: addr.to_string(),
+                    detail: e.to_string(),
+                })?
         {
             scanner.reset();
             return Ok(rbuf.split_to(len).freeze());
@@ -110,11 +113,15 @@ pub async fn read_frame<S: AsyncRead + Unpin>(
     }
 }
 
-/// Parses a complete reply frame with redis-protocol (RESP3 decoding also reads RESP2).
+/// Parses a complete reply frame with redis-protocol, as RESP3 (whose types include RESP2's),
+/// or as RESP2 for the RESP2-only nulls `$-1` and `*-1`.
 pub fn decode_reply(frame: &Bytes) -> Option<BytesFrame> {
     match redis_protocol::resp3::decode::complete::decode_bytes(frame) {
         Ok(Some((f, _))) => Some(f),
-        _ => None,
+        _ => match redis_protocol::resp2::decode::decode_bytes(frame) {
+            Ok(Some((f, _))) => Some(f.into_resp3()),
+            _ => None,
+        },
     }
 }
 

@@ -130,7 +130,9 @@ impl LeasePool {
                 tokio::spawn(async move {
                     match pool.reset(conn).await {
                         Ok(c) => pool.put_idle(c),
-                        Err(e) => tracing::debug!(error = %e, "leased connection not reusable; closed"),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "leased connection not reusable; closed")
+                        }
                     }
                     drop(permit);
                 });

@@ -80,7 +80,9 @@ pub enum UpstreamError {
         reply: String,
     },
     /// Every dedicated connection is in use.
-    #[error("no dedicated upstream connection free within {ms} ms (upstream.max_leased_connections = {max})")]
+    #[error(
+        "no dedicated upstream connection free within {ms} ms (upstream.max_leased_connections = {max})"
+    )]
     NoLease {
         /// The configured maximum.
         max: usize,
@@ -186,7 +188,12 @@ impl Upstream {
 
     /// Whether `SELECT db` is known to succeed.
     pub fn db_known_valid(&self, db: u32) -> bool {
-        db == self.cfg.url.db || self.valid_dbs.lock().map(|s| s.contains(&db)).unwrap_or(false)
+        db == self.cfg.url.db
+            || self
+                .valid_dbs
+                .lock()
+                .map(|s| s.contains(&db))
+                .unwrap_or(false)
     }
 
     /// Remembers that Redis accepted `SELECT db`.

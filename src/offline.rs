@@ -1,0 +1,272 @@
+//! Reading state straight from Redis, without the proxy: `statecar decode` and `statecar verify`.
+//!
+//! If the sidecar is ever gone, nobody's data is locked in its format: these commands connect
+//! to Redis directly, decode and verify values and their histories, and print them.
+
+use std::io::Write;
+
+use bytes::{Bytes, BytesMut};
+use redis_protocol::resp3::types::{BytesFrame, Resp3Frame};
+use tokio::io::AsyncWriteExt;
+
+use crate::config::Config;
+use crate::protocol::{Scanner, encode_multibulk};
+use crate::state::envelope::{self, Decoded, Meta};
+use crate::state::keys::{history_key, is_reserved};
+use crate::upstream::connect::{self, Stream, decode_reply, read_frame};
+use crate::upstream::{PoolKey, UpstreamError};
+
+/// A plain request/response connection to Redis.
+struct Direct {
+    stream: Stream,
+    rbuf: BytesMut,
+    scanner: Scanner,
+    addr: String,
+}
+
+impl Direct {
+    async fn open(cfg: &Config) -> Result<Direct, UpstreamError> {
+        let key = PoolKey {
+            db: cfg.upstream.url.db,
+            proto: 2,
+        };
+        let c = connect::connect(&cfg.upstream, key).await?;
+        Ok(Direct {
+            stream: c.stream,
+            rbuf: c.rbuf,
+            scanner: Scanner::default(),
+            addr: cfg.upstream.url.addr(),
+        })
+    }
+
+    async fn call(&mut self, args: &[&[u8]]) -> Result<BytesFrame, String> {
+        let mut out = BytesMut::new();
+        encode_multibulk(&mut out, args);
+        self.stream
+            .write_all(&out)
+            .await
+            .map_err(|e| UpstreamError::io(&self.addr, &e).to_string())?;
+        let frame = read_frame(
+            &mut self.stream,
+            &mut self.rbuf,
+            &mut self.scanner,
+            &self.addr,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        match decode_reply(&frame) {
+            Some(BytesFrame::SimpleError { data, .. }) => Err(data.to_string()),
+            Some(f) => Ok(f),
+            None => Err("unparseable reply".into()),
+        }
+    }
+}
+
+fn bulk(f: &BytesFrame) -> Option<Bytes> {
+    match f {
+        BytesFrame::BlobString { data, .. } => Some(data.clone()),
+        _ => None,
+    }
+}
+
+fn describe(meta: &Meta) -> String {
+    format!(
+        "version {} created_ms {} size {} stored {} codec {} crc32 {:08x}",
+        meta.version,
+        meta.timestamp_ms,
+        meta.original_len,
+        meta.stored_len,
+        meta.codec.name(),
+        meta.crc32
+    )
+}
+
+/// Versions in the history hash, sorted, with their stored bytes.
+async fn history(d: &mut Direct, key: &[u8]) -> Result<(Vec<(u64, Bytes)>, u64), String> {
+    let f = d.call(&[b"HGETALL", &history_key(key)]).await?;
+    let BytesFrame::Array { data, .. } = f else {
+        return Ok((vec![], 0));
+    };
+    let mut out = Vec::new();
+    let mut last = 0;
+    for pair in data.chunks(2) {
+        let [k, v] = pair else { continue };
+        let (Some(k), Some(v)) = (bulk(k), bulk(v)) else {
+            continue;
+        };
+        let name = String::from_utf8_lossy(&k);
+        if name == "last" {
+            last = String::from_utf8_lossy(&v).parse().unwrap_or(0);
+        } else if let Ok(n) = name.parse::<u64>() {
+            out.push((n, v));
+        }
+    }
+    out.sort_by_key(|(n, _)| *n);
+    Ok((out, last))
+}
+
+/// `statecar decode KEY [--version N] [--versions]`: prints the decoded value (raw bytes to
+/// stdout, metadata to stderr) or the list of versions. Returns the process exit code.
+pub async fn decode(cfg: &Config, key: &str, version: Option<u64>, list: bool) -> i32 {
+    let mut d = match Direct::open(cfg).await {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("statecar decode: {e}");
+            return 2;
+        }
+    };
+    let key = key.as_bytes();
+    if list {
+        return match history(&mut d, key).await {
+            Ok((versions, _)) => {
+                let mut bad = 0;
+                for (n, stored) in versions {
+                    match envelope::decode(&stored, cfg.max_decoded_size) {
+                        Ok(Decoded::State { meta, .. }) => println!("{n}: ok {}", describe(&meta)),
+                        Ok(Decoded::Plain) => println!("{n}: plain value ({} bytes)", stored.len()),
+                        Err(e) => {
+                            bad += 1;
+                            println!("{n}: DAMAGED {e}");
+                        }
+                    }
+                }
+                i32::from(bad > 0)
+            }
+            Err(e) => {
+                eprintln!("statecar decode: {e}");
+                2
+            }
+        };
+    }
+    let stored = match version {
+        None => d.call(&[b"GET", key]).await.map(|f| bulk(&f)),
+        Some(v) => d
+            .call(&[b"HGET", &history_key(key), v.to_string().as_bytes()])
+            .await
+            .map(|f| bulk(&f)),
+    };
+    let stored = match stored {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            eprintln!("statecar decode: no such key or version");
+            return 1;
+        }
+        Err(e) => {
+            eprintln!("statecar decode: {e}");
+            return 2;
+        }
+    };
+    match envelope::decode(&stored, cfg.max_decoded_size) {
+        Ok(Decoded::State { value, meta }) => {
+            eprintln!("{}", describe(&meta));
+            let _ = std::io::stdout().write_all(&value);
+            0
+        }
+        Ok(Decoded::Plain) => {
+            eprintln!(
+                "plain value (not written by statecar), {} bytes",
+                stored.len()
+            );
+            let _ = std::io::stdout().write_all(&stored);
+            0
+        }
+        Err(e) => {
+            eprintln!("statecar decode: value is damaged: {e}");
+            1
+        }
+    }
+}
+
+/// `statecar verify`: checks every state key (current value and history) and that each
+/// history is numbered without gaps up to the current version. Returns the exit code.
+pub async fn verify(cfg: &Config, pattern: Option<&str>) -> i32 {
+    let mut d = match Direct::open(cfg).await {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("statecar verify: {e}");
+            return 2;
+        }
+    };
+    let mut cursor = b"0".to_vec();
+    let (mut keys, mut versions, mut problems) = (0u64, 0u64, 0u64);
+    loop {
+        let mut args: Vec<&[u8]> = vec![b"SCAN", &cursor, b"COUNT", b"500"];
+        if let Some(p) = pattern {
+            args.extend([&b"MATCH"[..], p.as_bytes()]);
+        }
+        let f = match d.call(&args).await {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("statecar verify: {e}");
+                return 2;
+            }
+        };
+        let BytesFrame::Array { data, .. } = f else {
+            return 2;
+        };
+        let (Some(next), Some(BytesFrame::Array { data: batch, .. })) =
+            (data.first().and_then(bulk), data.get(1))
+        else {
+            return 2;
+        };
+        for k in batch.iter().filter_map(|k| k.as_bytes()) {
+            if is_reserved(k) {
+                continue;
+            }
+            let Some(rule) = cfg.rules.match_key(k) else {
+                continue;
+            };
+            keys += 1;
+            let shown = String::from_utf8_lossy(k);
+            let current = match d.call(&[b"GET", k]).await {
+                Ok(f) => bulk(&f),
+                Err(_) => None,
+            };
+            let mut current_version = None;
+            if let Some(stored) = current {
+                match envelope::decode(&stored, cfg.max_decoded_size) {
+                    Ok(Decoded::State { meta, .. }) => current_version = Some(meta.version as u64),
+                    Ok(Decoded::Plain) => {}
+                    Err(e) => {
+                        problems += 1;
+                        println!("{shown}: current value DAMAGED: {e}");
+                    }
+                }
+            }
+            if !rule.versioning {
+                continue;
+            }
+            let Ok((hist, last)) = history(&mut d, k).await else {
+                continue;
+            };
+            for (n, stored) in &hist {
+                versions += 1;
+                if let Err(e) = envelope::decode(stored, cfg.max_decoded_size) {
+                    problems += 1;
+                    println!("{shown}: version {n} DAMAGED: {e}");
+                }
+            }
+            if let Some(cv) = current_version
+                && cv != last
+            {
+                problems += 1;
+                println!("{shown}: current value is version {cv} but the history's last is {last}");
+            }
+            if let Some(&(first, _)) = hist.first() {
+                let expected = last.saturating_sub(first) + 1;
+                if hist.len() as u64 != expected {
+                    println!(
+                        "{shown}: history has {} versions between {first} and {last} (deleted with STATE.DELVERSION?)",
+                        hist.len()
+                    );
+                }
+            }
+        }
+        cursor = next.to_vec();
+        if cursor == b"0" {
+            break;
+        }
+    }
+    println!("{keys} state keys, {versions} versions checked, {problems} problems");
+    i32::from(problems > 0)
+}

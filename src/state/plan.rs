@@ -1,0 +1,688 @@
+//! Routing a command that touches state keys: what to send to Redis and how to reshape the reply.
+//!
+//! Every command becomes exactly one upstream command (so pipelines and MULTI keep their order
+//! and atomicity) or a local error. Options are validated here with Redis's own error texts,
+//! because once a value is encoded Redis never sees the client's original command.
+
+use bytes::Bytes;
+
+use super::keys::history_key;
+use super::rules::Rule;
+use super::scripts::ScriptKind;
+use super::transform::{Pending, ScriptCall, Transform, WriteShape, encode_tags};
+use super::{StateEngine, show_key};
+use crate::protocol::{Command, encode_multibulk};
+use crate::reply::{error, wrong_arity};
+
+/// What to do with a command.
+#[derive(Debug)]
+pub enum Plan {
+    /// Answer with this error; nothing goes to Redis.
+    Reject(Bytes),
+    /// Send `raw` upstream and reshape its reply with `pending`.
+    Send {
+        /// The upstream command.
+        raw: Bytes,
+        /// The reply transform.
+        pending: Box<Pending>,
+    },
+}
+
+fn reject(msg: &str) -> Option<Plan> {
+    Some(Plan::Reject(error(msg)))
+}
+
+fn not_int() -> Option<Plan> {
+    reject("ERR value is not an integer or out of range")
+}
+
+fn parse_i64(b: &[u8]) -> Option<i64> {
+    let s = std::str::from_utf8(b).ok()?;
+    if s.starts_with('+') || s.is_empty() {
+        return None;
+    }
+    s.parse().ok()
+}
+
+fn upper(b: &[u8]) -> Vec<u8> {
+    b.to_ascii_uppercase()
+}
+
+/// Expiry for a write, as the WRITE script takes it.
+enum Ttl {
+    None,
+    Px(i64),
+    PxAt(i64),
+    Keep,
+}
+
+impl StateEngine {
+    fn plain_send(&self, raw: &Bytes, t: Transform) -> Option<Plan> {
+        Some(Plan::Send {
+            raw: raw.clone(),
+            pending: Box::new(Pending {
+                transform: t,
+                retry: None,
+            }),
+        })
+    }
+
+    fn script(
+        &self,
+        kind: ScriptKind,
+        keys: Vec<Bytes>,
+        args: Vec<Bytes>,
+        t: Transform,
+        in_multi: bool,
+    ) -> Option<Plan> {
+        let s = self.scripts.get(kind);
+        // Inside MULTI a NOSCRIPT would only surface at EXEC, too late to retry: send the body.
+        let (raw, retry) = if in_multi {
+            (s.eval(&keys, &args), None)
+        } else {
+            (
+                s.evalsha(&keys, &args),
+                Some(Box::new(ScriptCall {
+                    script: kind,
+                    keys,
+                    args,
+                })),
+            )
+        };
+        Some(Plan::Send {
+            raw,
+            pending: Box::new(Pending {
+                transform: t,
+                retry,
+            }),
+        })
+    }
+
+    /// The history key to pass to scripts: the key itself when the rule keeps no history.
+    fn hist(&self, rule: &Rule, key: &Bytes) -> Bytes {
+        if rule.versioning {
+            history_key(key)
+        } else {
+            key.clone()
+        }
+    }
+
+    fn write_pair(&self, rule: Option<&Rule>, key: &Bytes, value: &[u8], ttl: Ttl) -> [Bytes; 6] {
+        let (hist, stored, maxv) = match rule {
+            Some(r) => (
+                self.hist(r, key),
+                self.encode(r, value),
+                if r.versioning { r.max_versions } else { 0 },
+            ),
+            None => (key.clone(), Bytes::copy_from_slice(value), 0),
+        };
+        let ttl = match (ttl, rule.and_then(|r| r.default_ttl_ms)) {
+            (Ttl::None, Some(d)) => Ttl::Px(d as i64),
+            (t, _) => t,
+        };
+        let (mode, val): (&'static [u8], String) = match ttl {
+            Ttl::None => (b"", String::new()),
+            Ttl::Px(ms) => (b"PX", ms.to_string()),
+            Ttl::PxAt(ms) => (b"PXAT", ms.to_string()),
+            Ttl::Keep => (b"KEEPTTL", String::new()),
+        };
+        [
+            key.clone(),
+            hist,
+            stored,
+            Bytes::from(maxv.to_string()),
+            Bytes::from_static(mode),
+            Bytes::from(val),
+        ]
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write(
+        &self,
+        pairs: Vec<[Bytes; 6]>,
+        mode: &'static [u8],
+        cond: &'static [u8],
+        want_old: bool,
+        expect: Option<i64>,
+        tags: Bytes,
+        shape: WriteShape,
+        in_multi: bool,
+    ) -> Option<Plan> {
+        let key = pairs.first().map(|p| p[0].clone()).unwrap_or_default();
+        let mut keys = Vec::with_capacity(pairs.len() * 2);
+        let mut args = vec![
+            Bytes::from_static(mode),
+            Bytes::from_static(cond),
+            Bytes::from_static(if want_old { b"1" } else { b"0" }),
+            expect
+                .map(|e| Bytes::from(e.to_string()))
+                .unwrap_or_default(),
+            tags,
+        ];
+        for [k, h, v, m, tm, tv] in pairs {
+            keys.push(k);
+            keys.push(h);
+            args.extend([v, m, tm, tv]);
+        }
+        self.script(
+            ScriptKind::Write,
+            keys,
+            args,
+            Transform::Write { key, shape },
+            in_multi,
+        )
+    }
+
+    /// Plans `cmd`; `None` means it touches no state key and goes through untouched.
+    pub fn plan(&self, cmd: &Command, in_multi: bool) -> Option<Plan> {
+        let name = upper(cmd.args.first()?);
+        let a = &cmd.args;
+        let rule_of = |i: usize| a.get(i).and_then(|k| self.rule_for(k));
+        match name.as_slice() {
+            b"GET" => {
+                rule_of(1)?;
+                if a.len() != 2 {
+                    return None;
+                }
+                self.plain_send(&cmd.raw, Transform::Value { key: a[1].clone() })
+            }
+            b"MGET" => {
+                let keys: Vec<Option<Bytes>> = a[1..]
+                    .iter()
+                    .map(|k| self.rule_for(k).map(|_| k.clone()))
+                    .collect();
+                if keys.iter().all(Option::is_none) {
+                    return None;
+                }
+                self.plain_send(&cmd.raw, Transform::Values { keys })
+            }
+            b"GETRANGE" | b"SUBSTR" => {
+                rule_of(1)?;
+                if a.len() != 4 {
+                    return Some(Plan::Reject(wrong_arity(&String::from_utf8_lossy(&name))));
+                }
+                let (Some(start), Some(end)) = (parse_i64(&a[2]), parse_i64(&a[3])) else {
+                    return not_int();
+                };
+                let mut raw = bytes::BytesMut::new();
+                encode_multibulk(&mut raw, &[&b"GET"[..], &a[1]]);
+                self.plain_send(
+                    &raw.freeze(),
+                    Transform::Range {
+                        key: a[1].clone(),
+                        start,
+                        end,
+                    },
+                )
+            }
+            b"STRLEN" => {
+                rule_of(1)?;
+                if a.len() != 2 {
+                    return None;
+                }
+                self.script(
+                    ScriptKind::Strlen,
+                    vec![a[1].clone()],
+                    vec![],
+                    Transform::Strlen { key: a[1].clone() },
+                    in_multi,
+                )
+            }
+            b"GETDEL" | b"GETEX" => {
+                let rule = rule_of(1)?;
+                if a.len() < 2 || (name == b"GETDEL" && a.len() != 2) {
+                    return None;
+                }
+                let key = a[1].clone();
+                let mut args = vec![a[0].clone()];
+                args.extend(a[2..].iter().cloned());
+                self.script(
+                    ScriptKind::KeyThenSync,
+                    vec![key.clone(), self.hist(rule, &key)],
+                    args,
+                    Transform::Value { key },
+                    in_multi,
+                )
+            }
+            b"SET" => self.plan_set(cmd, in_multi),
+            b"SETNX" | b"GETSET" => {
+                let rule = rule_of(1)?;
+                if a.len() != 3 {
+                    return Some(Plan::Reject(wrong_arity(&String::from_utf8_lossy(&name))));
+                }
+                let pair = self.write_pair(Some(rule), &a[1], &a[2], Ttl::None);
+                let (cond, want_old, shape): (&'static [u8], bool, WriteShape) = if name == b"SETNX"
+                {
+                    (b"NX", false, WriteShape::Int)
+                } else {
+                    (b"", true, WriteShape::Old)
+                };
+                self.write(
+                    vec![pair],
+                    b"SET",
+                    cond,
+                    want_old,
+                    None,
+                    Bytes::new(),
+                    shape,
+                    in_multi,
+                )
+            }
+            b"SETEX" | b"PSETEX" => {
+                let rule = rule_of(1)?;
+                if a.len() != 4 {
+                    return Some(Plan::Reject(wrong_arity(&String::from_utf8_lossy(&name))));
+                }
+                let Some(t) = parse_i64(&a[2]) else {
+                    return not_int();
+                };
+                let cmdname = String::from_utf8_lossy(&name).to_lowercase();
+                let ms = if name == b"SETEX" {
+                    t.checked_mul(1000)
+                } else {
+                    Some(t)
+                };
+                let Some(ms) = ms.filter(|_| t > 0) else {
+                    return reject(&format!("ERR invalid expire time in '{cmdname}' command"));
+                };
+                let pair = self.write_pair(Some(rule), &a[1], &a[3], Ttl::Px(ms));
+                self.write(
+                    vec![pair],
+                    b"SET",
+                    b"",
+                    false,
+                    None,
+                    Bytes::new(),
+                    WriteShape::Ok,
+                    in_multi,
+                )
+            }
+            b"MSET" | b"MSETNX" => {
+                if a.len() < 3 || a.len() % 2 == 0 {
+                    return if a[1..].iter().step_by(2).any(|k| self.rule_for(k).is_some()) {
+                        Some(Plan::Reject(wrong_arity(&String::from_utf8_lossy(&name))))
+                    } else {
+                        None
+                    };
+                }
+                if !a[1..].iter().step_by(2).any(|k| self.rule_for(k).is_some()) {
+                    return None;
+                }
+                let pairs = a[1..]
+                    .chunks(2)
+                    .map(|kv| self.write_pair(self.rule_for(&kv[0]), &kv[0], &kv[1], Ttl::None))
+                    .collect();
+                let (mode, shape): (&'static [u8], WriteShape) = if name == b"MSET" {
+                    (b"SET", WriteShape::Ok)
+                } else {
+                    (b"MSETNX", WriteShape::Int)
+                };
+                self.write(pairs, mode, b"", false, None, Bytes::new(), shape, in_multi)
+            }
+            b"DEL" | b"UNLINK" => {
+                let hist: Vec<Bytes> = a[1..]
+                    .iter()
+                    .filter_map(|k| {
+                        self.rule_for(k)
+                            .filter(|r| r.versioning)
+                            .map(|_| history_key(k))
+                    })
+                    .collect();
+                if hist.is_empty() {
+                    return None;
+                }
+                let mut keys: Vec<Bytes> = a[1..].to_vec();
+                let n = keys.len();
+                keys.extend(hist);
+                self.script(
+                    ScriptKind::Delete,
+                    keys,
+                    vec![a[0].clone(), Bytes::from(n.to_string())],
+                    Transform::Passthrough,
+                    in_multi,
+                )
+            }
+            b"EXPIRE" | b"PEXPIRE" | b"EXPIREAT" | b"PEXPIREAT" | b"PERSIST" => {
+                let rule = rule_of(1)?;
+                if !rule.versioning || a.len() < 2 {
+                    return None;
+                }
+                let mut args = vec![a[0].clone()];
+                args.extend(a[2..].iter().cloned());
+                self.script(
+                    ScriptKind::KeyThenSync,
+                    vec![a[1].clone(), history_key(&a[1])],
+                    args,
+                    Transform::Passthrough,
+                    in_multi,
+                )
+            }
+            b"APPEND" | b"SETRANGE" | b"INCR" | b"DECR" | b"INCRBY" | b"DECRBY"
+            | b"INCRBYFLOAT" | b"SETBIT" | b"GETBIT" | b"BITCOUNT" | b"BITPOS" | b"BITFIELD"
+            | b"BITFIELD_RO" | b"MOVE" | b"DUMP" | b"RESTORE" | b"OBJECT" => {
+                let i = if name == b"OBJECT" { 2 } else { 1 };
+                rule_of(i)?;
+                self.refuse(&name, &a[i])
+            }
+            b"RENAME" | b"RENAMENX" | b"COPY" | b"LCS" => {
+                let k = (1..=2).find(|&i| rule_of(i).is_some())?;
+                self.refuse(&name, &a[k])
+            }
+            b"BITOP" => {
+                let k = a.iter().skip(2).find(|k| self.rule_for(k).is_some())?;
+                self.refuse(&name, k)
+            }
+            _ => None,
+        }
+    }
+
+    fn refuse(&self, name: &[u8], key: &[u8]) -> Option<Plan> {
+        reject(&format!(
+            "ERR statecar: {} is not supported on state key '{}' (its value is stored encoded); read it with GET and write it with SET",
+            String::from_utf8_lossy(name),
+            show_key(key)
+        ))
+    }
+
+    fn plan_set(&self, cmd: &Command, in_multi: bool) -> Option<Plan> {
+        let a = &cmd.args;
+        let rule = a.get(1).and_then(|k| self.rule_for(k))?;
+        if a.len() < 3 {
+            return Some(Plan::Reject(wrong_arity("set")));
+        }
+        let mut cond: &'static [u8] = b"";
+        let mut get = false;
+        let mut ttl = Ttl::None;
+        let mut i = 3;
+        while i < a.len() {
+            let opt = upper(&a[i]);
+            let has_ttl = !matches!(ttl, Ttl::None);
+            match opt.as_slice() {
+                b"NX" if cond.is_empty() => cond = b"NX",
+                b"XX" if cond.is_empty() => cond = b"XX",
+                b"GET" => get = true,
+                b"KEEPTTL" if !has_ttl => ttl = Ttl::Keep,
+                b"EX" | b"PX" | b"EXAT" | b"PXAT" if !has_ttl && i + 1 < a.len() => {
+                    let Some(n) = parse_i64(&a[i + 1]) else {
+                        return not_int();
+                    };
+                    let ms = if opt == b"EX" || opt == b"EXAT" {
+                        n.checked_mul(1000)
+                    } else {
+                        Some(n)
+                    };
+                    let Some(ms) = ms.filter(|_| n > 0) else {
+                        return reject("ERR invalid expire time in 'set' command");
+                    };
+                    ttl = if opt.ends_with(b"AT") {
+                        Ttl::PxAt(ms)
+                    } else {
+                        Ttl::Px(ms)
+                    };
+                    i += 1;
+                }
+                _ => return reject("ERR syntax error"),
+            }
+            i += 1;
+        }
+        let pair = self.write_pair(Some(rule), &a[1], &a[2], ttl);
+        let shape = if get {
+            WriteShape::Old
+        } else {
+            WriteShape::OkOrNil
+        };
+        self.write(
+            vec![pair],
+            b"SET",
+            cond,
+            get,
+            None,
+            Bytes::new(),
+            shape,
+            in_multi,
+        )
+    }
+
+    /// Plans a STATE.* command.
+    pub fn plan_state(&self, cmd: &Command, in_multi: bool) -> Plan {
+        let name = upper(&cmd.args[0]);
+        let a = &cmd.args;
+        let lname = String::from_utf8_lossy(&name).to_lowercase();
+        let arity = || Plan::Reject(wrong_arity(&lname));
+        let need_rule = |k: &Bytes| -> Result<&Rule, Plan> {
+            self.rule_for(k).ok_or_else(|| {
+                Plan::Reject(error(&format!(
+                    "ERR statecar: '{}' is not a state key (no [[state]] rule matches it)",
+                    show_key(k)
+                )))
+            })
+        };
+        let need_versioned = |k: &Bytes| -> Result<&Rule, Plan> {
+            let r = need_rule(k)?;
+            if !r.versioning {
+                return Err(Plan::Reject(error(&format!(
+                    "ERR statecar: state key '{}' keeps no versions (rule {} has versioning = false)",
+                    show_key(k),
+                    r.index
+                ))));
+            }
+            Ok(r)
+        };
+        let unwrap = |p: Option<Plan>| {
+            p.unwrap_or_else(|| Plan::Reject(error("ERR statecar: internal planning error")))
+        };
+        match name.as_slice() {
+            b"STATE.SAVE" => {
+                if a.len() < 3 {
+                    return arity();
+                }
+                let rule = match need_versioned(&a[1]) {
+                    Ok(r) => r,
+                    Err(p) => return p,
+                };
+                let mut version = None;
+                let mut tags: Vec<Bytes> = Vec::new();
+                let mut ttl = Ttl::None;
+                let mut i = 3;
+                let keyword_at = |j: usize| -> Option<Vec<u8>> {
+                    let u = upper(a.get(j)?);
+                    (matches!(u.as_slice(), b"VERSION" | b"EX")
+                        && a.get(j + 1).and_then(|n| parse_i64(n)).is_some())
+                    .then_some(u)
+                };
+                while i < a.len() {
+                    let opt = upper(&a[i]);
+                    match opt.as_slice() {
+                        b"VERSION" | b"EX" if i + 1 < a.len() => {
+                            let Some(n) = parse_i64(&a[i + 1]) else {
+                                return Plan::Reject(error(
+                                    "ERR value is not an integer or out of range",
+                                ));
+                            };
+                            if n <= 0 {
+                                return Plan::Reject(error(&format!(
+                                    "ERR {} must be a positive integer",
+                                    String::from_utf8_lossy(&opt)
+                                )));
+                            }
+                            if opt == b"VERSION" {
+                                version = Some(n);
+                            } else {
+                                let Some(ms) = n.checked_mul(1000) else {
+                                    return Plan::Reject(error(
+                                        "ERR invalid expire time in 'state.save' command",
+                                    ));
+                                };
+                                ttl = Ttl::Px(ms);
+                            }
+                            i += 2;
+                        }
+                        b"TAGS" => {
+                            i += 1;
+                            while i < a.len() && keyword_at(i).is_none() {
+                                tags.push(a[i].clone());
+                                i += 1;
+                            }
+                        }
+                        _ => return Plan::Reject(error("ERR syntax error")),
+                    }
+                }
+                let pair = self.write_pair(Some(rule), &a[1], &a[2], ttl);
+                unwrap(self.write(
+                    vec![pair],
+                    b"SET",
+                    b"",
+                    false,
+                    version,
+                    encode_tags(&tags),
+                    WriteShape::Version,
+                    in_multi,
+                ))
+            }
+            b"STATE.LOAD" => {
+                let version = match a.len() {
+                    2 => Bytes::new(),
+                    4 if upper(&a[2]) == b"VERSION" => match parse_i64(&a[3]) {
+                        Some(n) if n > 0 => a[3].clone(),
+                        _ => {
+                            return Plan::Reject(error(
+                                "ERR value is not an integer or out of range",
+                            ));
+                        }
+                    },
+                    4 => return Plan::Reject(error("ERR syntax error")),
+                    _ => return arity(),
+                };
+                let rule = match need_rule(&a[1]) {
+                    Ok(r) => r,
+                    Err(p) => return p,
+                };
+                unwrap(self.script(
+                    ScriptKind::Load,
+                    vec![a[1].clone(), self.hist(rule, &a[1])],
+                    vec![version],
+                    Transform::Load { key: a[1].clone() },
+                    in_multi,
+                ))
+            }
+            b"STATE.VERSIONS" => {
+                if a.len() != 2 {
+                    return arity();
+                }
+                if let Err(p) = need_versioned(&a[1]) {
+                    return p;
+                }
+                unwrap(self.script(
+                    ScriptKind::Versions,
+                    vec![a[1].clone(), history_key(&a[1])],
+                    vec![],
+                    Transform::Versions,
+                    in_multi,
+                ))
+            }
+            b"STATE.DELVERSION" | b"STATE.ROLLBACK" => {
+                if a.len() != 3 {
+                    return arity();
+                }
+                let rule = match need_versioned(&a[1]) {
+                    Ok(r) => r,
+                    Err(p) => return p,
+                };
+                if !matches!(parse_i64(&a[2]), Some(n) if n > 0) {
+                    return Plan::Reject(error("ERR value is not an integer or out of range"));
+                }
+                let (kind, args, t) = if name == b"STATE.DELVERSION" {
+                    (
+                        ScriptKind::DelVersion,
+                        vec![a[2].clone()],
+                        Transform::Passthrough,
+                    )
+                } else {
+                    (
+                        ScriptKind::Rollback,
+                        vec![a[2].clone(), Bytes::from(rule.max_versions.to_string())],
+                        Transform::Passthrough,
+                    )
+                };
+                unwrap(self.script(
+                    kind,
+                    vec![a[1].clone(), history_key(&a[1])],
+                    args,
+                    t,
+                    in_multi,
+                ))
+            }
+            b"STATE.LIST" => {
+                let mut i = 1;
+                let mut cursor = Bytes::from_static(b"0");
+                if let Some(c) = a.get(1)
+                    && parse_i64(c).is_some()
+                {
+                    cursor = c.clone();
+                    i = 2;
+                }
+                let mut pattern: Option<Bytes> = None;
+                let mut count = Bytes::from_static(b"100");
+                while i < a.len() {
+                    match upper(&a[i]).as_slice() {
+                        b"MATCH" if i + 1 < a.len() => pattern = Some(a[i + 1].clone()),
+                        b"COUNT" if i + 1 < a.len() => {
+                            if !matches!(parse_i64(&a[i + 1]), Some(n) if n > 0) {
+                                return Plan::Reject(error(
+                                    "ERR value is not an integer or out of range",
+                                ));
+                            }
+                            count = a[i + 1].clone();
+                        }
+                        _ => return Plan::Reject(error("ERR syntax error")),
+                    }
+                    i += 2;
+                }
+                // Let Redis filter when one pattern says it all; otherwise filter here.
+                let (scan_match, filter) = match (&pattern, self.rules.len()) {
+                    (Some(p), _) => (Some(p.clone()), None),
+                    (None, 1) => (
+                        self.rules
+                            .iter()
+                            .next()
+                            .map(|r| Bytes::from(r.pattern.clone())),
+                        None,
+                    ),
+                    (None, _) => (None, None),
+                };
+                let mut args: Vec<&[u8]> = vec![b"SCAN", &cursor];
+                if let Some(m) = &scan_match {
+                    args.extend([&b"MATCH"[..], m]);
+                }
+                args.extend([&b"COUNT"[..], &count, &b"TYPE"[..], &b"string"[..]]);
+                let mut raw = bytes::BytesMut::new();
+                encode_multibulk(&mut raw, &args);
+                Plan::Send {
+                    raw: raw.freeze(),
+                    pending: Box::new(Pending {
+                        transform: Transform::List { pattern: filter },
+                        retry: None,
+                    }),
+                }
+            }
+            b"STATE.STATS" => {
+                if a.len() != 1 {
+                    return arity();
+                }
+                let mut raw = bytes::BytesMut::new();
+                encode_multibulk(&mut raw, &[&b"INFO"[..], &b"memory"[..]]);
+                Plan::Send {
+                    raw: raw.freeze(),
+                    pending: Box::new(Pending {
+                        transform: Transform::Stats,
+                        retry: None,
+                    }),
+                }
+            }
+            _ => Plan::Reject(error(&format!(
+                "ERR unknown command '{}', with args beginning with: ",
+                String::from_utf8_lossy(&a[0])
+            ))),
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! The Lua scripts that make every state write one atomic step in Redis.
+//!
+//! A versioned write must store the value, take the next version number, record it in the
+//! history and trim the history, with no other client in between: otherwise two writers could
+//! take the same number or leave a gap. Redis runs a script atomically, so each operation is one
+//! script, sent with EVALSHA (falling back to EVAL on NOSCRIPT).
+//!
+//! History hash fields: `last` (last version number handed out), `lo` (lowest version that may
+//! still exist), `n` (versions stored), `<v>` (the envelope of version v), `t<v>` (its tags).
+
+use bytes::{Bytes, BytesMut};
+
+use crate::protocol::encode_multibulk;
+
+/// Helpers shared by the scripts.
+const PRELUDE: &str = r#"
+local function patch(env, v)
+  if #env < 36 then return env end
+  return string.sub(env, 1, 28) .. struct.pack('>I4>I4', v, 4294967295 - v) .. string.sub(env, 37)
+end
+local function push_version(hist, env, maxv, tags)
+  local v = redis.call('HINCRBY', hist, 'last', 1)
+  env = patch(env, v)
+  redis.call('HSET', hist, v, env)
+  if tags ~= nil and tags ~= '' then redis.call('HSET', hist, 't' .. v, tags) end
+  local n = redis.call('HINCRBY', hist, 'n', 1)
+  if n > maxv then
+    local lo = tonumber(redis.call('HGET', hist, 'lo') or '1')
+    while n > maxv and lo < v do
+      if redis.call('HDEL', hist, lo) == 1 then n = n - 1 end
+      redis.call('HDEL', hist, 't' .. lo)
+      lo = lo + 1
+    end
+    redis.call('HSET', hist, 'lo', lo, 'n', n)
+  end
+  return v, env
+end
+local function sync_ttl(key, hist)
+  local t = redis.call('PTTL', key)
+  if t == -2 then redis.call('DEL', hist)
+  elseif t == -1 then redis.call('PERSIST', hist)
+  else redis.call('PEXPIRE', hist, t) end
+end
+local function is_err(r) return type(r) == 'table' and r.err ~= nil end
+"#;
+
+/// Writes: SET (all options), SETNX, SETEX, PSETEX, GETSET, MSET, MSETNX, STATE.SAVE.
+///
+/// KEYS: (key, history) pairs; history == key when the key keeps none.
+/// ARGV: mode (SET|MSETNX), cond (''|NX|XX), want_old (0|1), expected version (''|n), tags,
+/// then per pair: value, max_versions (0 = none), ttl mode (''|PX|PXAT|KEEPTTL), ttl value.
+/// Returns {done, old value or nil, last version written}.
+const WRITE: &str = r#"
+local mode, cond, want_old, expect, tags = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local npairs = #KEYS / 2
+local old = false
+if want_old == '1' or cond ~= '' then
+  local r = redis.pcall('GET', KEYS[1])
+  if is_err(r) then
+    if want_old == '1' then return r end
+    r = true
+  end
+  old = r
+end
+if cond == 'NX' and old then return {0, old, 0} end
+if cond == 'XX' and not old then return {0, false, 0} end
+if mode == 'MSETNX' then
+  for i = 1, npairs do
+    if redis.call('EXISTS', KEYS[2 * i - 1]) == 1 then return {0, false, 0} end
+  end
+end
+if expect ~= '' then
+  local last = 0
+  if redis.call('EXISTS', KEYS[1]) == 1 then
+    last = tonumber(redis.call('HGET', KEYS[2], 'last') or '0')
+  end
+  if last ~= tonumber(expect) - 1 then
+    return redis.error_reply('STATEVERSION stored version of ' .. KEYS[1] .. ' is ' .. last .. ', not ' .. (tonumber(expect) - 1))
+  end
+end
+local ver = 0
+for i = 1, npairs do
+  local key, hist = KEYS[2 * i - 1], KEYS[2 * i]
+  local b = 5 + 4 * (i - 1)
+  local val, maxv, tmode, tval = ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3], ARGV[b + 4]
+  if maxv > 0 then
+    ver, val = push_version(hist, val, maxv, tags)
+  end
+  if tmode == 'PX' or tmode == 'PXAT' then
+    redis.call('SET', key, val, tmode, tval)
+  elseif tmode == 'KEEPTTL' then
+    redis.call('SET', key, val, 'KEEPTTL')
+  else
+    redis.call('SET', key, val)
+  end
+  if hist ~= key then sync_ttl(key, hist) end
+end
+if old == true then old = false end
+return {1, old, ver}
+"#;
+
+/// DEL / UNLINK: KEYS = the client's keys, then history keys; ARGV = {command, client key count}.
+const DELETE: &str = r#"
+local n = tonumber(ARGV[2])
+local r = 0
+for i = 1, n do r = r + redis.call(ARGV[1], KEYS[i]) end
+for i = n + 1, #KEYS do redis.call(ARGV[1], KEYS[i]) end
+return r
+"#;
+
+/// EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT, PERSIST, GETEX, GETDEL: run the client's command on the
+/// key, then give the history the key's resulting expiry. KEYS = {key, history};
+/// ARGV = {command, args after the key...}.
+const KEY_THEN_SYNC: &str = r#"
+local r = redis.pcall(ARGV[1], KEYS[1], unpack(ARGV, 2))
+if is_err(r) then return r end
+sync_ttl(KEYS[1], KEYS[2])
+return r
+"#;
+
+/// STRLEN: the header and the stored length, so the proxy can answer the original length.
+const STRLEN: &str = r#"
+local h = redis.pcall('GETRANGE', KEYS[1], 0, 35)
+if is_err(h) then return h end
+return {h, redis.call('STRLEN', KEYS[1])}
+"#;
+
+/// STATE.LOAD: ARGV[1] = version or ''. Returns {envelope, tags, pttl} or nil.
+const LOAD: &str = r#"
+local env
+if ARGV[1] == '' then
+  env = redis.pcall('GET', KEYS[1])
+  if is_err(env) then return env end
+else
+  env = redis.call('HGET', KEYS[2], ARGV[1])
+end
+if not env then return false end
+local ver = 0
+if #env >= 36 then ver = struct.unpack('>I4', env, 29) end
+local tags = redis.call('HGET', KEYS[2], 't' .. ver) or ''
+return {env, tags, redis.call('PTTL', KEYS[1])}
+"#;
+
+/// STATE.VERSIONS: {{v, header, stored length, tags}...}, current header.
+const VERSIONS: &str = r#"
+local last = tonumber(redis.call('HGET', KEYS[2], 'last') or '0')
+local lo = tonumber(redis.call('HGET', KEYS[2], 'lo') or '1')
+local out = {}
+for v = lo, last do
+  local env = redis.call('HGET', KEYS[2], v)
+  if env then out[#out + 1] = {v, string.sub(env, 1, 36), #env, redis.call('HGET', KEYS[2], 't' .. v) or ''} end
+end
+local cur = redis.pcall('GETRANGE', KEYS[1], 0, 35)
+if is_err(cur) then cur = '' end
+return {out, cur}
+"#;
+
+/// STATE.DELVERSION: ARGV[1] = version. Refuses the version the key currently holds.
+const DELVERSION: &str = r#"
+local v = tonumber(ARGV[1])
+local cur = redis.pcall('GETRANGE', KEYS[1], 0, 35)
+if not is_err(cur) and #cur >= 36 and struct.unpack('>I4', cur, 29) == v then
+  return redis.error_reply('ERR version ' .. v .. ' is the current value of ' .. KEYS[1] .. '; roll back to another version first')
+end
+local r = redis.call('HDEL', KEYS[2], v)
+if r == 1 then
+  redis.call('HINCRBY', KEYS[2], 'n', -1)
+  redis.call('HDEL', KEYS[2], 't' .. v)
+end
+return r
+"#;
+
+/// STATE.ROLLBACK: ARGV = {version, max_versions}. The old content becomes the newest version.
+const ROLLBACK: &str = r#"
+local env = redis.call('HGET', KEYS[2], ARGV[1])
+if not env then return redis.error_reply('ERR no version ' .. ARGV[1] .. ' of ' .. KEYS[1]) end
+local tags = redis.call('HGET', KEYS[2], 't' .. ARGV[1]) or ''
+local v
+v, env = push_version(KEYS[2], env, tonumber(ARGV[2]), tags)
+redis.call('SET', KEYS[1], env, 'KEEPTTL')
+sync_ttl(KEYS[1], KEYS[2])
+return v
+"#;
+
+/// A script with its SHA1, as EVALSHA needs.
+pub struct Script {
+    /// Full Lua source (prelude included).
+    pub source: String,
+    /// Hex SHA1 of the source.
+    pub sha: String,
+}
+
+impl Script {
+    fn new(body: &str) -> Script {
+        let source = format!("{PRELUDE}{body}");
+        let sha = sha1_smol::Sha1::from(source.as_bytes())
+            .digest()
+            .to_string();
+        Script { source, sha }
+    }
+
+    /// `EVALSHA sha nkeys keys... args...`
+    pub fn evalsha(&self, keys: &[Bytes], args: &[Bytes]) -> Bytes {
+        self.build(self.sha.as_bytes(), b"EVALSHA", keys, args)
+    }
+
+    /// `EVAL source nkeys keys... args...` (inside MULTI, and after NOSCRIPT).
+    pub fn eval(&self, keys: &[Bytes], args: &[Bytes]) -> Bytes {
+        self.build(self.source.as_bytes(), b"EVAL", keys, args)
+    }
+
+    fn build(&self, body: &[u8], cmd: &[u8], keys: &[Bytes], args: &[Bytes]) -> Bytes {
+        let n = keys.len().to_string();
+        let mut all: Vec<&[u8]> = Vec::with_capacity(3 + keys.len() + args.len());
+        all.push(cmd);
+        all.push(body);
+        all.push(n.as_bytes());
+        all.extend(keys.iter().map(|k| k.as_ref()));
+        all.extend(args.iter().map(|a| a.as_ref()));
+        let mut out = BytesMut::with_capacity(all.iter().map(|a| a.len() + 16).sum());
+        encode_multibulk(&mut out, &all);
+        out.freeze()
+    }
+}
+
+/// All scripts, hashed once at start.
+pub struct Scripts {
+    /// See [`WRITE`].
+    pub write: Script,
+    /// See [`DELETE`].
+    pub delete: Script,
+    /// See [`KEY_THEN_SYNC`].
+    pub key_then_sync: Script,
+    /// See [`STRLEN`].
+    pub strlen: Script,
+    /// See [`LOAD`].
+    pub load: Script,
+    /// See [`VERSIONS`].
+    pub versions: Script,
+    /// See [`DELVERSION`].
+    pub delversion: Script,
+    /// See [`ROLLBACK`].
+    pub rollback: Script,
+}
+
+impl Default for Scripts {
+    fn default() -> Self {
+        Scripts {
+            write: Script::new(WRITE),
+            delete: Script::new(DELETE),
+            key_then_sync: Script::new(KEY_THEN_SYNC),
+            strlen: Script::new(STRLEN),
+            load: Script::new(LOAD),
+            versions: Script::new(VERSIONS),
+            delversion: Script::new(DELVERSION),
+            rollback: Script::new(ROLLBACK),
+        }
+    }
+}
+
+/// Names the scripts, so a call can be rebuilt later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScriptKind {
+    /// [`WRITE`]
+    Write,
+    /// [`DELETE`]
+    Delete,
+    /// [`KEY_THEN_SYNC`]
+    KeyThenSync,
+    /// [`STRLEN`]
+    Strlen,
+    /// [`LOAD`]
+    Load,
+    /// [`VERSIONS`]
+    Versions,
+    /// [`DELVERSION`]
+    DelVersion,
+    /// [`ROLLBACK`]
+    Rollback,
+}
+
+impl Scripts {
+    /// The script of a kind.
+    pub fn get(&self, k: ScriptKind) -> &Script {
+        match k {
+            ScriptKind::Write => &self.write,
+            ScriptKind::Delete => &self.delete,
+            ScriptKind::KeyThenSync => &self.key_then_sync,
+            ScriptKind::Strlen => &self.strlen,
+            ScriptKind::Load => &self.load,
+            ScriptKind::Versions => &self.versions,
+            ScriptKind::DelVersion => &self.delversion,
+            ScriptKind::Rollback => &self.rollback,
+        }
+    }
+}
