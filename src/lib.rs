@@ -20,27 +20,48 @@ pub mod upstream;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-/// Starts the proxy with `cfg` and runs until SIGTERM or SIGINT, then drains.
-pub async fn run(cfg: Arc<config::Config>) -> Result<(), String> {
+/// Re-reads the configuration (for SIGHUP).
+pub type Reloader = Box<dyn Fn() -> Result<config::Config, String> + Send + Sync>;
+
+/// Starts the proxy with `cfg` and runs until SIGTERM or SIGINT, then drains. SIGHUP calls
+/// `reload` and applies the new state rules and limits without touching connections.
+pub async fn run(cfg: Arc<config::Config>, reload: Option<Reloader>) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    let metrics = match cfg.metrics_listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr} (metrics.listen): {e}"))?;
+            Some((l, telemetry::install()?))
+        }
+        None => None,
+    };
     let upstream = upstream::Upstream::new(cfg.upstream.clone());
     let ctx = Arc::new(session::Ctx {
         auth: auth::Auth::new(&cfg.auth),
-        state: Arc::new(state::StateEngine::new(
+        state: arc_swap::ArcSwap::from_pointee(state::StateEngine::new(
             cfg.rules.clone(),
             cfg.max_decoded_size,
         )),
-        upstream,
-        cfg: cfg.clone(),
+        upstream: upstream.clone(),
+        cfg: arc_swap::ArcSwap::new(cfg.clone()),
         next_id: AtomicU64::new(1),
         drain: tokio_util::sync::CancellationToken::new(),
     });
+    if let Some((l, handle)) = metrics {
+        tokio::spawn(telemetry::serve_http(l, handle, upstream.clone()));
+    }
+    tokio::spawn(upstream::probe(upstream.clone()));
+    if let Some(reload) = reload {
+        tokio::spawn(reload_on_sighup(ctx.clone(), reload));
+    }
     tracing::info!(
         listen = %cfg.listen,
         upstream = %cfg.upstream.url.redacted(),
         rules = cfg.rules.len(),
+        metrics = ?cfg.metrics_listen,
         "statecar started"
     );
     server::run(ctx, listener, shutdown_signal()).await;
@@ -48,6 +69,45 @@ pub async fn run(cfg: Arc<config::Config>) -> Result<(), String> {
     Ok(())
 }
 
+/// Applies a new configuration's state rules and limits on each SIGHUP; everything else
+/// (listen address, upstream, auth, metrics listener) needs a restart and is left as is.
+async fn reload_on_sighup(ctx: Arc<session::Ctx>, reload: Reloader) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match reload() {
+            Ok(new) => {
+                let old = ctx.cfg.load_full();
+                if new.listen != old.listen || new.upstream.url != old.upstream.url {
+                    tracing::warn!(
+                        "listen and upstream changes need a restart; keeping the old ones"
+                    );
+                }
+                let totals = ctx.state.load().totals.clone();
+                ctx.state.store(Arc::new(state::StateEngine::with_totals(
+                    new.rules.clone(),
+                    new.max_decoded_size,
+                    totals,
+                )));
+                let mut merged = (*old).clone();
+                merged.rules = new.rules;
+                merged.limits = new.limits;
+                merged.max_pending_requests = new.max_pending_requests;
+                merged.max_output_buffer = new.max_output_buffer;
+                merged.max_decoded_size = new.max_decoded_size;
+                merged.max_clients = new.max_clients;
+                let rules = merged.rules.len();
+                ctx.cfg.store(Arc::new(merged));
+                tracing::info!(rules, "configuration reloaded (state rules and limits)");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "configuration reload failed; keeping the running configuration")
+            }
+        }
+    }
+}
 /// Resolves on SIGTERM or SIGINT.
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};

@@ -67,24 +67,31 @@ enum Cmd {
     },
 }
 
-fn load(cli: &Cli) -> Result<Config, String> {
-    let file = match &cli.config {
-        Some(p) => FileConfig::load(p).map_err(|e| e.to_string())?,
-        None => FileConfig::default(),
-    };
-    let o = Overrides {
+fn overrides(cli: &Cli) -> Overrides {
+    Overrides {
         listen: cli.listen.clone(),
         upstream: cli.upstream.clone(),
         upstream_password: cli.upstream_password.clone(),
         metrics_listen: cli.metrics_listen.clone(),
         log_level: cli.log_level.clone(),
         log_format: cli.log_format.clone(),
+    }
+}
+
+fn load_from(path: Option<&PathBuf>, o: &Overrides) -> Result<Config, String> {
+    let file = match path {
+        Some(p) => FileConfig::load(p).map_err(|e| e.to_string())?,
+        None => FileConfig::default(),
     };
-    Config::build(file, &o).map_err(|e| e.to_string())
+    Config::build(file, o).map_err(|e| e.to_string())
+}
+
+fn load(cli: &Cli) -> Result<Config, String> {
+    load_from(cli.config.as_ref(), &overrides(cli))
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     let cfg = match load(&cli) {
         Ok(c) => c,
         Err(e) => {
@@ -93,7 +100,7 @@ fn main() -> ExitCode {
         }
     };
     statecar::telemetry::init_logging(&cfg.log_level, cfg.log_json);
-    match cli.command.unwrap_or(Cmd::Run) {
+    match cli.command.take().unwrap_or(Cmd::Run) {
         Cmd::CheckConfig => {
             println!("configuration ok");
             ExitCode::SUCCESS
@@ -121,7 +128,10 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(statecar::run(Arc::new(cfg))) {
+            let path = cli.config.clone();
+            let o = overrides(&cli);
+            let reload: statecar::Reloader = Box::new(move || load_from(path.as_ref(), &o));
+            match rt.block_on(statecar::run(Arc::new(cfg), Some(reload))) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("statecar: {e}");

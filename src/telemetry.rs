@@ -1,8 +1,204 @@
-//! Metric names and recording helpers, so every metric is defined in one place.
+//! Metric names, the Prometheus exporter, health endpoints and logging setup.
 //!
-//! All names start with `statecar_`; labels are low-cardinality (never a key).
+//! All names start with `statecar_`; labels are low-cardinality (never a key). Per-command
+//! counters are registered once into a table indexed by [`command_id`], so counting a command
+//! on the hot path is one atomic add rather than a label lookup.
 
-use metrics::{counter, gauge};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use metrics::{
+    Counter, Histogram, counter, describe_counter, describe_gauge, describe_histogram, gauge,
+    histogram,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::upstream::Upstream;
+
+/// Commands that get their own label value; everything else is counted as "other".
+const COMMANDS: &[&str] = &[
+    "OTHER",
+    "GET",
+    "SET",
+    "MGET",
+    "MSET",
+    "MSETNX",
+    "SETNX",
+    "SETEX",
+    "PSETEX",
+    "GETSET",
+    "GETDEL",
+    "GETEX",
+    "GETRANGE",
+    "SETRANGE",
+    "STRLEN",
+    "APPEND",
+    "INCR",
+    "INCRBY",
+    "DECR",
+    "DECRBY",
+    "INCRBYFLOAT",
+    "DEL",
+    "UNLINK",
+    "EXISTS",
+    "EXPIRE",
+    "PEXPIRE",
+    "EXPIREAT",
+    "PEXPIREAT",
+    "PERSIST",
+    "TTL",
+    "PTTL",
+    "TYPE",
+    "KEYS",
+    "SCAN",
+    "RENAME",
+    "HGET",
+    "HSET",
+    "HMGET",
+    "HMSET",
+    "HGETALL",
+    "HDEL",
+    "HINCRBY",
+    "HEXISTS",
+    "HLEN",
+    "HSCAN",
+    "LPUSH",
+    "RPUSH",
+    "LPOP",
+    "RPOP",
+    "LRANGE",
+    "LLEN",
+    "LINDEX",
+    "LREM",
+    "LTRIM",
+    "BLPOP",
+    "BRPOP",
+    "BLMOVE",
+    "BRPOPLPUSH",
+    "SADD",
+    "SREM",
+    "SMEMBERS",
+    "SISMEMBER",
+    "SCARD",
+    "SSCAN",
+    "ZADD",
+    "ZREM",
+    "ZRANGE",
+    "ZRANGEBYSCORE",
+    "ZSCORE",
+    "ZINCRBY",
+    "ZCARD",
+    "ZRANK",
+    "BZPOPMIN",
+    "BZPOPMAX",
+    "XADD",
+    "XREAD",
+    "XREADGROUP",
+    "XACK",
+    "XRANGE",
+    "XLEN",
+    "PUBLISH",
+    "SUBSCRIBE",
+    "PSUBSCRIBE",
+    "UNSUBSCRIBE",
+    "PUNSUBSCRIBE",
+    "MULTI",
+    "EXEC",
+    "DISCARD",
+    "WATCH",
+    "UNWATCH",
+    "EVAL",
+    "EVALSHA",
+    "SCRIPT",
+    "PING",
+    "ECHO",
+    "INFO",
+    "CLIENT",
+    "HELLO",
+    "AUTH",
+    "SELECT",
+    "QUIT",
+    "RESET",
+    "COMMAND",
+    "CONFIG",
+    "DBSIZE",
+    "FLUSHDB",
+    "FLUSHALL",
+    "WAIT",
+    "MONITOR",
+    "STATE.SAVE",
+    "STATE.LOAD",
+    "STATE.LIST",
+    "STATE.VERSIONS",
+    "STATE.DELVERSION",
+    "STATE.ROLLBACK",
+    "STATE.STATS",
+];
+
+/// Index of a command name (any case) in the metric table; 0 is "other".
+pub fn command_id(name: &[u8]) -> u16 {
+    if name.len() > 20 {
+        return 0;
+    }
+    let mut buf = [0u8; 20];
+    for (d, s) in buf.iter_mut().zip(name) {
+        *d = s.to_ascii_uppercase();
+    }
+    let up = &buf[..name.len()];
+    COMMANDS
+        .iter()
+        .position(|c| c.as_bytes() == up)
+        .map(|i| i as u16)
+        .unwrap_or(0)
+}
+
+struct Handles {
+    ok: Vec<Counter>,
+    err: Vec<Counter>,
+    round_trip: Histogram,
+    upstream: Histogram,
+}
+
+fn handles() -> &'static Handles {
+    static H: OnceLock<Handles> = OnceLock::new();
+    H.get_or_init(|| {
+        let label = |c: &str| c.to_ascii_lowercase();
+        Handles {
+            ok: COMMANDS
+                .iter()
+                .map(|c| counter!("statecar_commands_total", "command" => label(c), "outcome" => "ok"))
+                .collect(),
+            err: COMMANDS
+                .iter()
+                .map(|c| counter!("statecar_commands_total", "command" => label(c), "outcome" => "error"))
+                .collect(),
+            round_trip: histogram!("statecar_command_duration_seconds"),
+            upstream: histogram!("statecar_upstream_duration_seconds"),
+        }
+    })
+}
+
+/// Counts one command with its outcome.
+pub fn command(id: u16, error: bool) {
+    let h = handles();
+    let table = if error { &h.err } else { &h.ok };
+    if let Some(c) = table.get(id as usize) {
+        c.increment(1);
+    }
+}
+
+/// Time from reading a command (or pipelined batch) to having its reply for the client.
+pub fn round_trip(d: Duration) {
+    handles().round_trip.record(d.as_secs_f64());
+}
+
+/// Time Redis took to answer a batch on a shared connection.
+pub fn upstream_latency(d: Duration) {
+    handles().upstream.record(d.as_secs_f64());
+}
 
 /// A connection attempt to Redis finished.
 pub fn upstream_connect(ok: bool) {
@@ -18,6 +214,11 @@ pub fn upstream_reconnect() {
 /// Open shared upstream connections went up or down.
 pub fn upstream_connections(delta: i64) {
     gauge!("statecar_upstream_shared_connections").increment(delta as f64);
+}
+
+/// Upstream errors (connection failures, timeouts) answered to clients.
+pub fn upstream_error(kind: &'static str) {
+    counter!("statecar_upstream_errors_total", "kind" => kind).increment(1);
 }
 
 /// Leased (dedicated) connections in use went up or down.
@@ -50,6 +251,202 @@ pub fn auth_failure() {
     counter!("statecar_auth_failures_total").increment(1);
 }
 
+/// A state value was encoded: bytes before and after.
+pub fn state_write(rule: usize, original: usize, stored: usize) {
+    static RULES: OnceLock<Vec<(Counter, Counter, Counter)>> = OnceLock::new();
+    let table = RULES.get_or_init(|| {
+        (0..64)
+            .map(|i| {
+                let r = i.to_string();
+                (
+                    counter!("statecar_state_writes_total", "rule" => r.clone()),
+                    counter!("statecar_state_bytes_original_total", "rule" => r.clone()),
+                    counter!("statecar_state_bytes_stored_total", "rule" => r),
+                )
+            })
+            .collect()
+    });
+    if let Some((w, o, s)) = table.get(rule.min(63)) {
+        w.increment(1);
+        o.increment(original as u64);
+        s.increment(stored as u64);
+    }
+}
+
+/// A state value was read back: bytes stored and returned.
+pub fn state_read(stored: usize, original: usize) {
+    counter!("statecar_state_reads_total").increment(1);
+    counter!("statecar_state_bytes_read_stored_total").increment(stored as u64);
+    counter!("statecar_state_bytes_read_original_total").increment(original as u64);
+}
+
+/// A stored value failed verification.
+pub fn checksum_failure() {
+    counter!("statecar_checksum_failures_total").increment(1);
+}
+
+/// A versioned write added a version (and maybe trimmed old ones).
+pub fn version_written() {
+    counter!("statecar_versions_written_total").increment(1);
+}
+
+/// Describes every metric (HELP text) and installs the Prometheus recorder.
+pub fn install() -> Result<PrometheusHandle, String> {
+    let buckets = [
+        0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+        1.0, 2.5, 5.0, 10.0,
+    ];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), &buckets)
+        .map_err(|e| e.to_string())?
+        .install_recorder()
+        .map_err(|e| e.to_string())?;
+    describe_counter!(
+        "statecar_commands_total",
+        "Commands answered, by command and outcome (ok or error reply)."
+    );
+    describe_histogram!(
+        "statecar_command_duration_seconds",
+        "Time from reading a command (or a pipelined batch) to having its reply."
+    );
+    describe_histogram!(
+        "statecar_upstream_duration_seconds",
+        "Time Redis took to answer a batch on a shared connection."
+    );
+    describe_counter!(
+        "statecar_upstream_connects_total",
+        "Connection attempts to Redis, by outcome."
+    );
+    describe_counter!(
+        "statecar_upstream_reconnects_total",
+        "Shared upstream connections that broke and were reopened."
+    );
+    describe_counter!(
+        "statecar_upstream_errors_total",
+        "Commands answered with an upstream error, by kind."
+    );
+    describe_gauge!(
+        "statecar_upstream_shared_connections",
+        "Open shared (pipelined) upstream connections."
+    );
+    describe_gauge!(
+        "statecar_upstream_leased_in_use",
+        "Dedicated upstream connections leased to clients."
+    );
+    describe_gauge!(
+        "statecar_upstream_pool_max",
+        "Configured shared connections per (db, protocol) and dedicated connections in all."
+    );
+    describe_counter!(
+        "statecar_upstream_lease_waits_total",
+        "Times a client waited for a free dedicated connection."
+    );
+    describe_gauge!("statecar_client_connections", "Connected clients.");
+    describe_counter!(
+        "statecar_clients_rejected_total",
+        "Clients refused or disconnected by statecar, by reason."
+    );
+    describe_counter!(
+        "statecar_commands_rejected_total",
+        "Commands refused before reaching Redis, by reason."
+    );
+    describe_counter!(
+        "statecar_auth_failures_total",
+        "Failed AUTH / HELLO AUTH attempts."
+    );
+    describe_counter!(
+        "statecar_state_writes_total",
+        "State values written, by rule index."
+    );
+    describe_counter!(
+        "statecar_state_bytes_original_total",
+        "Bytes clients wrote to state keys, by rule index."
+    );
+    describe_counter!(
+        "statecar_state_bytes_stored_total",
+        "Bytes those values occupy in Redis (header included), by rule index."
+    );
+    describe_counter!(
+        "statecar_state_reads_total",
+        "State values read and verified."
+    );
+    describe_counter!(
+        "statecar_state_bytes_read_stored_total",
+        "Stored bytes of state values read."
+    );
+    describe_counter!(
+        "statecar_state_bytes_read_original_total",
+        "Decoded bytes of state values read."
+    );
+    describe_counter!(
+        "statecar_checksum_failures_total",
+        "Stored values that failed verification (never served)."
+    );
+    describe_counter!(
+        "statecar_versions_written_total",
+        "Versions added to state key histories."
+    );
+    describe_gauge!("statecar_up", "1 while the process runs.");
+    describe_gauge!(
+        "statecar_upstream_up",
+        "1 when Redis answered the last health probe."
+    );
+    gauge!("statecar_up").set(1.0);
+    Ok(handle)
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until the process ends.
+pub async fn serve_http(listener: TcpListener, handle: PrometheusHandle, upstream: Arc<Upstream>) {
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            upkeep.run_upkeep();
+        }
+    });
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let handle = handle.clone();
+        let upstream = upstream.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            let n = match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await {
+                Ok(Ok(n)) => n,
+                _ => return,
+            };
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let path = req.split_whitespace().nth(1).unwrap_or("/");
+            let path = path.split('?').next().unwrap_or(path);
+            let (status, ctype, body) = match path {
+                "/metrics" => ("200 OK", "text/plain; version=0.0.4", handle.render()),
+                "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
+                "/readyz" => {
+                    if upstream.reachable.load(Ordering::Relaxed) {
+                        ("200 OK", "text/plain", "ready\n".to_string())
+                    } else {
+                        (
+                            "503 Service Unavailable",
+                            "text/plain",
+                            "upstream unreachable\n".to_string(),
+                        )
+                    }
+                }
+                _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = sock.write_all(head.as_bytes()).await;
+            let _ = sock.write_all(body.as_bytes()).await;
+            let _ = sock.shutdown().await;
+        });
+    }
+}
+
 /// Installs the tracing subscriber: text or JSON lines on stderr.
 pub fn init_logging(level: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
@@ -62,18 +459,4 @@ pub fn init_logging(level: &str, json: bool) {
     } else {
         b.try_init()
     };
-}
-
-/// A state value was encoded: bytes before and after.
-pub fn state_write(rule: usize, original: usize, stored: usize) {
-    let rule = rule.to_string();
-    counter!("statecar_state_writes_total", "rule" => rule.clone()).increment(1);
-    counter!("statecar_state_bytes_original_total", "rule" => rule.clone())
-        .increment(original as u64);
-    counter!("statecar_state_bytes_stored_total", "rule" => rule).increment(stored as u64);
-}
-
-/// A stored value failed verification.
-pub fn checksum_failure() {
-    counter!("statecar_checksum_failures_total").increment(1);
 }

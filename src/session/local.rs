@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::pinned::Expect;
+use super::pinned::{Expect, NOT_COUNTED};
 use super::{Flow, ReplyMode, Session};
 use crate::command::Local;
 use crate::protocol::Command;
@@ -36,7 +36,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             Local::Client => self.client(cmd).await,
             Local::State => {
                 let in_multi = self.pinned.as_ref().is_some_and(|p| p.in_multi);
-                let plan = self.ctx.state.plan_state(&cmd, in_multi);
+                let plan = self.ctx.state.load().plan_state(&cmd, in_multi);
                 if self.pinned.is_some() {
                     self.run_plan_pinned(plan).await
                 } else {
@@ -211,6 +211,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 then_stream: false,
                 notify: Some(tx),
                 reshape: None,
+                cmd: NOT_COUNTED,
             };
             if self.send_pinned(&cmd.raw, Some(e)).await == Flow::Stop {
                 return Flow::Stop;

@@ -14,6 +14,8 @@ pub mod writer;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
@@ -29,11 +31,13 @@ use crate::reply;
 use crate::state::StateEngine;
 use crate::state::plan::Plan;
 use crate::state::transform::{Pending, Reshape, Transform};
+use crate::telemetry;
 use crate::upstream::conn::{Batch, SharedConn};
 use crate::upstream::connect::read_frame;
 use crate::upstream::lease::Returned;
 use crate::upstream::{PoolKey, Upstream};
-use pinned::{Expect, Pinned};
+use pinned::{Expect, NOT_COUNTED, Pinned};
+use tokio::time::Instant;
 use writer::Out;
 
 /// A batch is sent once it holds this many commands or bytes, to bound per-item memory.
@@ -44,14 +48,14 @@ const MAX_BUFFER_WHILE_WAITING: usize = 1024 * 1024;
 
 /// Everything sessions share.
 pub struct Ctx {
-    /// Validated configuration.
-    pub cfg: Arc<Config>,
+    /// Validated configuration (replaced on SIGHUP; sessions read limits from it).
+    pub cfg: ArcSwap<Config>,
     /// Upstream connections.
     pub upstream: Arc<Upstream>,
     /// Sidecar credentials.
     pub auth: Auth,
-    /// State-key handling.
-    pub state: Arc<StateEngine>,
+    /// State-key handling (replaced on SIGHUP: new rules apply to the next command).
+    pub state: ArcSwap<StateEngine>,
     /// Source of client ids.
     pub next_id: AtomicU64,
     /// Cancelled on SIGTERM: sessions stop reading and finish what they have.
@@ -93,7 +97,12 @@ pub struct Session<S> {
     shared: Option<(PoolKey, SharedConn)>,
     batch: BytesMut,
     batch_n: usize,
+    batch_ids: Vec<u16>,
     batch_discard: bool,
+    /// Metric id of the command being dispatched.
+    cur: u16,
+    /// When the input being processed was read.
+    read_at: Instant,
     pinned: Option<Pinned>,
     /// Subscriptions, mirrored so we know how many confirmations each command produces.
     subs: [HashSet<Bytes>; 3],
@@ -106,15 +115,11 @@ where
 {
     let id = ctx.next_id.fetch_add(1, Ordering::Relaxed);
     let (rd, wr) = tokio::io::split(stream);
-    let (out_tx, out_rx) = mpsc::channel(ctx.cfg.max_pending_requests);
+    let cfg = ctx.cfg.load_full();
+    let (out_tx, out_rx) = mpsc::channel(cfg.max_pending_requests);
     let (closed_tx, closed_rx) = watch::channel(false);
-    let writer = tokio::spawn(writer::run(
-        wr,
-        out_rx,
-        closed_tx,
-        ctx.cfg.max_output_buffer,
-    ));
-    let db = ctx.cfg.upstream.url.db;
+    let writer = tokio::spawn(writer::run(wr, out_rx, closed_tx, cfg.max_output_buffer));
+    let db = cfg.upstream.url.db;
     let authed = !ctx.auth.required();
     let mut s = Session {
         ctx,
@@ -132,7 +137,10 @@ where
         shared: None,
         batch: BytesMut::new(),
         batch_n: 0,
+        batch_ids: Vec::new(),
         batch_discard: false,
+        cur: 0,
+        read_at: Instant::now(),
         pinned: None,
         subs: Default::default(),
     };
@@ -148,8 +156,8 @@ where
 
 impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
     async fn run(&mut self) {
-        let limits = self.ctx.cfg.limits.clone();
         loop {
+            let limits = self.ctx.cfg.load().limits.clone();
             loop {
                 match self.parser.next(&mut self.inbuf, &limits) {
                     Ok(Some(Parsed::Command(cmd))) => {
@@ -182,7 +190,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             tokio::select! {
                 r = self.rd.read_buf(&mut self.inbuf) => match r {
                     Ok(0) | Err(_) => return,
-                    Ok(_) => {}
+                    Ok(_) => self.read_at = Instant::now(),
                 },
                 _ = self.closed.changed() => return,
                 _ = self.ctx.drain.cancelled() => return,
@@ -213,6 +221,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
     /// Queues a locally produced reply (respecting `CLIENT REPLY`).
     async fn reply(&mut self, b: impl Into<Bytes>) -> Flow {
         let b = b.into();
+        telemetry::command(self.cur, b.first() == Some(&b'-'));
         if self.take_discard() {
             return Flow::Continue;
         }
@@ -235,10 +244,9 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         }
         let conn = self.shared_conn();
         let (tx, rx) = oneshot::channel();
-        let replies = self.batch_n;
         conn.send(Batch {
             bytes: self.batch.split().freeze(),
-            replies,
+            replies: self.batch_n,
             tx,
         });
         self.batch_n = 0;
@@ -246,7 +254,8 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             .out
             .send(Out::Batch {
                 rx,
-                replies,
+                ids: std::mem::take(&mut self.batch_ids),
+                started: self.read_at,
                 discard: self.batch_discard,
             })
             .await;
@@ -261,6 +270,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         self.batch_discard = discard;
         self.batch.extend_from_slice(raw);
         self.batch_n += 1;
+        self.batch_ids.push(self.cur);
         if self.batch_n >= BATCH_MAX_COMMANDS || self.batch.len() >= BATCH_MAX_BYTES {
             self.flush_batch().await;
         }
@@ -299,6 +309,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
 
     async fn dispatch(&mut self, cmd: Command) -> Flow {
         let kind = command::classify(&cmd.args);
+        self.cur = telemetry::command_id(&cmd.args[0]);
         if !self.authed
             && !matches!(
                 kind,
@@ -333,8 +344,8 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             return self.dispatch_pinned(kind, cmd).await;
         }
         if kind == Kind::Plain
-            && !self.ctx.state.is_empty()
-            && let Some(plan) = self.ctx.state.plan(&cmd, false)
+            && !self.ctx.state.load().is_empty()
+            && let Some(plan) = self.ctx.state.load().plan(&cmd, false)
         {
             return self.run_plan(plan).await;
         }
@@ -392,7 +403,16 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
     }
 
     /// Sends a command on the pinned connection.
-    async fn send_pinned(&mut self, raw: &[u8], expect: Option<Expect>) -> Flow {
+    async fn send_pinned(&mut self, raw: &[u8], mut expect: Option<Expect>) -> Flow {
+        if let Some(Expect::Replies {
+            cmd,
+            swallow: false,
+            ..
+        }) = &mut expect
+            && *cmd == NOT_COUNTED
+        {
+            *cmd = self.cur;
+        }
         let Some(p) = self.pinned.as_mut() else {
             return Flow::Stop;
         };
@@ -422,10 +442,11 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 .await;
         }
         let in_multi = self.pinned.as_ref().is_some_and(|p| p.in_multi);
-        if matches!(kind, Kind::Plain | Kind::Blocking) && !self.ctx.state.is_empty() {
-            if let Some(plan) = self.ctx.state.plan(&cmd, in_multi) {
-                return self.run_plan_pinned(plan).await;
-            }
+        if matches!(kind, Kind::Plain | Kind::Blocking)
+            && !self.ctx.state.load().is_empty()
+            && let Some(plan) = self.ctx.state.load().plan(&cmd, in_multi)
+        {
+            return self.run_plan_pinned(plan).await;
         }
         let discard = self.take_discard();
         let mut expect = Expect::replies(1, discard);
@@ -470,6 +491,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                         then_stream: true,
                         notify: None,
                         reshape: None,
+                        cmd: NOT_COUNTED,
                     };
                 }
                 _ => {
@@ -507,6 +529,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                     then_stream: false,
                     notify: None,
                     reshape: Some(reshape),
+                    cmd: NOT_COUNTED,
                 };
             }
         }
@@ -540,7 +563,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
     fn reshape(&mut self, pending: Box<Pending>) -> Box<Reshape> {
         Box::new(Reshape {
             pending,
-            engine: self.ctx.state.clone(),
+            engine: self.ctx.state.load_full(),
             proto: self.proto,
             conn: Some(self.shared_conn()),
         })
@@ -578,6 +601,8 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 self.push(Out::State {
                     rx,
                     reshape,
+                    id: self.cur,
+                    started: self.read_at,
                     discard,
                 })
                 .await
@@ -609,6 +634,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                         then_stream: false,
                         notify: None,
                         reshape: Some(self.reshape(pending)),
+                        cmd: NOT_COUNTED,
                     }
                 };
                 self.send_pinned(&raw, Some(expect)).await

@@ -21,6 +21,9 @@ use redis_protocol::resp3::types::{BytesFrame, Resp3Frame};
 use std::sync::Arc;
 use tokio::sync::OwnedSemaphorePermit;
 
+/// Metric id meaning "internal command, do not count".
+pub const NOT_COUNTED: u16 = u16::MAX;
+
 /// What the relay should do with the replies of one command.
 pub enum Expect {
     /// The next `frames` replies belong to the client (or are swallowed).
@@ -35,6 +38,8 @@ pub enum Expect {
         notify: Option<oneshot::Sender<Bytes>>,
         /// Reshape the reply (state keys).
         reshape: Option<Box<Reshape>>,
+        /// Metric id of the command (set by the session when it sends).
+        cmd: u16,
     },
     /// The session is unpinning: stop here and give the connection back.
     Finish,
@@ -49,6 +54,7 @@ impl Expect {
             then_stream: false,
             notify: None,
             reshape: None,
+            cmd: NOT_COUNTED,
         }
     }
 
@@ -60,6 +66,7 @@ impl Expect {
             then_stream: false,
             notify: None,
             reshape: None,
+            cmd: NOT_COUNTED,
         }
     }
 }
@@ -299,6 +306,7 @@ async fn relay(
             then_stream,
             notify,
             reshape,
+            cmd,
         }) = head.take()
         else {
             return RelayEnd::Failed;
@@ -312,6 +320,9 @@ async fn relay(
             return RelayEnd::Failed;
         }
         if last {
+            if cmd != NOT_COUNTED {
+                crate::telemetry::command(cmd, matches!(frame.first(), Some(b'-') | Some(b'!')));
+            }
             if let Some(n) = notify {
                 let _ = n.send(frame);
             }
@@ -323,6 +334,7 @@ async fn relay(
                 then_stream,
                 notify,
                 reshape,
+                cmd,
             });
         }
     }

@@ -9,7 +9,9 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::state::transform::Reshape;
-use crate::upstream::conn::BatchResult;
+use crate::telemetry;
+use crate::upstream::conn::{BatchResult, Replies};
+use tokio::time::Instant;
 
 /// Replies of this size or more are written directly instead of being copied into the buffer.
 const DIRECT_WRITE: usize = 64 * 1024;
@@ -22,8 +24,10 @@ pub enum Out {
     Batch {
         /// Where the replies arrive.
         rx: oneshot::Receiver<BatchResult>,
-        /// How many replies the batch produces (needed to answer each with an error on failure).
-        replies: usize,
+        /// Metric ids of the commands, in order.
+        ids: Vec<u16>,
+        /// When the batch was read.
+        started: Instant,
         /// `CLIENT REPLY OFF/SKIP`: consume but do not send.
         discard: bool,
     },
@@ -33,6 +37,10 @@ pub enum Out {
         rx: oneshot::Receiver<BatchResult>,
         /// How to reshape it.
         reshape: Box<Reshape>,
+        /// Metric id of the command.
+        id: u16,
+        /// When it was read.
+        started: Instant,
         /// `CLIENT REPLY OFF/SKIP`.
         discard: bool,
     },
@@ -78,10 +86,31 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
 
     /// Turns a batch outcome into the bytes the client sees: the replies that arrived, then one
     /// error per command that was not answered.
-    async fn put_batch(&mut self, r: BatchResult, replies: usize) -> std::io::Result<()> {
+    async fn put_batch(
+        &mut self,
+        r: BatchResult,
+        ids: &[u16],
+        discard: bool,
+    ) -> std::io::Result<()> {
+        let replies = ids.len();
         match r {
-            Ok(bytes) => self.put(&bytes).await,
+            Ok(r) => {
+                for (i, id) in ids.iter().enumerate() {
+                    telemetry::command(*id, i < 128 && r.errors & (1 << i) != 0);
+                }
+                if discard {
+                    return Ok(());
+                }
+                self.put(&r.bytes).await
+            }
             Err(f) => {
+                telemetry::upstream_error(f.error.kind());
+                for (i, id) in ids.iter().enumerate() {
+                    telemetry::command(*id, i >= f.received);
+                }
+                if discard {
+                    return Ok(());
+                }
                 self.put(&f.partial).await?;
                 let line = f.error.to_resp();
                 for _ in f.received..replies {
@@ -122,7 +151,8 @@ pub async fn run<W: AsyncWrite + Unpin>(
                 Out::Ready(b) => w.put(&b).await?,
                 Out::Batch {
                     mut rx,
-                    replies,
+                    ids,
+                    started,
                     discard,
                 } => {
                     let r = match rx.try_recv() {
@@ -135,13 +165,14 @@ pub async fn run<W: AsyncWrite + Unpin>(
                             }
                         }
                     };
-                    if !discard {
-                        w.put_batch(r, replies).await?;
-                    }
+                    telemetry::round_trip(started.elapsed());
+                    w.put_batch(r, &ids, discard).await?;
                 }
                 Out::State {
                     mut rx,
                     reshape,
+                    id,
+                    started,
                     discard,
                 } => {
                     let r = match rx.try_recv() {
@@ -155,12 +186,15 @@ pub async fn run<W: AsyncWrite + Unpin>(
                         }
                     };
                     let r = match r {
-                        Ok(b) => Ok(reshape.apply(b).await),
+                        Ok(b) => {
+                            let bytes = reshape.apply(b.bytes).await;
+                            let errors = u128::from(matches!(bytes.first(), Some(b'-')));
+                            Ok(Replies { bytes, errors })
+                        }
                         Err(f) => Err(f),
                     };
-                    if !discard {
-                        w.put_batch(r, 1).await?;
-                    }
+                    telemetry::round_trip(started.elapsed());
+                    w.put_batch(r, &[id], discard).await?;
                 }
                 Out::Barrier(tx) => {
                     w.flush().await?;
@@ -169,7 +203,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
                 Out::Close => break,
             }
             if w.buf.len() > w.max_output {
-                crate::telemetry::client_rejected("output_buffer");
+                telemetry::client_rejected("output_buffer");
                 tracing::warn!("client output buffer over limits.max_output_buffer; disconnecting");
                 return Ok(());
             }

@@ -8,6 +8,7 @@
 //! stored value (a "bomb") from exhausting the proxy's memory.
 
 use std::cell::RefCell;
+use std::thread::LocalKey;
 
 use flate2::{Compression, FlushCompress, FlushDecompress, Status};
 use zstd::zstd_safe;
@@ -179,29 +180,59 @@ fn lz4_decompress(payload: &[u8], original_len: usize) -> Result<Vec<u8>, CodecE
 }
 
 fn deflate(input: &[u8]) -> Option<Vec<u8>> {
-    let mut z = flate2::Compress::new(Compression::new(ZLIB_LEVEL), true);
-    // Room for the worst case (stored blocks: 5 bytes per 16 KiB, plus zlib header and
-    // adler32) so the single Finish call below always completes.
-    let mut out = Vec::with_capacity(input.len() + input.len() / 16_000 * 5 + 64);
-    loop {
-        let consumed = usize::try_from(z.total_in()).ok()?;
-        let rest = input.get(consumed..)?;
-        match z.compress_vec(rest, &mut out, FlushCompress::Finish).ok()? {
-            Status::StreamEnd => return Some(out),
-            // Out of room despite the estimate: grow and continue rather than fail.
-            Status::Ok | Status::BufError => out.reserve(out.capacity().max(64)),
-        }
-    }
+    with_context(
+        &ZLIB_COMPRESS,
+        || Some(flate2::Compress::new(Compression::new(ZLIB_LEVEL), true)),
+        |z| {
+            z.reset();
+            // Room for the worst case (stored blocks: 5 bytes per 16 KiB, plus zlib header and
+            // adler32) so one Finish call normally completes.
+            let mut out = Vec::with_capacity(input.len() + input.len() / 16_000 * 5 + 64);
+            loop {
+                let consumed = usize::try_from(z.total_in()).ok()?;
+                let rest = input.get(consumed..)?;
+                match z.compress_vec(rest, &mut out, FlushCompress::Finish).ok()? {
+                    Status::StreamEnd => return Some(out),
+                    // Out of room despite the estimate: grow and continue rather than fail.
+                    Status::Ok | Status::BufError => out.reserve(out.capacity().max(64)),
+                }
+            }
+        },
+    )
+    .flatten()
 }
 
 fn inflate(payload: &[u8], original_len: usize) -> Result<Vec<u8>, CodecError> {
+    let codec = Codec::Zlib.name();
+    with_context(
+        &ZLIB_DECOMPRESS,
+        || Some(flate2::Decompress::new(true)),
+        |z| {
+            z.reset(true);
+            inflate_with(z, payload, original_len)
+        },
+    )
+    .unwrap_or_else(|| Err(corrupt_msg(codec, "no decoder")))
+}
+
+fn corrupt_msg(codec: &'static str, detail: &str) -> CodecError {
+    CodecError::Corrupt {
+        codec,
+        detail: detail.to_string(),
+    }
+}
+
+fn inflate_with(
+    z: &mut flate2::Decompress,
+    payload: &[u8],
+    original_len: usize,
+) -> Result<Vec<u8>, CodecError> {
     let codec = Codec::Zlib.name();
     let corrupt = |e: flate2::DecompressError| CodecError::Corrupt {
         codec,
         detail: e.to_string(),
     };
     let mut out = vec![0u8; original_len];
-    let mut z = flate2::Decompress::new(true);
     // FlushDecompress::None, not Finish: miniz refuses to continue after a Finish call that ran
     // out of room, and the overflow probe below needs to continue.
     let status = z
@@ -235,60 +266,75 @@ fn inflate(payload: &[u8], original_len: usize) -> Result<Vec<u8>, CodecError> {
         });
     }
     // Output is full but the stream has not ended: either more data follows (a bomb, or a
-    // header that lies about the length) or only the end marker is missing. One more byte of
-    // room tells the two apart without allocating.
+    // header that lies about the length), or only the end marker and checksum are left, or
+    // the input stops short of them. One more byte of room tells these apart without
+    // allocating.
     let mut probe = [0u8; 1];
     let rest = payload.get(consumed..).unwrap_or_default();
-    z.decompress(rest, &mut probe, FlushDecompress::None)
+    let status = z
+        .decompress(rest, &mut probe, FlushDecompress::None)
         .map_err(corrupt)?;
     if z.total_out() > original_len as u64 {
         Err(CodecError::TooLong {
             codec,
             expected: original_len,
         })
+    } else if status == Status::StreamEnd && z.total_in() == payload.len() as u64 {
+        Ok(out)
     } else {
-        Err(CodecError::Corrupt {
-            codec,
-            detail: "stream does not end".to_string(),
-        })
+        Err(corrupt_msg(codec, "stream does not end"))
     }
 }
 
 thread_local! {
-    // zstd contexts cost tens to hundreds of KiB to set up; reusing one per thread keeps small
-    // values cheap. One-shot calls start a fresh frame each time, so reuse carries no state over.
+    // Codec contexts are expensive to set up (miniz's compressor zeroes ~300 KiB, zstd's take
+    // tens to hundreds of KiB): for a 1 KiB value that cost dwarfs the compression itself.
+    // Each thread keeps one of each and resets it before use.
+    static ZLIB_COMPRESS: RefCell<Option<flate2::Compress>> = const { RefCell::new(None) };
+    static ZLIB_DECOMPRESS: RefCell<Option<flate2::Decompress>> = const { RefCell::new(None) };
     static ZSTD_CCTX: RefCell<Option<zstd_safe::CCtx<'static>>> = const { RefCell::new(None) };
     static ZSTD_DCTX: RefCell<Option<zstd_safe::DCtx<'static>>> = const { RefCell::new(None) };
 }
 
-fn zstd_compress(input: &[u8]) -> Option<Vec<u8>> {
-    ZSTD_CCTX.with(|cell| {
-        let mut slot = cell.try_borrow_mut().ok()?;
-        if slot.is_none() {
-            let mut cctx = zstd_safe::CCtx::try_create()?;
-            cctx.set_parameter(zstd_safe::CParameter::CompressionLevel(ZSTD_LEVEL))
-                .ok()?;
-            *slot = Some(cctx);
-        }
-        let cctx = slot.as_mut()?;
-        let mut out = Vec::with_capacity(zstd_safe::compress_bound(input.len()));
-        match cctx.compress2(&mut out, input) {
-            Ok(_) => Some(out),
-            Err(_) => {
-                // A failed compress2 leaves its frame open; start over with a new context.
-                *slot = None;
-                None
+/// Runs `f` on this thread's cached context, creating it with `make` on first use. `None` when
+/// the context cannot be created.
+fn with_context<T, R>(
+    slot: &'static LocalKey<RefCell<Option<T>>>,
+    make: impl FnOnce() -> Option<T>,
+    f: impl FnOnce(&mut T) -> R,
+) -> Option<R> {
+    slot.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut cached) => {
+            if cached.is_none() {
+                *cached = make();
             }
+            cached.as_mut().map(f)
         }
+        // Only reachable by re-entering from inside `f`; a private context keeps it correct.
+        Err(_) => make().as_mut().map(f),
     })
+}
+
+fn zstd_compress(input: &[u8]) -> Option<Vec<u8>> {
+    let make = || {
+        let mut cctx = zstd_safe::CCtx::try_create()?;
+        cctx.set_parameter(zstd_safe::CParameter::CompressionLevel(ZSTD_LEVEL))
+            .ok()?;
+        Some(cctx)
+    };
+    with_context(&ZSTD_CCTX, make, |cctx| {
+        // compress2 starts a new frame anyway; resetting the session also clears a frame left
+        // open by an earlier failure. Parameters (the level) survive a session reset.
+        cctx.reset(zstd_safe::ResetDirective::SessionOnly).ok()?;
+        let mut out = Vec::with_capacity(zstd_safe::compress_bound(input.len()));
+        cctx.compress2(&mut out, input).ok()?;
+        Some(out)
+    })
+    .flatten()
 }
 
 fn zstd_decompress(payload: &[u8], original_len: usize) -> Result<Vec<u8>, CodecError> {
     let codec = Codec::Zstd.name();
-    let corrupt = |detail: &str| CodecError::Corrupt {
-        codec,
-        detail: detail.to_string(),
-    };
     // Frames normally record their content size; checking the first frame's rejects a lying
     // header or a bomb before any work (further frames, if any, are bounded by `out` below).
     match zstd_safe::get_frame_content_size(payload) {
@@ -299,21 +345,15 @@ fn zstd_decompress(payload: &[u8], original_len: usize) -> Result<Vec<u8>, Codec
             });
         }
         Ok(_) => {}
-        Err(_) => return Err(corrupt("invalid frame header")),
+        Err(_) => return Err(corrupt_msg(codec, "invalid frame header")),
     }
     // One-shot decoding writes straight into `out` and needs no window buffer, unlike the
     // streaming decoder, whose window size the frame header chooses (up to 128 MiB).
     let mut out = vec![0u8; original_len];
-    let result = ZSTD_DCTX.with(|cell| {
-        let mut slot = cell.try_borrow_mut().map_err(|_| corrupt("decoder busy"))?;
-        if slot.is_none() {
-            *slot = Some(zstd_safe::DCtx::try_create().ok_or_else(|| corrupt("no memory"))?);
-        }
-        match slot.as_mut() {
-            Some(dctx) => Ok(dctx.decompress(&mut out[..], payload)),
-            None => Err(corrupt("no decoder")),
-        }
-    })?;
+    let result = with_context(&ZSTD_DCTX, zstd_safe::DCtx::try_create, |dctx| {
+        dctx.decompress(&mut out[..], payload)
+    })
+    .ok_or_else(|| corrupt_msg(codec, "no decoder"))?;
     let produced = match result {
         Ok(n) => n,
         Err(code) if code.wrapping_neg() == DST_TOO_SMALL => {
@@ -322,7 +362,7 @@ fn zstd_decompress(payload: &[u8], original_len: usize) -> Result<Vec<u8>, Codec
                 expected: original_len,
             });
         }
-        Err(code) => return Err(corrupt(zstd_safe::get_error_name(code))),
+        Err(code) => return Err(corrupt_msg(codec, zstd_safe::get_error_name(code))),
     };
     if produced != original_len {
         return Err(CodecError::TooShort {

@@ -11,6 +11,7 @@ pub mod sample;
 pub mod scripts;
 pub mod transform;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -45,8 +46,8 @@ pub struct StateEngine {
     pub max_decoded: usize,
     /// The Lua scripts.
     pub scripts: Scripts,
-    /// Counters for STATE.STATS.
-    pub totals: Totals,
+    /// Counters for STATE.STATS, kept across configuration reloads.
+    pub totals: Arc<Totals>,
 }
 
 /// A value read back from Redis.
@@ -78,11 +79,16 @@ pub fn show_key(key: &[u8]) -> String {
 impl StateEngine {
     /// Builds the engine from validated configuration.
     pub fn new(rules: Rules, max_decoded: usize) -> StateEngine {
+        StateEngine::with_totals(rules, max_decoded, Arc::default())
+    }
+
+    /// Builds an engine that continues the counters of a previous one (configuration reload).
+    pub fn with_totals(rules: Rules, max_decoded: usize, totals: Arc<Totals>) -> StateEngine {
         StateEngine {
             rules,
             max_decoded,
             scripts: Scripts::default(),
-            totals: Totals::default(),
+            totals,
         }
     }
 
@@ -118,7 +124,10 @@ impl StateEngine {
         self.totals.reads.fetch_add(1, Ordering::Relaxed);
         match envelope::decode(stored, self.max_decoded) {
             Ok(Decoded::Plain) => ReadValue::Value(stored.clone()),
-            Ok(Decoded::State { value, .. }) => ReadValue::Value(Bytes::from(value)),
+            Ok(Decoded::State { value, .. }) => {
+                crate::telemetry::state_read(stored.len(), value.len());
+                ReadValue::Value(Bytes::from(value))
+            }
             Err(e) => {
                 self.totals.corruptions.fetch_add(1, Ordering::Relaxed);
                 crate::telemetry::checksum_failure();

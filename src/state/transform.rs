@@ -437,6 +437,9 @@ impl Apply<'_> {
         };
         let done = data.first().and_then(int_of).unwrap_or(0);
         let version = data.get(2).and_then(int_of).unwrap_or(0);
+        if version > 0 {
+            crate::telemetry::version_written();
+        }
         match shape {
             WriteShape::Ok => Bytes::from_static(crate::reply::OK),
             WriteShape::OkOrNil if done == 1 => Bytes::from_static(crate::reply::OK),

@@ -35,7 +35,16 @@ pub struct Batch {
 }
 
 /// The replies of a batch, or how far it got before the connection failed.
-pub type BatchResult = Result<Bytes, BatchFailure>;
+pub type BatchResult = Result<Replies, BatchFailure>;
+
+/// A batch's replies, back to back, and which of them are errors.
+#[derive(Debug)]
+pub struct Replies {
+    /// The reply frames as Redis sent them.
+    pub bytes: Bytes,
+    /// Bit i is set when reply i is an error (for the first 128 replies).
+    pub errors: u128,
+}
 
 /// A batch that was cut short: the replies that did arrive, and why the rest did not.
 #[derive(Debug)]
@@ -79,6 +88,7 @@ impl SharedConn {
 struct InFlight {
     remaining: usize,
     received: usize,
+    errors: u128,
     tx: oneshot::Sender<BatchResult>,
     sent_at: Instant,
 }
@@ -245,6 +255,7 @@ impl Serving {
         self.inflight.push_back(InFlight {
             remaining: b.replies,
             received: 0,
+            errors: 0,
             tx: b.tx,
             sent_at: Instant::now(),
         });
@@ -281,6 +292,9 @@ impl Serving {
                     detail: "reply with no command outstanding".into(),
                 });
             };
+            if matches!(self.rbuf[start], b'-' | b'!') && head.received < 128 {
+                head.errors |= 1 << head.received;
+            }
             self.consumed += len;
             head.remaining -= 1;
             head.received += 1;
@@ -288,7 +302,11 @@ impl Serving {
                 let bytes = self.rbuf.split_to(self.consumed).freeze();
                 self.consumed = 0;
                 if let Some(done) = self.inflight.pop_front() {
-                    let _ = done.tx.send(Ok(bytes));
+                    telemetry::upstream_latency(done.sent_at.elapsed());
+                    let _ = done.tx.send(Ok(Replies {
+                        bytes,
+                        errors: done.errors,
+                    }));
                 }
             }
         }
@@ -319,11 +337,11 @@ async fn sleep_opt(deadline: Option<Instant>) {
     }
 }
 
-/// Convenience for one-off commands through a shared connection (STATE.* internals, probes).
-pub async fn call(conn: &SharedConn, bytes: Bytes, replies: usize) -> BatchResult {
+/// Convenience for one-off commands through a shared connection (follow-ups, probes).
+pub async fn call(conn: &SharedConn, bytes: Bytes, replies: usize) -> Result<Bytes, BatchFailure> {
     let (tx, rx) = oneshot::channel();
     conn.send(Batch { bytes, replies, tx });
-    rx.await.unwrap_or_else(|_| {
+    rx.await.map(|r| r.map(|r| r.bytes)).unwrap_or_else(|_| {
         Err(BatchFailure {
             partial: Bytes::new(),
             received: 0,

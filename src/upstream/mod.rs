@@ -100,6 +100,19 @@ impl UpstreamError {
         }
     }
 
+    /// A short name for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UpstreamError::Unavailable { .. } => "unavailable",
+            UpstreamError::Closed { .. } => "closed",
+            UpstreamError::Io { .. } => "io",
+            UpstreamError::Timeout { .. } => "timeout",
+            UpstreamError::Protocol { .. } => "protocol",
+            UpstreamError::Handshake { .. } => "handshake",
+            UpstreamError::NoLease { .. } => "no_lease",
+        }
+    }
+
     /// The error as a RESP error line (`-ERR ...\r\n`).
     pub fn to_resp(&self) -> Vec<u8> {
         let msg = self.to_string().replace(['\r', '\n'], " ");
@@ -216,5 +229,25 @@ impl Pool {
     fn pick(&self) -> SharedConn {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.shared.len();
         self.shared[i].clone()
+    }
+}
+
+/// Pings Redis every second through a shared connection, so `/readyz` turns unready within a
+/// few seconds of Redis going away (even with no traffic) and ready again when it is back.
+pub async fn probe(up: Arc<Upstream>) {
+    let key = PoolKey {
+        db: up.cfg.url.db,
+        proto: 2,
+    };
+    let conn = up.assign(key);
+    let ping = bytes::Bytes::from_static(b"*1\r\n$4\r\nPING\r\n");
+    loop {
+        let ok = matches!(
+            tokio::time::timeout(std::time::Duration::from_secs(2), conn::call(&conn, ping.clone(), 1)).await,
+            Ok(Ok(ref r)) if r.as_ref() == b"+PONG\r\n"
+        );
+        up.reachable.store(ok, Ordering::Relaxed);
+        metrics::gauge!("statecar_upstream_up").set(if ok { 1.0 } else { 0.0 });
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }
