@@ -75,6 +75,9 @@ pub struct FileConfig {
     /// Metrics and health endpoints.
     #[serde(default)]
     pub metrics: MetricsSection,
+    /// Commands refused to clients.
+    #[serde(default)]
+    pub security: SecuritySection,
     /// State-key rules, first match wins.
     #[serde(default)]
     pub state: Vec<RuleConfig>,
@@ -209,6 +212,14 @@ impl Default for ServerSection {
     }
 }
 
+/// `[security]`
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecuritySection {
+    /// Commands (or `COMMAND|SUBCOMMAND`, e.g. `CONFIG|SET`) clients may not run through the sidecar.
+    pub deny_commands: Vec<String>,
+}
+
 /// `[metrics]`
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -265,6 +276,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// State-key rules.
     pub rules: Rules,
+    /// Upper-cased denied commands (`NAME` or `NAME|SUB`).
+    pub deny_commands: Vec<String>,
 }
 
 /// Upstream settings after parsing the URL.
@@ -427,6 +440,16 @@ impl Config {
             Some(s) if !s.is_empty() => Some(parse_addr("metrics.listen", &s)?),
             _ => None,
         };
+        let mut deny = Vec::new();
+        for (i, c) in file.security.deny_commands.iter().enumerate() {
+            if c.is_empty() || c.contains(char::is_whitespace) {
+                return Err(invalid(
+                    &format!("security.deny_commands[{i}]"),
+                    format!("\"{c}\" is not a command name"),
+                ));
+            }
+            deny.push(c.to_ascii_uppercase());
+        }
         let mut rules = Vec::new();
         for (i, r) in file.state.iter().enumerate() {
             rules.push(Rule::from_config(i, r).map_err(|m| ConfigError::Invalid {
@@ -461,6 +484,7 @@ impl Config {
             worker_threads: file.server.worker_threads,
             metrics_listen,
             rules: Rules::new(rules),
+            deny_commands: deny,
         })
     }
 }

@@ -98,6 +98,7 @@ async fn reload_on_sighup(ctx: Arc<session::Ctx>, reload: Reloader) {
                 merged.max_output_buffer = new.max_output_buffer;
                 merged.max_decoded_size = new.max_decoded_size;
                 merged.max_clients = new.max_clients;
+                merged.deny_commands = new.deny_commands;
                 let rules = merged.rules.len();
                 ctx.cfg.store(Arc::new(merged));
                 tracing::info!(rules, "configuration reloaded (state rules and limits)");

@@ -329,6 +329,15 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             };
             tracing::debug!(client = self.id, command = %cmd.name(), ?kind, route, "route");
         }
+        if self.denied(&cmd) {
+            crate::telemetry::command_rejected("denied");
+            let name = String::from_utf8_lossy(&cmd.args[0]).to_lowercase();
+            return self
+                .reply(reply::error(&format!(
+                    "NOPERM statecar: the '{name}' command is disabled by configuration (security.deny_commands)"
+                )))
+                .await;
+        }
         if let Kind::Local(l) = kind {
             return self.local(l, cmd).await;
         }
@@ -367,6 +376,22 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             }
             Kind::Local(_) | Kind::Refused => Flow::Continue,
         }
+    }
+
+    /// Whether `security.deny_commands` forbids this command (by name, or `NAME|SUB`).
+    fn denied(&self, cmd: &Command) -> bool {
+        let cfg = self.ctx.cfg.load();
+        if cfg.deny_commands.is_empty() {
+            return false;
+        }
+        let name = cmd.name();
+        let sub = cmd
+            .args
+            .get(1)
+            .map(|s| format!("{name}|{}", String::from_utf8_lossy(s).to_ascii_uppercase()));
+        cfg.deny_commands
+            .iter()
+            .any(|d| *d == name || Some(d) == sub.as_ref())
     }
 
     /// Leases a dedicated connection for this client; `Some(flow)` if that failed.
