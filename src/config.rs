@@ -4,13 +4,14 @@
 //! names the field, instead of misbehaving under load later.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use thiserror::Error;
 
 use crate::protocol::Limits;
 use crate::state::rules::{Rule, RuleConfig, Rules};
+use crate::tls::{ClientOptions, ClientTls, ServerTls, TlsError};
 use crate::upstream::url::UpstreamUrl;
 
 /// A configuration problem, always naming the field.
@@ -78,6 +79,8 @@ pub struct FileConfig {
     /// Commands refused to clients.
     #[serde(default)]
     pub security: SecuritySection,
+    /// TLS on the client listener; absent means plain TCP.
+    pub tls: Option<TlsSection>,
     /// State-key rules, first match wins.
     #[serde(default)]
     pub state: Vec<RuleConfig>,
@@ -101,6 +104,8 @@ pub struct UpstreamSection {
     pub retry_on_timeout: bool,
     /// TCP keepalive interval; 0 disables.
     pub keepalive_s: u64,
+    /// TLS settings for `rediss://` URLs.
+    pub tls: Option<UpstreamTlsSection>,
 }
 
 impl Default for UpstreamSection {
@@ -113,8 +118,38 @@ impl Default for UpstreamSection {
             connect_timeout_ms: 2000,
             retry_on_timeout: false,
             keepalive_s: 60,
+            tls: None,
         }
     }
+}
+
+/// `[tls]`: the client listener speaks TLS.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM certificate chain presented to clients (leaf first).
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of the leaf certificate.
+    pub key_file: Option<PathBuf>,
+    /// PEM CA certificates; when set, clients must present a certificate signed by one (mTLS).
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// `[upstream.tls]`: how `rediss://` connections verify Redis and identify themselves.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsSection {
+    /// PEM CA certificates for Redis's certificate; default: the bundled webpki (Mozilla) roots.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate for Redis's `tls-auth-clients yes`.
+    pub cert_file: Option<PathBuf>,
+    /// Its private key.
+    pub key_file: Option<PathBuf>,
+    /// Name sent as SNI and verified in the certificate; default: the URL's host.
+    pub server_name: Option<String>,
+    /// Do not verify Redis's certificate at all (logged loudly; for testing only).
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
 }
 
 /// `[limits]`
@@ -278,6 +313,8 @@ pub struct Config {
     pub rules: Rules,
     /// Upper-cased denied commands (`NAME` or `NAME|SUB`).
     pub deny_commands: Vec<String>,
+    /// TLS for the client listener (`[tls]`); `None` means plain TCP.
+    pub tls: Option<ServerTls>,
 }
 
 /// Upstream settings after parsing the URL.
@@ -297,6 +334,8 @@ pub struct UpstreamConfig {
     pub retry_on_timeout: bool,
     /// See [`UpstreamSection::keepalive_s`].
     pub keepalive_s: u64,
+    /// The TLS connector; `Some` exactly when the URL is `rediss://`.
+    pub tls: Option<ClientTls>,
 }
 
 impl FileConfig {
@@ -352,6 +391,59 @@ fn parse_addr(field: &str, s: &str) -> Result<SocketAddr, ConfigError> {
             field,
             format!("\"{s}\" is not an address like 127.0.0.1:6380"),
         )
+    })
+}
+
+fn tls_invalid(section: &str, e: TlsError) -> ConfigError {
+    invalid(&format!("{section}.{}", e.field), e.message)
+}
+
+/// Loads `[tls]`; both files are required once the section is present.
+fn server_tls(s: &TlsSection) -> Result<ServerTls, ConfigError> {
+    let required = |field: &str, v: &Option<PathBuf>| match v {
+        Some(p) if !p.as_os_str().is_empty() => Ok(p.clone()),
+        _ => Err(invalid(
+            field,
+            "is required when [tls] is present (a PEM file path)",
+        )),
+    };
+    let cert = required("tls.cert_file", &s.cert_file)?;
+    let key = required("tls.key_file", &s.key_file)?;
+    ServerTls::load(&cert, &key, s.client_ca_file.as_deref()).map_err(|e| tls_invalid("tls", e))
+}
+
+/// Builds the connector for a `rediss://` URL from `[upstream.tls]` (or its defaults).
+fn upstream_tls(
+    url: &UpstreamUrl,
+    s: Option<&UpstreamTlsSection>,
+) -> Result<ClientTls, ConfigError> {
+    let default = UpstreamTlsSection::default();
+    let s = s.unwrap_or(&default);
+    let opts = ClientOptions {
+        ca_file: s.ca_file.as_deref(),
+        cert_file: s.cert_file.as_deref(),
+        key_file: s.key_file.as_deref(),
+        server_name: s.server_name.as_deref(),
+        insecure_skip_verify: s.insecure_skip_verify,
+    };
+    if s.insecure_skip_verify && s.ca_file.is_some() {
+        return Err(invalid(
+            "upstream.tls.insecure_skip_verify",
+            "cannot be combined with upstream.tls.ca_file (choose one)",
+        ));
+    }
+    ClientTls::load(&url.host, &opts).map_err(|e| {
+        if e.field == "server_name" && s.server_name.is_none() {
+            invalid(
+                "upstream.url",
+                format!(
+                    "host \"{}\" cannot be verified by TLS; set upstream.tls.server_name",
+                    url.host
+                ),
+            )
+        } else {
+            tls_invalid("upstream.tls", e)
+        }
     })
 }
 
@@ -450,6 +542,20 @@ impl Config {
             }
             deny.push(c.to_ascii_uppercase());
         }
+        let upstream_tls = match (url.tls, up.tls.as_ref()) {
+            (true, s) => Some(upstream_tls(&url, s)?),
+            (false, Some(_)) => {
+                return Err(invalid(
+                    "upstream.tls",
+                    format!(
+                        "is set but upstream.url is {} (plain TCP); use a rediss:// URL or remove [upstream.tls]",
+                        url.redacted()
+                    ),
+                ));
+            }
+            (false, None) => None,
+        };
+        let tls = file.tls.as_ref().map(server_tls).transpose()?;
         let mut rules = Vec::new();
         for (i, r) in file.state.iter().enumerate() {
             rules.push(Rule::from_config(i, r).map_err(|m| ConfigError::Invalid {
@@ -467,6 +573,7 @@ impl Config {
                 connect_timeout_ms: up.connect_timeout_ms,
                 retry_on_timeout: up.retry_on_timeout,
                 keepalive_s: up.keepalive_s,
+                tls: upstream_tls,
             },
             limits: Limits {
                 max_bulk_len: l.max_bulk_len,
@@ -485,6 +592,7 @@ impl Config {
             metrics_listen,
             rules: Rules::new(rules),
             deny_commands: deny,
+            tls,
         })
     }
 }
@@ -550,6 +658,71 @@ connect_timeout_ms = 2000
             .unwrap_err()
             .to_string();
         assert!(e.contains("upstream.url"), "{e}");
+    }
+
+    #[test]
+    fn tls_sections() {
+        // rediss:// gets a connector even without [upstream.tls] (webpki roots, URL host as SNI).
+        let c = build("[upstream]\nurl = \"rediss://redis.example.com:6380\"\n").unwrap();
+        let tls = c.upstream.tls.as_ref().expect("connector for rediss://");
+        assert_eq!(
+            tls.server_name,
+            rustls::pki_types::ServerName::try_from("redis.example.com").unwrap()
+        );
+        assert!(c.tls.is_none());
+        assert!(build("").unwrap().upstream.tls.is_none());
+
+        // [upstream.tls] with a plain redis:// URL is a mistake, not a silent downgrade.
+        let e = build("[upstream.tls]\nserver_name = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("upstream.tls:"), "{e}");
+        assert!(e.contains("rediss://"), "{e}");
+
+        let e = build("[tls]\nkey_file = \"k.pem\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tls.cert_file"), "{e}");
+        let e = build("[tls]\ncert_file = \"/nonexistent/c.pem\"\nkey_file = \"k.pem\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("config: tls.cert_file: cannot read /nonexistent/c.pem"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "{e}");
+        let e = build("[tls]\ncert_file = \"c\"\nkey_file = \"k\"\nclient_ca = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tls.client_ca"), "{e}");
+
+        let e = build(
+            "[upstream]\nurl = \"rediss://h\"\n[upstream.tls]\nca_file = \"/nonexistent/ca.pem\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("upstream.tls.ca_file: cannot read"), "{e}");
+        let e = build(
+            "[upstream]\nurl = \"rediss://h\"\n[upstream.tls]\nca_file = \"c\"\n\
+             insecure_skip_verify = true\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("upstream.tls.insecure_skip_verify"), "{e}");
+        let c = build(
+            "[upstream]\nurl = \"rediss://10.1.2.3\"\n[upstream.tls]\n\
+             server_name = \"redis.internal\"\ninsecure_skip_verify = true\n",
+        )
+        .unwrap();
+        let tls = c.upstream.tls.as_ref().unwrap();
+        assert!(tls.insecure);
+        assert_eq!(
+            tls.server_name,
+            rustls::pki_types::ServerName::try_from("redis.internal").unwrap()
+        );
+        // Config stays Clone + Debug, and Debug prints no key material.
+        let dbg = format!("{:?}", c.clone());
+        assert!(dbg.contains("ClientTls"), "{dbg}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod server;
 pub mod session;
 pub mod state;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 
 use std::sync::Arc;

@@ -1,16 +1,22 @@
-//! The client listener: accepts connections, enforces max_clients, and drains on shutdown.
+//! The client listener: accepts connections, enforces max_clients, terminates TLS, and drains
+//! on shutdown.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
 
 use crate::session::{self, Ctx};
 use crate::telemetry;
+use crate::tls::ServerTls;
+
+/// How long a client gets to finish the TLS handshake before it is dropped.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accepts clients until `shutdown` resolves, then lets in-flight commands finish.
 ///
@@ -18,6 +24,9 @@ use crate::telemetry;
 /// reading new input, finishes what it already read and closes; after `drain_timeout_s` the
 /// remaining ones (for example clients blocked in BLPOP) are cut off.
 pub async fn run(ctx: Arc<Ctx>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    if let Some(tls) = &ctx.cfg.load().tls {
+        tracing::info!(client_certificates = tls.mtls, "client listener speaks TLS");
+    }
     let tracker = TaskTracker::new();
     let active = Arc::new(AtomicUsize::new(0));
     tokio::pin!(shutdown);
@@ -43,10 +52,14 @@ pub async fn run(ctx: Arc<Ctx>, listener: TcpListener, shutdown: impl Future<Out
                 }
                 active.fetch_add(1, Ordering::Relaxed);
                 telemetry::client_connections(1);
+                let tls = ctx.cfg.load().tls.clone();
                 let ctx = ctx.clone();
                 let active = active.clone();
                 tracker.spawn(async move {
-                    session::serve(ctx, sock, peer).await;
+                    match tls {
+                        None => session::serve(ctx, sock, peer).await,
+                        Some(tls) => serve_tls(ctx, tls, sock, peer).await,
+                    }
                     active.fetch_sub(1, Ordering::Relaxed);
                     telemetry::client_connections(-1);
                 });
@@ -66,4 +79,21 @@ pub async fn run(ctx: Arc<Ctx>, listener: TcpListener, shutdown: impl Future<Out
             "drain timeout reached; closing remaining connections"
         );
     }
+}
+
+/// Completes the TLS handshake in the connection's own task (a slow or silent client never
+/// holds up `accept`), then serves the session over the encrypted stream. A failed, timed-out
+/// or drain-interrupted handshake closes the connection and is counted as a rejected client.
+async fn serve_tls(ctx: Arc<Ctx>, tls: ServerTls, sock: TcpStream, peer: SocketAddr) {
+    let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor.accept(sock));
+    let failure = tokio::select! {
+        r = handshake => match r {
+            Ok(Ok(stream)) => return session::serve(ctx, stream, peer).await,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("timed out after {} s", TLS_HANDSHAKE_TIMEOUT.as_secs()),
+        },
+        _ = ctx.drain.cancelled() => "shutting down".to_string(),
+    };
+    telemetry::client_rejected("tls_handshake");
+    tracing::debug!(%peer, error = %failure, "client TLS handshake failed");
 }

@@ -35,8 +35,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             Local::Reset => self.reset().await,
             Local::Client => self.client(cmd).await,
             Local::State => {
-                let in_multi = self.pinned.as_ref().is_some_and(|p| p.in_multi);
-                let plan = self.ctx.state.load().plan_state(&cmd, in_multi);
+                let plan = self.ctx.state.load().plan_state(&cmd);
                 if self.pinned.is_some() {
                     self.run_plan_pinned(plan).await
                 } else {

@@ -103,6 +103,8 @@ pub struct Session<S> {
     cur: u16,
     /// When the input being processed was read.
     read_at: Instant,
+    /// A state script was sent by SHA and its reply has not been handled yet.
+    evalsha_in_flight: bool,
     pinned: Option<Pinned>,
     /// Subscriptions, mirrored so we know how many confirmations each command produces.
     subs: [HashSet<Bytes>; 3],
@@ -141,6 +143,7 @@ where
         batch_discard: false,
         cur: 0,
         read_at: Instant::now(),
+        evalsha_in_flight: false,
         pinned: None,
         subs: Default::default(),
     };
@@ -308,6 +311,14 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
     }
 
     async fn dispatch(&mut self, cmd: Command) -> Flow {
+        if self.evalsha_in_flight {
+            // The previous state write went out as EVALSHA; if Redis lost the script it is
+            // re-sent as EVAL, and nothing of ours may overtake it.
+            self.evalsha_in_flight = false;
+            if !self.barrier().await {
+                return Flow::Stop;
+            }
+        }
         let kind = command::classify(&cmd.args);
         self.cur = telemetry::command_id(&cmd.args[0]);
         if !self.authed
@@ -322,12 +333,17 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 .await;
         }
         if tracing::enabled!(tracing::Level::DEBUG) {
-            let route = if self.pinned.is_some() {
-                "pinned"
-            } else {
-                "plain"
+            let state = self.ctx.state.load();
+            let route = match kind {
+                Kind::Local(Local::State) => "state",
+                Kind::Local(_) => "local",
+                _ if cmd.args[1..].iter().any(|k| state.rule_for(k).is_some()) => "state",
+                _ if self.pinned.is_some() => "pinned",
+                Kind::Multi | Kind::Watch | Kind::Subscribe(_) | Kind::Monitor => "pinned",
+                Kind::Blocking => "leased",
+                _ => "plain",
             };
-            tracing::debug!(client = self.id, command = %cmd.name(), ?kind, route, "route");
+            tracing::debug!(client = self.id, command = %cmd.name(), route, "route");
         }
         if self.denied(&cmd) {
             crate::telemetry::command_rejected("denied");
@@ -354,7 +370,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         }
         if kind == Kind::Plain
             && !self.ctx.state.load().is_empty()
-            && let Some(plan) = self.ctx.state.load().plan(&cmd, false)
+            && let Some(plan) = self.ctx.state.load().plan(&cmd)
         {
             return self.run_plan(plan).await;
         }
@@ -466,10 +482,9 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 )))
                 .await;
         }
-        let in_multi = self.pinned.as_ref().is_some_and(|p| p.in_multi);
         if matches!(kind, Kind::Plain | Kind::Blocking)
             && !self.ctx.state.load().is_empty()
-            && let Some(plan) = self.ctx.state.load().plan(&cmd, in_multi)
+            && let Some(plan) = self.ctx.state.load().plan(&cmd)
         {
             return self.run_plan_pinned(plan).await;
         }
@@ -607,10 +622,40 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         }
     }
 
+    /// Turns a script plan into an upstream command. EVALSHA saves sending the script body,
+    /// but a NOSCRIPT reply (after a SCRIPT FLUSH) can only be retried safely if nothing of
+    /// this client's runs in between; so EVALSHA is used only when the client has nothing else
+    /// queued (the next command then waits for the reply), and EVAL otherwise.
+    fn script_plan(&mut self, plan: Plan, allow_sha: bool) -> Plan {
+        let Plan::Script { call, transform } = plan else {
+            return plan;
+        };
+        let state = self.ctx.state.load();
+        let script = state.scripts.get(call.script);
+        if allow_sha && self.inbuf.is_empty() {
+            self.evalsha_in_flight = true;
+            Plan::Send {
+                raw: script.evalsha(&call.keys, &call.args),
+                pending: Box::new(Pending {
+                    transform,
+                    retry: Some(call),
+                }),
+            }
+        } else {
+            Plan::Send {
+                raw: script.eval(&call.keys, &call.args),
+                pending: Box::new(Pending {
+                    transform,
+                    retry: None,
+                }),
+            }
+        }
+    }
+
     /// Runs a state plan on the shared connection, in its place in the pipeline.
     async fn run_plan(&mut self, plan: Plan) -> Flow {
-        match plan {
-            Plan::Reject(e) => self.reply(e).await,
+        match self.script_plan(plan, true) {
+            Plan::Reject(e) | Plan::Fail(e) => self.reply(e).await,
             Plan::Send { raw, pending } => {
                 let discard = self.take_discard();
                 self.flush_batch().await;
@@ -632,19 +677,39 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 })
                 .await
             }
+            Plan::Script { .. } => Flow::Continue,
         }
     }
 
     /// Runs a state plan on the pinned connection (inside MULTI the transform waits for EXEC).
+    /// Scripts go as EVAL here: inside MULTI a NOSCRIPT would only surface at EXEC.
     async fn run_plan_pinned(&mut self, plan: Plan) -> Flow {
         let in_multi = self.pinned.as_ref().is_some_and(|p| p.in_multi);
-        match plan {
+        match self.script_plan(plan, false) {
             Plan::Reject(e) => {
                 if in_multi && let Some(p) = self.pinned.as_mut() {
                     p.poisoned = true;
                 }
                 self.reply(e).await
             }
+            Plan::Fail(e) if in_multi => {
+                // Queue a command that fails with the same error when EXEC runs it.
+                let msg = String::from_utf8_lossy(&e[1..e.len().saturating_sub(2)]).into_owned();
+                let raw = Command::from_args([
+                    Bytes::from_static(b"EVAL"),
+                    Bytes::from_static(b"return redis.error_reply(ARGV[1])"),
+                    Bytes::from_static(b"0"),
+                    Bytes::from(msg),
+                ])
+                .raw;
+                if let Some(p) = self.pinned.as_mut() {
+                    p.queued.push(None);
+                }
+                let discard = self.take_discard();
+                self.send_pinned(&raw, Some(Expect::replies(1, discard)))
+                    .await
+            }
+            Plan::Fail(e) => self.reply(e).await,
             Plan::Send { raw, pending } => {
                 let discard = self.take_discard();
                 let expect = if in_multi {
@@ -664,6 +729,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 };
                 self.send_pinned(&raw, Some(expect)).await
             }
+            Plan::Script { .. } => Flow::Continue,
         }
     }
 

@@ -49,7 +49,8 @@ pub struct Meta {
     pub version: u32,
     /// When the value was encoded, ms since the Unix epoch.
     pub timestamp_ms: u64,
-    /// Length of the whole stored value, header included.
+    /// Length of the bytes inspected: the whole stored value, header included, unless the
+    /// caller passed only a prefix to [`inspect`].
     pub stored_len: usize,
 }
 
@@ -212,7 +213,14 @@ pub fn decode(stored: &[u8], max_decoded: usize) -> Result<Decoded, EnvelopeErro
             max: max_decoded,
         });
     }
-    let value = meta.codec.decompress(&stored[HEADER_LEN..], original_len)?;
+    let payload = &stored[HEADER_LEN..];
+    if meta.codec == Codec::None && payload.len() < original_len {
+        return Err(EnvelopeError::Truncated {
+            len: stored.len(),
+            expected: HEADER_LEN + original_len,
+        });
+    }
+    let value = meta.codec.decompress(payload, original_len)?;
     let computed = crc32fast::hash(&value);
     if computed != meta.crc32 {
         return Err(EnvelopeError::ChecksumMismatch {
@@ -225,9 +233,11 @@ pub fn decode(stored: &[u8], max_decoded: usize) -> Result<Decoded, EnvelopeErro
 
 /// Reads and verifies the header only (no decompression); `Ok(None)` means a plain value.
 ///
-/// Checks the header CRC, the version pair, the format byte, the flags and the codec id, and
-/// for codec none that the payload has exactly the original length. It does not check the
-/// payload's CRC, so a damaged compressed payload passes here and fails in [`decode`].
+/// Checks the header CRC, the version pair, the format byte, the flags and the codec id. The
+/// payload is not looked at, so `stored` may be the whole value or just its first
+/// [`HEADER_LEN`] bytes (`GETRANGE key 0 35`); `stored_len` in the result is the length of
+/// what was passed, so a caller holding only the prefix should take the length from `STRLEN`.
+/// A damaged payload passes here and fails in [`decode`].
 ///
 /// # Which values are plain
 /// A value written before statecar was deployed has no header and must be returned untouched,
@@ -241,9 +251,10 @@ pub fn decode(stored: &[u8], max_decoded: usize) -> Result<Decoded, EnvelopeErro
 ///   would otherwise turn corruption into "legacy" data. Magic intact but another format byte
 ///   is a format this build cannot read (error).
 ///
-/// The price is that a pre-statecar value within one byte of `E5 53 43 4B 01` is unreadable
-/// through the proxy; text never starts with 0xE5 followed by ASCII, and any binary value has
-/// a chance of about 2^-30 of being that close.
+/// The price is that a pre-statecar value within one byte of `E5 53 43 4B 01`, or a short one
+/// that is an exact prefix of it (such as the single byte 0xE5), is unreadable through the
+/// proxy. Text never starts with 0xE5 followed by ASCII; a random binary value of 36 bytes or
+/// more has a chance of about 2^-30 of being that close.
 pub fn inspect(stored: &[u8]) -> Result<Option<Meta>, EnvelopeError> {
     let sig_len = stored.len().min(SIGNATURE.len());
     let differing = stored[..sig_len]
@@ -275,6 +286,8 @@ pub fn inspect(stored: &[u8]) -> Result<Option<Meta>, EnvelopeError> {
         found.copy_from_slice(&header[..5]);
         return Err(EnvelopeError::DamagedMagic { found });
     }
+    // Checked before the header CRC: bytes 0..5 are the only ones every format promises to
+    // keep, a newer format may put its checks elsewhere.
     if header[4] != FORMAT_VERSION {
         return Err(EnvelopeError::UnsupportedFormat(header[4]));
     }
@@ -310,23 +323,6 @@ pub fn inspect(stored: &[u8]) -> Result<Option<Meta>, EnvelopeError> {
         timestamp_ms: u64::from_be_bytes(ts),
         stored_len: stored.len(),
     };
-    // Only codec none has a payload length known from the header; compressed payloads are
-    // checked by decompressing them.
-    let payload_len = stored.len() - HEADER_LEN;
-    let original_len = meta.original_len as usize;
-    if codec == Codec::None && payload_len != original_len {
-        return Err(if payload_len < original_len {
-            EnvelopeError::Truncated {
-                len: stored.len(),
-                expected: HEADER_LEN + original_len,
-            }
-        } else {
-            EnvelopeError::Decompress(CodecError::TrailingBytes {
-                codec: codec.name(),
-                count: payload_len - original_len,
-            })
-        });
-    }
     Ok(Some(meta))
 }
 
@@ -737,6 +733,15 @@ mod tests {
                 "checksum mismatch (stored 0xdeadbeef, computed 0x{:08x})",
                 crc32fast::hash(b"abc")
             )
+        );
+
+        let forged = forge(Codec::None.id(), 0, 4, crc32fast::hash(b"abcd"), b"abc");
+        assert_eq!(
+            decode(&forged, MAX),
+            Err(EnvelopeError::Truncated {
+                len: HEADER_LEN + 3,
+                expected: HEADER_LEN + 4
+            })
         );
 
         let forged = forge(Codec::None.id(), 0, 3, crc32fast::hash(b"abc"), b"abcd");

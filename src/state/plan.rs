@@ -17,8 +17,19 @@ use crate::reply::{error, wrong_arity};
 /// What to do with a command.
 #[derive(Debug)]
 pub enum Plan {
-    /// Answer with this error; nothing goes to Redis.
+    /// Refuse it as Redis refuses an unknown command: an error at once, and inside MULTI the
+    /// transaction is aborted at EXEC (a queueing error).
     Reject(Bytes),
+    /// It fails as Redis fails a command with bad arguments: an error reply, which inside MULTI
+    /// is queued and returned in its place in the EXEC reply.
+    Fail(Bytes),
+    /// Run a Lua script (the session picks EVALSHA or EVAL) and reshape its reply.
+    Script {
+        /// The script call.
+        call: Box<ScriptCall>,
+        /// The reply transform.
+        transform: Transform,
+    },
     /// Send `raw` upstream and reshape its reply with `pending`.
     Send {
         /// The upstream command.
@@ -32,8 +43,24 @@ fn reject(msg: &str) -> Option<Plan> {
     Some(Plan::Reject(error(msg)))
 }
 
+fn fail(msg: &str) -> Option<Plan> {
+    Some(Plan::Fail(error(msg)))
+}
+
 fn not_int() -> Option<Plan> {
-    reject("ERR value is not an integer or out of range")
+    fail("ERR value is not an integer or out of range")
+}
+
+/// Redis's checks on an expiry: positive, and no overflow once made absolute milliseconds.
+fn expiry_ms(n: i64, seconds: bool, relative: bool) -> Option<i64> {
+    if n <= 0 {
+        return None;
+    }
+    let ms = if seconds { n.checked_mul(1000)? } else { n };
+    if relative {
+        ms.checked_add(super::now_ms() as i64)?;
+    }
+    Some(ms)
 }
 
 fn parse_i64(b: &[u8]) -> Option<i64> {
@@ -72,29 +99,15 @@ impl StateEngine {
         kind: ScriptKind,
         keys: Vec<Bytes>,
         args: Vec<Bytes>,
-        t: Transform,
-        in_multi: bool,
+        transform: Transform,
     ) -> Option<Plan> {
-        let s = self.scripts.get(kind);
-        // Inside MULTI a NOSCRIPT would only surface at EXEC, too late to retry: send the body.
-        let (raw, retry) = if in_multi {
-            (s.eval(&keys, &args), None)
-        } else {
-            (
-                s.evalsha(&keys, &args),
-                Some(Box::new(ScriptCall {
-                    script: kind,
-                    keys,
-                    args,
-                })),
-            )
-        };
-        Some(Plan::Send {
-            raw,
-            pending: Box::new(Pending {
-                transform: t,
-                retry,
+        Some(Plan::Script {
+            call: Box::new(ScriptCall {
+                script: kind,
+                keys,
+                args,
             }),
+            transform,
         })
     }
 
@@ -136,6 +149,7 @@ impl StateEngine {
         ]
     }
 
+    // One call site per write command; a struct would only rename these arguments.
     #[allow(clippy::too_many_arguments)]
     fn write(
         &self,
@@ -146,7 +160,6 @@ impl StateEngine {
         expect: Option<i64>,
         tags: Bytes,
         shape: WriteShape,
-        in_multi: bool,
     ) -> Option<Plan> {
         let key = pairs.first().map(|p| p[0].clone()).unwrap_or_default();
         let mut keys = Vec::with_capacity(pairs.len() * 2);
@@ -169,12 +182,11 @@ impl StateEngine {
             keys,
             args,
             Transform::Write { key, shape },
-            in_multi,
         )
     }
 
     /// Plans `cmd`; `None` means it touches no state key and goes through untouched.
-    pub fn plan(&self, cmd: &Command, in_multi: bool) -> Option<Plan> {
+    pub fn plan(&self, cmd: &Command) -> Option<Plan> {
         let name = upper(cmd.args.first()?);
         let a = &cmd.args;
         let rule_of = |i: usize| a.get(i).and_then(|k| self.rule_for(k));
@@ -199,7 +211,7 @@ impl StateEngine {
             b"GETRANGE" | b"SUBSTR" => {
                 rule_of(1)?;
                 if a.len() != 4 {
-                    return Some(Plan::Reject(wrong_arity(&String::from_utf8_lossy(&name))));
+                    return None;
                 }
                 let (Some(start), Some(end)) = (parse_i64(&a[2]), parse_i64(&a[3])) else {
                     return not_int();
@@ -225,12 +237,11 @@ impl StateEngine {
                     vec![a[1].clone()],
                     vec![],
                     Transform::Strlen { key: a[1].clone() },
-                    in_multi,
                 )
             }
             b"GETDEL" | b"GETEX" => {
                 let rule = rule_of(1)?;
-                if a.len() < 2 || (name == b"GETDEL" && a.len() != 2) {
+                if a.len() < 2 || (name == b"GETDEL" && a.len() != 2) || a.len() > 4 {
                     return None;
                 }
                 let key = a[1].clone();
@@ -241,14 +252,13 @@ impl StateEngine {
                     vec![key.clone(), self.hist(rule, &key)],
                     args,
                     Transform::Value { key },
-                    in_multi,
                 )
             }
-            b"SET" => self.plan_set(cmd, in_multi),
+            b"SET" => self.plan_set(cmd),
             b"SETNX" | b"GETSET" => {
                 let rule = rule_of(1)?;
                 if a.len() != 3 {
-                    return Some(Plan::Reject(wrong_arity(&String::from_utf8_lossy(&name))));
+                    return None;
                 }
                 let pair = self.write_pair(Some(rule), &a[1], &a[2], Ttl::None);
                 let (cond, want_old, shape): (&'static [u8], bool, WriteShape) = if name == b"SETNX"
@@ -265,25 +275,19 @@ impl StateEngine {
                     None,
                     Bytes::new(),
                     shape,
-                    in_multi,
                 )
             }
             b"SETEX" | b"PSETEX" => {
                 let rule = rule_of(1)?;
                 if a.len() != 4 {
-                    return Some(Plan::Reject(wrong_arity(&String::from_utf8_lossy(&name))));
+                    return None;
                 }
                 let Some(t) = parse_i64(&a[2]) else {
                     return not_int();
                 };
                 let cmdname = String::from_utf8_lossy(&name).to_lowercase();
-                let ms = if name == b"SETEX" {
-                    t.checked_mul(1000)
-                } else {
-                    Some(t)
-                };
-                let Some(ms) = ms.filter(|_| t > 0) else {
-                    return reject(&format!("ERR invalid expire time in '{cmdname}' command"));
+                let Some(ms) = expiry_ms(t, name == b"SETEX", true) else {
+                    return fail(&format!("ERR invalid expire time in '{cmdname}' command"));
                 };
                 let pair = self.write_pair(Some(rule), &a[1], &a[3], Ttl::Px(ms));
                 self.write(
@@ -294,16 +298,12 @@ impl StateEngine {
                     None,
                     Bytes::new(),
                     WriteShape::Ok,
-                    in_multi,
                 )
             }
             b"MSET" | b"MSETNX" => {
-                if a.len() < 3 || a.len() % 2 == 0 {
-                    return if a[1..].iter().step_by(2).any(|k| self.rule_for(k).is_some()) {
-                        Some(Plan::Reject(wrong_arity(&String::from_utf8_lossy(&name))))
-                    } else {
-                        None
-                    };
+                if a.len() < 3 || a.len().is_multiple_of(2) {
+                    // Redis answers the arity error itself (and aborts a MULTI for it).
+                    return None;
                 }
                 if !a[1..].iter().step_by(2).any(|k| self.rule_for(k).is_some()) {
                     return None;
@@ -317,7 +317,7 @@ impl StateEngine {
                 } else {
                     (b"MSETNX", WriteShape::Int)
                 };
-                self.write(pairs, mode, b"", false, None, Bytes::new(), shape, in_multi)
+                self.write(pairs, mode, b"", false, None, Bytes::new(), shape)
             }
             b"DEL" | b"UNLINK" => {
                 let hist: Vec<Bytes> = a[1..]
@@ -339,12 +339,16 @@ impl StateEngine {
                     keys,
                     vec![a[0].clone(), Bytes::from(n.to_string())],
                     Transform::Passthrough,
-                    in_multi,
                 )
             }
             b"EXPIRE" | b"PEXPIRE" | b"EXPIREAT" | b"PEXPIREAT" | b"PERSIST" => {
                 let rule = rule_of(1)?;
-                if !rule.versioning || a.len() < 2 {
+                let arity_ok = if name == b"PERSIST" {
+                    a.len() == 2
+                } else {
+                    (3..=4).contains(&a.len())
+                };
+                if !rule.versioning || !arity_ok {
                     return None;
                 }
                 let mut args = vec![a[0].clone()];
@@ -354,7 +358,6 @@ impl StateEngine {
                     vec![a[1].clone(), history_key(&a[1])],
                     args,
                     Transform::Passthrough,
-                    in_multi,
                 )
             }
             b"APPEND" | b"SETRANGE" | b"INCR" | b"DECR" | b"INCRBY" | b"DECRBY"
@@ -384,74 +387,70 @@ impl StateEngine {
         ))
     }
 
-    fn plan_set(&self, cmd: &Command, in_multi: bool) -> Option<Plan> {
+    /// SET with Redis's option rules: repeats of the same option are allowed (the last expiry
+    /// wins), conflicting ones are a syntax error, and numbers are checked only after every
+    /// option has parsed.
+    fn plan_set(&self, cmd: &Command) -> Option<Plan> {
         let a = &cmd.args;
         let rule = a.get(1).and_then(|k| self.rule_for(k))?;
         if a.len() < 3 {
-            return Some(Plan::Reject(wrong_arity("set")));
+            return None;
         }
         let mut cond: &'static [u8] = b"";
         let mut get = false;
-        let mut ttl = Ttl::None;
+        let mut keep = false;
+        // (unit, value): unit is one of EX, PX, EXAT, PXAT.
+        let mut expire: Option<(Vec<u8>, &Bytes)> = None;
         let mut i = 3;
         while i < a.len() {
             let opt = upper(&a[i]);
-            let has_ttl = !matches!(ttl, Ttl::None);
+            let unit_ok = |u: &[u8]| expire.as_ref().is_none_or(|(e, _)| e.as_slice() == u);
             match opt.as_slice() {
-                b"NX" if cond.is_empty() => cond = b"NX",
-                b"XX" if cond.is_empty() => cond = b"XX",
+                b"NX" if cond != b"XX" => cond = b"NX",
+                b"XX" if cond != b"NX" => cond = b"XX",
                 b"GET" => get = true,
-                b"KEEPTTL" if !has_ttl => ttl = Ttl::Keep,
-                b"EX" | b"PX" | b"EXAT" | b"PXAT" if !has_ttl && i + 1 < a.len() => {
-                    let Some(n) = parse_i64(&a[i + 1]) else {
-                        return not_int();
-                    };
-                    let ms = if opt == b"EX" || opt == b"EXAT" {
-                        n.checked_mul(1000)
-                    } else {
-                        Some(n)
-                    };
-                    let Some(ms) = ms.filter(|_| n > 0) else {
-                        return reject("ERR invalid expire time in 'set' command");
-                    };
-                    ttl = if opt.ends_with(b"AT") {
-                        Ttl::PxAt(ms)
-                    } else {
-                        Ttl::Px(ms)
-                    };
+                b"KEEPTTL" if expire.is_none() => keep = true,
+                b"EX" | b"PX" | b"EXAT" | b"PXAT" if !keep && unit_ok(&opt) && i + 1 < a.len() => {
+                    expire = Some((opt.clone(), &a[i + 1]));
                     i += 1;
                 }
-                _ => return reject("ERR syntax error"),
+                _ => return fail("ERR syntax error"),
             }
             i += 1;
         }
+        let ttl = match expire {
+            None if keep => Ttl::Keep,
+            None => Ttl::None,
+            Some((unit, v)) => {
+                let Some(n) = parse_i64(v) else {
+                    return not_int();
+                };
+                let seconds = unit.starts_with(b"E");
+                let relative = !unit.ends_with(b"AT");
+                let Some(ms) = expiry_ms(n, seconds, relative) else {
+                    return fail("ERR invalid expire time in 'set' command");
+                };
+                if relative { Ttl::Px(ms) } else { Ttl::PxAt(ms) }
+            }
+        };
         let pair = self.write_pair(Some(rule), &a[1], &a[2], ttl);
         let shape = if get {
             WriteShape::Old
         } else {
             WriteShape::OkOrNil
         };
-        self.write(
-            vec![pair],
-            b"SET",
-            cond,
-            get,
-            None,
-            Bytes::new(),
-            shape,
-            in_multi,
-        )
+        self.write(vec![pair], b"SET", cond, get, None, Bytes::new(), shape)
     }
 
     /// Plans a STATE.* command.
-    pub fn plan_state(&self, cmd: &Command, in_multi: bool) -> Plan {
+    pub fn plan_state(&self, cmd: &Command) -> Plan {
         let name = upper(&cmd.args[0]);
         let a = &cmd.args;
         let lname = String::from_utf8_lossy(&name).to_lowercase();
         let arity = || Plan::Reject(wrong_arity(&lname));
         let need_rule = |k: &Bytes| -> Result<&Rule, Plan> {
             self.rule_for(k).ok_or_else(|| {
-                Plan::Reject(error(&format!(
+                Plan::Fail(error(&format!(
                     "ERR statecar: '{}' is not a state key (no [[state]] rule matches it)",
                     show_key(k)
                 )))
@@ -460,7 +459,7 @@ impl StateEngine {
         let need_versioned = |k: &Bytes| -> Result<&Rule, Plan> {
             let r = need_rule(k)?;
             if !r.versioning {
-                return Err(Plan::Reject(error(&format!(
+                return Err(Plan::Fail(error(&format!(
                     "ERR statecar: state key '{}' keeps no versions (rule {} has versioning = false)",
                     show_key(k),
                     r.index
@@ -469,7 +468,7 @@ impl StateEngine {
             Ok(r)
         };
         let unwrap = |p: Option<Plan>| {
-            p.unwrap_or_else(|| Plan::Reject(error("ERR statecar: internal planning error")))
+            p.unwrap_or_else(|| Plan::Fail(error("ERR statecar: internal planning error")))
         };
         match name.as_slice() {
             b"STATE.SAVE" => {
@@ -495,12 +494,12 @@ impl StateEngine {
                     match opt.as_slice() {
                         b"VERSION" | b"EX" if i + 1 < a.len() => {
                             let Some(n) = parse_i64(&a[i + 1]) else {
-                                return Plan::Reject(error(
+                                return Plan::Fail(error(
                                     "ERR value is not an integer or out of range",
                                 ));
                             };
                             if n <= 0 {
-                                return Plan::Reject(error(&format!(
+                                return Plan::Fail(error(&format!(
                                     "ERR {} must be a positive integer",
                                     String::from_utf8_lossy(&opt)
                                 )));
@@ -509,7 +508,7 @@ impl StateEngine {
                                 version = Some(n);
                             } else {
                                 let Some(ms) = n.checked_mul(1000) else {
-                                    return Plan::Reject(error(
+                                    return Plan::Fail(error(
                                         "ERR invalid expire time in 'state.save' command",
                                     ));
                                 };
@@ -524,7 +523,7 @@ impl StateEngine {
                                 i += 1;
                             }
                         }
-                        _ => return Plan::Reject(error("ERR syntax error")),
+                        _ => return Plan::Fail(error("ERR syntax error")),
                     }
                 }
                 let pair = self.write_pair(Some(rule), &a[1], &a[2], ttl);
@@ -536,7 +535,6 @@ impl StateEngine {
                     version,
                     encode_tags(&tags),
                     WriteShape::Version,
-                    in_multi,
                 ))
             }
             b"STATE.LOAD" => {
@@ -545,15 +543,19 @@ impl StateEngine {
                     4 if upper(&a[2]) == b"VERSION" => match parse_i64(&a[3]) {
                         Some(n) if n > 0 => a[3].clone(),
                         _ => {
-                            return Plan::Reject(error(
+                            return Plan::Fail(error(
                                 "ERR value is not an integer or out of range",
                             ));
                         }
                     },
-                    4 => return Plan::Reject(error("ERR syntax error")),
+                    4 => return Plan::Fail(error("ERR syntax error")),
                     _ => return arity(),
                 };
-                let rule = match need_rule(&a[1]) {
+                let rule = match if version.is_empty() {
+                    need_rule(&a[1])
+                } else {
+                    need_versioned(&a[1])
+                } {
                     Ok(r) => r,
                     Err(p) => return p,
                 };
@@ -562,7 +564,6 @@ impl StateEngine {
                     vec![a[1].clone(), self.hist(rule, &a[1])],
                     vec![version],
                     Transform::Load { key: a[1].clone() },
-                    in_multi,
                 ))
             }
             b"STATE.VERSIONS" => {
@@ -577,7 +578,6 @@ impl StateEngine {
                     vec![a[1].clone(), history_key(&a[1])],
                     vec![],
                     Transform::Versions,
-                    in_multi,
                 ))
             }
             b"STATE.DELVERSION" | b"STATE.ROLLBACK" => {
@@ -589,7 +589,7 @@ impl StateEngine {
                     Err(p) => return p,
                 };
                 if !matches!(parse_i64(&a[2]), Some(n) if n > 0) {
-                    return Plan::Reject(error("ERR value is not an integer or out of range"));
+                    return Plan::Fail(error("ERR value is not an integer or out of range"));
                 }
                 let (kind, args, t) = if name == b"STATE.DELVERSION" {
                     (
@@ -604,13 +604,7 @@ impl StateEngine {
                         Transform::Passthrough,
                     )
                 };
-                unwrap(self.script(
-                    kind,
-                    vec![a[1].clone(), history_key(&a[1])],
-                    args,
-                    t,
-                    in_multi,
-                ))
+                unwrap(self.script(kind, vec![a[1].clone(), history_key(&a[1])], args, t))
             }
             b"STATE.LIST" => {
                 let mut i = 1;
@@ -628,13 +622,13 @@ impl StateEngine {
                         b"MATCH" if i + 1 < a.len() => pattern = Some(a[i + 1].clone()),
                         b"COUNT" if i + 1 < a.len() => {
                             if !matches!(parse_i64(&a[i + 1]), Some(n) if n > 0) {
-                                return Plan::Reject(error(
+                                return Plan::Fail(error(
                                     "ERR value is not an integer or out of range",
                                 ));
                             }
                             count = a[i + 1].clone();
                         }
-                        _ => return Plan::Reject(error("ERR syntax error")),
+                        _ => return Plan::Fail(error("ERR syntax error")),
                     }
                     i += 2;
                 }

@@ -462,7 +462,11 @@ fn message(
         );
         return;
     }
-    let role = if n % 2 == 0 { "user" } else { "assistant" };
+    let role = if n.is_multiple_of(2) {
+        "user"
+    } else {
+        "assistant"
+    };
     let _ = write!(out, ",\"role\":\"{role}\",\"content\":\"");
     let len = match rng.range(0, 9) {
         0 => rng.range(600, 1800),

@@ -135,9 +135,10 @@ else
   env = redis.call('HGET', KEYS[2], ARGV[1])
 end
 if not env then return false end
-local ver = 0
-if #env >= 36 then ver = struct.unpack('>I4', env, 29) end
-local tags = redis.call('HGET', KEYS[2], 't' .. ver) or ''
+local tags = ''
+if KEYS[2] ~= KEYS[1] and #env >= 36 then
+  tags = redis.call('HGET', KEYS[2], 't' .. struct.unpack('>I4', env, 29)) or ''
+end
 return {env, tags, redis.call('PTTL', KEYS[1])}
 "#;
 

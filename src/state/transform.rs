@@ -354,7 +354,7 @@ impl Apply<'_> {
                 versions.push((n, v));
             }
         }
-        versions.sort_by(|a, b| b.0.cmp(&a.0));
+        versions.sort_by_key(|v| std::cmp::Reverse(v.0));
         for (_, stored) in versions {
             if let Ok(Decoded::State { value, .. }) =
                 envelope::decode(&stored, self.engine.max_decoded)

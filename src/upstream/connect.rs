@@ -1,6 +1,7 @@
-//! Opening one connection to Redis: TCP, keepalive, then the handshake (HELLO/AUTH, SELECT).
+//! Opening one connection to Redis: TCP, keepalive, TLS for `rediss://`, then the handshake
+//! (HELLO/AUTH, SELECT).
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -14,22 +15,28 @@ use super::{PoolKey, UpstreamError};
 use crate::config::UpstreamConfig;
 use crate::protocol::{Limits, Scanner, Side, encode_multibulk};
 
-/// A byte stream to Redis; an enum so that TLS can join TCP without boxing every read.
+/// A byte stream to Redis; an enum so that TLS can join TCP without a trait object.
 #[derive(Debug)]
 pub enum Stream {
     /// Plain TCP.
     Tcp(TcpStream),
+    /// TLS over TCP (`rediss://`); boxed because rustls's connection state is large.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 impl Stream {
     /// True when the peer has closed or sent something unsolicited: not safe to reuse.
+    ///
+    /// For TLS this looks at the socket under the TLS layer: any bytes there (a close_notify
+    /// alert, a late session ticket, an unsolicited reply) make the connection stale. A stale
+    /// connection is dropped, so consuming a byte of it is harmless.
     pub fn is_stale(&self) -> bool {
+        let tcp = match self {
+            Stream::Tcp(s) => s,
+            Stream::Tls(s) => s.get_ref().0,
+        };
         let mut probe = [0u8; 1];
-        match self {
-            Stream::Tcp(s) => {
-                !matches!(s.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
-        }
+        !matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 }
 
@@ -41,6 +48,7 @@ impl AsyncRead for Stream {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -53,18 +61,39 @@ impl AsyncWrite for Stream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Tcp(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -204,7 +233,8 @@ pub fn check_handshake_reply(
     Ok(())
 }
 
-/// Opens and prepares one connection within `connect_timeout_ms`.
+/// Opens and prepares one connection within `connect_timeout_ms` (TCP connect, TLS handshake
+/// and the HELLO/SELECT handshake all count against it).
 pub async fn connect(cfg: &UpstreamConfig, key: PoolKey) -> Result<Connected, UpstreamError> {
     let addr = cfg.url.addr();
     let deadline = Duration::from_millis(cfg.connect_timeout_ms);
@@ -233,19 +263,86 @@ async fn connect_inner(
         let ka = socket2::TcpKeepalive::new().with_time(Duration::from_secs(cfg.keepalive_s));
         let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&ka);
     }
-    let mut stream = Stream::Tcp(tcp);
+    let mut stream = match &cfg.tls {
+        Some(tls) if cfg.url.tls => {
+            tls.warn_if_insecure();
+            let s = tls
+                .connector
+                .connect(tls.server_name.clone(), tcp)
+                .await
+                .map_err(|e| UpstreamError::Unavailable {
+                    addr: addr.to_string(),
+                    reason: format!("TLS handshake failed: {}", tls_reason(&e)),
+                })?;
+            Stream::Tls(Box::new(s))
+        }
+        None if cfg.url.tls => {
+            // Config::build always attaches a connector to a rediss:// URL; never fall back
+            // to plain text if some caller built an UpstreamConfig by hand.
+            return Err(UpstreamError::Unavailable {
+                addr: addr.to_string(),
+                reason: "rediss:// URL but no TLS configuration".to_string(),
+            });
+        }
+        _ => Stream::Tcp(tcp),
+    };
+    let is_tls = matches!(stream, Stream::Tls(_));
+    // With TLS 1.3 Redis checks a client certificate after our side of the handshake is done,
+    // so a refusal only shows up as an alert while we read the HELLO reply.
+    let tls_refusal = |e: UpstreamError| match e {
+        UpstreamError::Io { addr, reason } if is_tls => {
+            let hint =
+                if reason.contains("certificaterequired") || reason.contains("badcertificate") {
+                    " (Redis wants a client certificate it trusts: see upstream.tls.cert_file)"
+                } else {
+                    ""
+                };
+            UpstreamError::Unavailable {
+                addr,
+                reason: format!("TLS connection failed during HELLO: {reason}{hint}"),
+            }
+        }
+        other => other,
+    };
     let mut out = BytesMut::new();
     let n = handshake_commands(cfg, key, &mut out);
     stream
         .write_all(&out)
         .await
-        .map_err(|e| UpstreamError::io(addr, &e))?;
+        .map_err(|e| tls_refusal(UpstreamError::io(addr, &e)))?;
     let mut rbuf = BytesMut::with_capacity(4096);
     let mut scanner = Scanner::default();
     let mut info = ServerInfo::default();
     for step in 0..n {
-        let frame = read_frame(&mut stream, &mut rbuf, &mut scanner, addr).await?;
+        let frame = read_frame(&mut stream, &mut rbuf, &mut scanner, addr)
+            .await
+            .map_err(tls_refusal)?;
         check_handshake_reply(addr, step, &frame, &mut info)?;
     }
     Ok(Connected { stream, rbuf, info })
+}
+
+/// The rustls error under an I/O error from the handshake, spelled for an operator.
+fn tls_reason(e: &io::Error) -> String {
+    use rustls::AlertDescription as A;
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::InvalidCertificate(c)) => format!(
+            "invalid certificate from Redis: {c} (check upstream.tls.ca_file and server_name)"
+        ),
+        Some(rustls::Error::AlertReceived(a @ (A::CertificateRequired | A::HandshakeFailure))) => {
+            format!(
+                "Redis sent TLS alert {a:?} (does it require a client certificate? \
+                 see upstream.tls.cert_file)"
+            )
+        }
+        Some(rustls::Error::AlertReceived(a)) => format!("Redis sent TLS alert {a:?}"),
+        Some(other) => other.to_string(),
+        None if e.kind() == io::ErrorKind::UnexpectedEof => {
+            "connection closed during the TLS handshake (is this port serving TLS?)".to_string()
+        }
+        None => e.to_string(),
+    }
 }
