@@ -392,6 +392,20 @@ pub fn install() -> Result<PrometheusHandle, String> {
         "1 when Redis answered the last health probe."
     );
     gauge!("statecar_up").set(1.0);
+    // Register the counters that matter for alerts at zero, so they exist before the first event.
+    for name in [
+        "statecar_checksum_failures_total",
+        "statecar_auth_failures_total",
+        "statecar_upstream_reconnects_total",
+        "statecar_upstream_lease_waits_total",
+        "statecar_versions_written_total",
+        "statecar_state_reads_total",
+    ] {
+        counter!(name).absolute(0);
+    }
+    gauge!("statecar_client_connections").set(0.0);
+    gauge!("statecar_upstream_leased_in_use").set(0.0);
+    gauge!("statecar_upstream_shared_connections").set(0.0);
     Ok(handle)
 }
 
@@ -412,11 +426,23 @@ pub async fn serve_http(listener: TcpListener, handle: PrometheusHandle, upstrea
         let handle = handle.clone();
         let upstream = upstream.clone();
         tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            let n = match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await {
-                Ok(Ok(n)) => n,
-                _ => return,
+            // Read the whole request head: closing with unread bytes would reset the connection.
+            let mut buf = Vec::with_capacity(1024);
+            let mut chunk = [0u8; 1024];
+            let read_head = async {
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return false,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                true
             };
+            match tokio::time::timeout(Duration::from_secs(5), read_head).await {
+                Ok(true) => {}
+                _ => return,
+            }
+            let n = buf.len();
             let req = String::from_utf8_lossy(&buf[..n]);
             let path = req.split_whitespace().nth(1).unwrap_or("/");
             let path = path.split('?').next().unwrap_or(path);
