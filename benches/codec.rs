@@ -1,1 +1,72 @@
-fn main(){}
+//! Envelope encode/decode throughput per codec on realistic session JSON.
+//!
+//! `cargo bench --bench codec` (add `-- --quick` for a fast pass). Throughput is the original
+//! (uncompressed) size, so MB/s figures compare codecs by the work a client's value represents.
+//! Absolute numbers vary between machines; compare codecs and sizes within one run.
+
+use std::hint::black_box;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use statecar::state::codec::Codec;
+use statecar::state::envelope::{self, Decoded};
+use statecar::state::sample::agent_session_json;
+
+const SIZES: [(usize, &str); 3] = [(1024, "1KiB"), (16 * 1024, "16KiB"), (256 * 1024, "256KiB")];
+const CODECS: [Codec; 4] = [Codec::None, Codec::Lz4, Codec::Zlib, Codec::Zstd];
+const MAX_DECODED: usize = 64 << 20;
+
+fn print_ratios() {
+    eprintln!("compression ratio (original / stored, header included) on sample session JSON:");
+    for (size, label) in SIZES {
+        let value = agent_session_json(1, size);
+        let cells: Vec<String> = CODECS[1..]
+            .iter()
+            .map(|&c| {
+                let stored = envelope::encode(&value, c, 0, 0, 1);
+                format!(
+                    "{} {:.2}x",
+                    c.name(),
+                    value.len() as f64 / stored.len() as f64
+                )
+            })
+            .collect();
+        eprintln!("  {label:>6}: {}", cells.join("  "));
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    print_ratios();
+
+    let mut encode = c.benchmark_group("encode");
+    for (size, label) in SIZES {
+        let value = agent_session_json(1, size);
+        encode.throughput(Throughput::Bytes(size as u64));
+        for codec in CODECS {
+            encode.bench_with_input(BenchmarkId::new(codec.name(), label), &value, |b, v| {
+                b.iter(|| envelope::encode(black_box(v), codec, 0, 1_700_000_000_000, 1));
+            });
+        }
+    }
+    encode.finish();
+
+    let mut decode = c.benchmark_group("decode");
+    for (size, label) in SIZES {
+        let value = agent_session_json(1, size);
+        decode.throughput(Throughput::Bytes(size as u64));
+        for codec in CODECS {
+            let stored = envelope::encode(&value, codec, 0, 1_700_000_000_000, 1);
+            // A bench that silently measured an error path would report nonsense.
+            match envelope::decode(&stored, MAX_DECODED) {
+                Ok(Decoded::State { value: v, .. }) if v == value => {}
+                other => panic!("{codec} {label}: sample did not round-trip: {other:?}"),
+            }
+            decode.bench_with_input(BenchmarkId::new(codec.name(), label), &stored, |b, s| {
+                b.iter(|| envelope::decode(black_box(s), MAX_DECODED));
+            });
+        }
+    }
+    decode.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
