@@ -100,6 +100,7 @@ async fn reload_on_sighup(ctx: Arc<session::Ctx>, reload: Reloader) {
                 merged.max_decoded_size = new.max_decoded_size;
                 merged.max_clients = new.max_clients;
                 merged.deny_commands = new.deny_commands;
+                merged.tls = new.tls;
                 let rules = merged.rules.len();
                 ctx.cfg.store(Arc::new(merged));
                 tracing::info!(rules, "configuration reloaded (state rules and limits)");

@@ -541,10 +541,14 @@ mod tests {
 
     #[test]
     fn scans_resp3_replies_with_nesting_and_attributes() {
+        // The second value of the map carries an attribute: still one frame, ending at 1.5.
         let reply = b"%2\r\n+a\r\n*2\r\n:1\r\n_\r\n$1\r\nb\r\n|1\r\n+k\r\n+v\r\n,1.5\r\n";
         let mut s = Scanner::default();
         let n = s.scan(reply, Side::Reply, &Limits::default()).unwrap();
-        assert_eq!(n, Some(reply.len() - b"|1\r\n+k\r\n+v\r\n,1.5\r\n".len()));
+        assert_eq!(n, Some(reply.len()));
+        let mut s = Scanner::default();
+        let cut = &reply[..reply.len() - 7];
+        assert_eq!(s.scan(cut, Side::Reply, &Limits::default()).unwrap(), None);
         let mut s = Scanner::default();
         let tail = b"|1\r\n+k\r\n+v\r\n,1.5\r\n";
         assert_eq!(
