@@ -234,7 +234,7 @@ impl Default for LogSection {
 pub struct ServerSection {
     /// How long SIGTERM waits for in-flight commands before closing connections anyway.
     pub drain_timeout_s: u64,
-    /// Runtime worker threads; 0 means one per core.
+    /// Runtime threads: 1 (default) runs everything on one thread; 0 means one per core.
     pub worker_threads: usize,
 }
 
@@ -242,7 +242,7 @@ impl Default for ServerSection {
     fn default() -> Self {
         ServerSection {
             drain_timeout_s: 30,
-            worker_threads: 0,
+            worker_threads: 1,
         }
     }
 }
@@ -305,7 +305,7 @@ pub struct Config {
     pub log_json: bool,
     /// SIGTERM drain deadline.
     pub drain_timeout_s: u64,
-    /// Runtime worker threads (0 = per core).
+    /// Runtime threads (1 = one thread, 0 = one per core).
     pub worker_threads: usize,
     /// Metrics listener.
     pub metrics_listen: Option<SocketAddr>,

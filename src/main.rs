@@ -116,11 +116,18 @@ fn main() -> ExitCode {
             offline(|| async move { statecar::offline::verify(&cfg, pattern.as_deref()).await })
         }
         Cmd::Run => {
-            let mut rt = tokio::runtime::Builder::new_multi_thread();
+            // One thread by default, like twemproxy: a sidecar shares its node with the app (and
+            // often Redis), and one thread saves every cross-thread wake-up per command.
+            let mut rt = if cfg.worker_threads == 1 {
+                tokio::runtime::Builder::new_current_thread()
+            } else {
+                let mut b = tokio::runtime::Builder::new_multi_thread();
+                if cfg.worker_threads > 1 {
+                    b.worker_threads(cfg.worker_threads);
+                }
+                b
+            };
             rt.enable_all();
-            if cfg.worker_threads > 0 {
-                rt.worker_threads(cfg.worker_threads);
-            }
             let rt = match rt.build() {
                 Ok(rt) => rt,
                 Err(e) => {

@@ -127,7 +127,7 @@ where
         ctx,
         id,
         rd,
-        inbuf: BytesMut::with_capacity(4096),
+        inbuf: BytesMut::with_capacity(1024),
         parser: RequestParser::default(),
         out: out_tx,
         closed: closed_rx,
@@ -186,8 +186,8 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             }
             self.flush_batch().await;
             if self.inbuf.is_empty() && self.inbuf.capacity() > 64 * 1024 {
-                self.inbuf = BytesMut::with_capacity(4096);
-            } else if self.inbuf.capacity() - self.inbuf.len() < 1024 {
+                self.inbuf = BytesMut::with_capacity(1024);
+            } else if self.inbuf.capacity() - self.inbuf.len() < 512 {
                 self.inbuf.reserve(16 * 1024);
             }
             tokio::select! {
@@ -315,7 +315,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             // The previous state write went out as EVALSHA; if Redis lost the script it is
             // re-sent as EVAL, and nothing of ours may overtake it.
             self.evalsha_in_flight = false;
-            if !self.barrier().await {
+            if !Box::pin(self.barrier()).await {
                 return Flow::Stop;
             }
         }
@@ -354,8 +354,9 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 )))
                 .await;
         }
+        // Rare paths are boxed: an idle client's future is as large as its largest await.
         if let Kind::Local(l) = kind {
-            return self.local(l, cmd).await;
+            return Box::pin(self.local(l, cmd)).await;
         }
         if kind == Kind::Refused {
             return self
@@ -366,29 +367,29 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 .await;
         }
         if self.pinned.is_some() {
-            return self.dispatch_pinned(kind, cmd).await;
+            return Box::pin(self.dispatch_pinned(kind, cmd)).await;
         }
         if kind == Kind::Plain
             && !self.ctx.state.load().is_empty()
             && let Some(plan) = self.ctx.state.load().plan(&cmd)
         {
-            return self.run_plan(plan).await;
+            return Box::pin(self.run_plan(plan)).await;
         }
         match kind {
             Kind::Plain => self.forward(&cmd.raw).await,
-            Kind::Blocking => self.blocking(cmd).await,
+            Kind::Blocking => Box::pin(self.blocking(cmd)).await,
             Kind::EndTransaction => {
                 let name = cmd.name();
                 self.reply(reply::error(&format!("ERR {name} without MULTI")))
                     .await
             }
             Kind::Unwatch => self.reply(Bytes::from_static(reply::OK)).await,
-            Kind::Unsubscribe(k) => self.unsubscribe_unpinned(k, &cmd).await,
+            Kind::Unsubscribe(k) => Box::pin(self.unsubscribe_unpinned(k, &cmd)).await,
             Kind::Multi | Kind::Watch | Kind::Subscribe(_) | Kind::Monitor => {
-                if let Some(flow) = self.pin().await {
+                if let Some(flow) = Box::pin(self.pin()).await {
                     return flow;
                 }
-                self.dispatch_pinned(kind, cmd).await
+                Box::pin(self.dispatch_pinned(kind, cmd)).await
             }
             Kind::Local(_) | Kind::Refused => Flow::Continue,
         }
