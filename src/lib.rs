@@ -35,7 +35,12 @@ pub async fn run(cfg: Arc<config::Config>, reload: Option<Reloader>) -> Result<(
             let l = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| format!("cannot listen on {addr} (metrics.listen): {e}"))?;
-            Some((l, telemetry::install()?))
+            let handle = telemetry::install()?;
+            telemetry::pool_max(
+                cfg.upstream.max_connections,
+                cfg.upstream.max_leased_connections,
+            );
+            Some((l, handle))
         }
         None => None,
     };

@@ -285,9 +285,18 @@ pub fn checksum_failure() {
     counter!("statecar_checksum_failures_total").increment(1);
 }
 
-/// A versioned write added a version (and maybe trimmed old ones).
-pub fn version_written() {
+/// A versioned write added a version and trimmed `trimmed` old ones.
+pub fn version_written(trimmed: i64) {
     counter!("statecar_versions_written_total").increment(1);
+    if trimmed > 0 {
+        counter!("statecar_versions_trimmed_total").increment(trimmed as u64);
+    }
+}
+
+/// Publishes the configured pool sizes.
+pub fn pool_max(shared: usize, leased: usize) {
+    gauge!("statecar_upstream_pool_max", "kind" => "shared").set(shared as f64);
+    gauge!("statecar_upstream_pool_max", "kind" => "leased").set(leased as f64);
 }
 
 /// Describes every metric (HELP text) and installs the Prometheus recorder.
@@ -399,9 +408,16 @@ pub fn install() -> Result<PrometheusHandle, String> {
         "statecar_upstream_reconnects_total",
         "statecar_upstream_lease_waits_total",
         "statecar_versions_written_total",
+        "statecar_versions_trimmed_total",
         "statecar_state_reads_total",
     ] {
         counter!(name).absolute(0);
+    }
+    for reason in ["max_clients", "tls_handshake", "output_buffer"] {
+        counter!("statecar_clients_rejected_total", "reason" => reason).absolute(0);
+    }
+    for reason in ["noauth", "protocol_error", "denied"] {
+        counter!("statecar_commands_rejected_total", "reason" => reason).absolute(0);
     }
     gauge!("statecar_client_connections").set(0.0);
     gauge!("statecar_upstream_leased_in_use").set(0.0);

@@ -24,16 +24,17 @@ local function push_version(hist, env, maxv, tags)
   redis.call('HSET', hist, v, env)
   if tags ~= nil and tags ~= '' then redis.call('HSET', hist, 't' .. v, tags) end
   local n = redis.call('HINCRBY', hist, 'n', 1)
+  local trimmed = 0
   if n > maxv then
     local lo = tonumber(redis.call('HGET', hist, 'lo') or '1')
     while n > maxv and lo < v do
-      if redis.call('HDEL', hist, lo) == 1 then n = n - 1 end
+      if redis.call('HDEL', hist, lo) == 1 then n = n - 1; trimmed = trimmed + 1 end
       redis.call('HDEL', hist, 't' .. lo)
       lo = lo + 1
     end
     redis.call('HSET', hist, 'lo', lo, 'n', n)
   end
-  return v, env
+  return v, env, trimmed
 end
 local function sync_ttl(key, hist)
   local t = redis.call('PTTL', key)
@@ -49,7 +50,7 @@ local function is_err(r) return type(r) == 'table' and r.err ~= nil end
 /// KEYS: (key, history) pairs; history == key when the key keeps none.
 /// ARGV: mode (SET|MSETNX), cond (''|NX|XX), want_old (0|1), expected version (''|n), tags,
 /// then per pair: value, max_versions (0 = none), ttl mode (''|PX|PXAT|KEEPTTL), ttl value.
-/// Returns {done, old value or nil, last version written}.
+/// Returns {done, old value or nil, last version written, versions trimmed}.
 const WRITE: &str = r#"
 local mode, cond, want_old, expect, tags = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local npairs = #KEYS / 2
@@ -78,13 +79,15 @@ if expect ~= '' then
     return redis.error_reply('STATEVERSION stored version of ' .. KEYS[1] .. ' is ' .. last .. ', not ' .. (tonumber(expect) - 1))
   end
 end
-local ver = 0
+local ver, trimmed = 0, 0
 for i = 1, npairs do
   local key, hist = KEYS[2 * i - 1], KEYS[2 * i]
   local b = 5 + 4 * (i - 1)
   local val, maxv, tmode, tval = ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3], ARGV[b + 4]
   if maxv > 0 then
-    ver, val = push_version(hist, val, maxv, tags)
+    local t
+    ver, val, t = push_version(hist, val, maxv, tags)
+    trimmed = trimmed + t
   end
   if tmode == 'PX' or tmode == 'PXAT' then
     redis.call('SET', key, val, tmode, tval)
@@ -96,7 +99,7 @@ for i = 1, npairs do
   if hist ~= key then sync_ttl(key, hist) end
 end
 if old == true then old = false end
-return {1, old, ver}
+return {1, old, ver, trimmed}
 "#;
 
 /// DEL / UNLINK: KEYS = the client's keys, then history keys; ARGV = {command, client key count}.

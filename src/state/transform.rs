@@ -438,7 +438,7 @@ impl Apply<'_> {
         let done = data.first().and_then(int_of).unwrap_or(0);
         let version = data.get(2).and_then(int_of).unwrap_or(0);
         if version > 0 {
-            crate::telemetry::version_written();
+            crate::telemetry::version_written(data.get(3).and_then(int_of).unwrap_or(0));
         }
         match shape {
             WriteShape::Ok => Bytes::from_static(crate::reply::OK),
