@@ -371,6 +371,8 @@ fn hex_val(c: u8) -> Option<u8> {
 
 /// Splits a line into arguments with Redis's quoting rules; `None` on unbalanced quotes.
 pub fn split_args(line: &[u8]) -> Option<Vec<Vec<u8>>> {
+    // Redis splits a C string: a NUL byte ends the line.
+    let line = &line[..memchr::memchr(0, line).unwrap_or(line.len())];
     let mut args = Vec::new();
     let mut i = 0;
     let n = line.len();
@@ -591,6 +593,11 @@ mod tests {
             ]
         );
         assert!(split_args(b"\"abc").is_none());
+        assert_eq!(
+            split_args(b"PING a\0b").unwrap(),
+            vec![b"PING".to_vec(), b"a".to_vec()]
+        );
+        assert_eq!(split_args(b"\0").unwrap(), Vec::<Vec<u8>>::new());
         assert!(split_args(b"\"a\"b").is_none());
     }
 }
