@@ -4,7 +4,7 @@
 //! counters are registered once into a table indexed by [`command_id`], so counting a command
 //! on the hot path is one atomic add rather than a label lookup.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -251,25 +251,46 @@ pub fn auth_failure() {
     counter!("statecar_auth_failures_total").increment(1);
 }
 
+/// Per-rule write counters and the running totals behind the compression-ratio gauge.
+struct RuleMetrics {
+    writes: Counter,
+    original: Counter,
+    stored: Counter,
+    ratio: metrics::Gauge,
+    total_original: AtomicU64,
+    total_stored: AtomicU64,
+}
+
 /// A state value was encoded: bytes before and after.
 pub fn state_write(rule: usize, original: usize, stored: usize) {
-    static RULES: OnceLock<Vec<(Counter, Counter, Counter)>> = OnceLock::new();
+    static RULES: OnceLock<Vec<RuleMetrics>> = OnceLock::new();
     let table = RULES.get_or_init(|| {
         (0..64)
             .map(|i| {
                 let r = i.to_string();
-                (
-                    counter!("statecar_state_writes_total", "rule" => r.clone()),
-                    counter!("statecar_state_bytes_original_total", "rule" => r.clone()),
-                    counter!("statecar_state_bytes_stored_total", "rule" => r),
-                )
+                RuleMetrics {
+                    writes: counter!("statecar_state_writes_total", "rule" => r.clone()),
+                    original: counter!("statecar_state_bytes_original_total", "rule" => r.clone()),
+                    stored: counter!("statecar_state_bytes_stored_total", "rule" => r.clone()),
+                    ratio: gauge!("statecar_state_compression_ratio", "rule" => r),
+                    total_original: AtomicU64::new(0),
+                    total_stored: AtomicU64::new(0),
+                }
             })
             .collect()
     });
-    if let Some((w, o, s)) = table.get(rule.min(63)) {
-        w.increment(1);
-        o.increment(original as u64);
-        s.increment(stored as u64);
+    if let Some(m) = table.get(rule.min(63)) {
+        m.writes.increment(1);
+        m.original.increment(original as u64);
+        m.stored.increment(stored as u64);
+        let o = m
+            .total_original
+            .fetch_add(original as u64, Ordering::Relaxed)
+            + original as u64;
+        let s = m.total_stored.fetch_add(stored as u64, Ordering::Relaxed) + stored as u64;
+        if s > 0 {
+            m.ratio.set(o as f64 / s as f64);
+        }
     }
 }
 
@@ -394,6 +415,14 @@ pub fn install() -> Result<PrometheusHandle, String> {
     describe_counter!(
         "statecar_versions_written_total",
         "Versions added to state key histories."
+    );
+    describe_counter!(
+        "statecar_versions_trimmed_total",
+        "Old versions removed to keep histories at max_versions."
+    );
+    describe_gauge!(
+        "statecar_state_compression_ratio",
+        "Bytes written / bytes stored since start, by rule index."
     );
     describe_gauge!("statecar_up", "1 while the process runs.");
     describe_gauge!(
