@@ -9,7 +9,6 @@ use super::{Flow, ReplyMode, Session};
 use crate::command::Local;
 use crate::protocol::Command;
 use crate::reply::{self, Value};
-use crate::upstream::connect::read_frame;
 use crate::upstream::lease::Returned;
 
 fn parse_i64(b: &[u8]) -> Option<i64> {
@@ -243,21 +242,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             Some(Ok(l)) => l,
         };
         let addr = self.ctx.upstream.config().url.addr();
-        let raw = cmd.raw.clone();
-        let work = async {
-            use tokio::io::AsyncWriteExt;
-            lease
-                .conn
-                .stream
-                .write_all(&raw)
-                .await
-                .map_err(|e| crate::upstream::UpstreamError::io(&addr, &e))?;
-            let mut scanner = crate::protocol::Scanner::default();
-            let mut rbuf = std::mem::take(&mut lease.conn.rbuf);
-            let r = read_frame(&mut lease.conn.stream, &mut rbuf, &mut scanner, &addr).await;
-            lease.conn.rbuf = rbuf;
-            r
-        };
+        let work = lease.call(&cmd.raw, &addr);
         match self.wait(work).await {
             None => {
                 pool.release(lease, Returned::Broken);

@@ -33,7 +33,6 @@ use crate::state::plan::Plan;
 use crate::state::transform::{Pending, Reshape, Transform};
 use crate::telemetry;
 use crate::upstream::conn::{Batch, SharedConn};
-use crate::upstream::connect::read_frame;
 use crate::upstream::lease::Returned;
 use crate::upstream::{PoolKey, Upstream};
 use pinned::{Expect, NOT_COUNTED, Pinned};
@@ -788,20 +787,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             Some(Ok(l)) => l,
         };
         let addr = self.ctx.upstream.config().url.addr();
-        let work = async {
-            use tokio::io::AsyncWriteExt;
-            lease
-                .conn
-                .stream
-                .write_all(&cmd.raw)
-                .await
-                .map_err(|e| crate::upstream::UpstreamError::io(&addr, &e))?;
-            let mut scanner = crate::protocol::Scanner::default();
-            let mut rbuf = std::mem::take(&mut lease.conn.rbuf);
-            let r = read_frame(&mut lease.conn.stream, &mut rbuf, &mut scanner, &addr).await;
-            lease.conn.rbuf = rbuf;
-            r
-        };
+        let work = lease.call(&cmd.raw, &addr);
         let r = self.wait(work).await;
         match r {
             // The client left while blocked: the command is still pending in Redis, so the

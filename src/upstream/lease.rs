@@ -57,6 +57,25 @@ pub struct Lease {
     pub permit: OwnedSemaphorePermit,
 }
 
+impl Lease {
+    /// Sends one command and reads its reply (nothing else is in flight on a lease used so).
+    pub async fn call(&mut self, raw: &[u8], addr: &str) -> Result<bytes::Bytes, UpstreamError> {
+        self.conn
+            .stream
+            .write_all(raw)
+            .await
+            .map_err(|e| UpstreamError::io(addr, &e))?;
+        let mut scanner = Scanner::default();
+        read_frame(
+            &mut self.conn.stream,
+            &mut self.conn.rbuf,
+            &mut scanner,
+            addr,
+        )
+        .await
+    }
+}
+
 impl LeasePool {
     /// An empty pool.
     pub fn new(cfg: Arc<UpstreamConfig>, upstream: Weak<Upstream>) -> Arc<LeasePool> {
