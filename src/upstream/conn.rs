@@ -5,7 +5,7 @@
 //! contiguous slice of the read buffer: no reply is copied or re-encoded on the way back.
 
 use std::collections::VecDeque;
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -60,7 +60,7 @@ pub struct BatchFailure {
 /// Handle to a shared connection task.
 #[derive(Clone)]
 pub struct SharedConn {
-    tx: mpsc::UnboundedSender<Batch>,
+    tx: Arc<mpsc::UnboundedSender<Batch>>,
 }
 
 impl SharedConn {
@@ -68,7 +68,13 @@ impl SharedConn {
     pub fn spawn(upstream: Weak<Upstream>, key: PoolKey, index: usize) -> SharedConn {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(run(upstream, key, index, rx));
-        SharedConn { tx }
+        SharedConn { tx: Arc::new(tx) }
+    }
+
+    /// How many handles to this connection exist besides the pool's own: about the number of
+    /// clients assigned to it.
+    pub fn users(&self) -> usize {
+        Arc::strong_count(&self.tx).saturating_sub(1)
     }
 
     /// Queues a batch; it is answered through its `tx` in every case.
@@ -207,11 +213,22 @@ impl Serving {
     ) -> Result<(), UpstreamError> {
         let (mut rd, mut wr) = tokio::io::split(stream);
         self.deliver()?;
+        // One timer, re-armed only when the oldest outstanding batch changes: building a new
+        // timer on every turn of this loop was a visible share of the per-command cost.
+        let timer = tokio::time::sleep(self.timeout);
+        tokio::pin!(timer);
+        let mut armed: Option<Instant> = None;
         loop {
             if self.rbuf.capacity() - self.rbuf.len() < 8192 {
                 self.rbuf.reserve(64 * 1024);
             }
             let deadline = self.inflight.front().map(|f| f.sent_at + self.timeout);
+            if let Some(d) = deadline
+                && armed != Some(d)
+            {
+                timer.as_mut().reset(d);
+                armed = Some(d);
+            }
             tokio::select! {
                 biased;
                 r = rd.read_buf(&mut self.rbuf) => {
@@ -240,7 +257,7 @@ impl Serving {
                         self.wbuf.advance(n);
                     }
                 }
-                _ = sleep_opt(deadline), if deadline.is_some() => {
+                _ = &mut timer, if deadline.is_some() => {
                     return Err(UpstreamError::Timeout { addr: self.addr.clone(), ms: self.timeout_ms });
                 }
             }
@@ -327,13 +344,6 @@ impl Serving {
             fail(f.tx, partial, received, e);
         }
         self.consumed = 0;
-    }
-}
-
-async fn sleep_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
 
