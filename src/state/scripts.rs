@@ -96,7 +96,12 @@ for i = 1, npairs do
   else
     redis.call('SET', key, val)
   end
-  if hist ~= key then sync_ttl(key, hist) end
+  if hist ~= key then
+    if tmode == 'PX' then redis.call('PEXPIRE', hist, tval)
+    elseif tmode == 'PXAT' then redis.call('PEXPIREAT', hist, tval)
+    elseif tmode == 'KEEPTTL' then sync_ttl(key, hist)
+    else redis.call('PERSIST', hist) end
+  end
 end
 if old == true then old = false end
 return {1, old, ver, trimmed}

@@ -142,15 +142,17 @@ pub async fn read_frame<S: AsyncRead + Unpin>(
     }
 }
 
-/// Parses a complete reply frame with redis-protocol, as RESP3 (whose types include RESP2's),
-/// or as RESP2 for the RESP2-only nulls `$-1` and `*-1`.
+/// Parses a complete reply frame with redis-protocol into a RESP3 frame (RESP3's types include
+/// RESP2's). RESP2 is tried first when the frame starts like RESP2: most connections speak it,
+/// and the RESP3 parser rejects RESP2's `$-1`/`*-1` nulls only after building an error.
 pub fn decode_reply(frame: &Bytes) -> Option<BytesFrame> {
+    let resp2_first = matches!(frame.first(), Some(b'+' | b'-' | b':' | b'$' | b'*'));
+    if resp2_first && let Ok(Some((f, _))) = redis_protocol::resp2::decode::decode_bytes(frame) {
+        return Some(f.into_resp3());
+    }
     match redis_protocol::resp3::decode::complete::decode_bytes(frame) {
         Ok(Some((f, _))) => Some(f),
-        _ => match redis_protocol::resp2::decode::decode_bytes(frame) {
-            Ok(Some((f, _))) => Some(f.into_resp3()),
-            _ => None,
-        },
+        _ => None,
     }
 }
 
