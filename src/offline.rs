@@ -122,7 +122,11 @@ pub async fn decode(cfg: &Config, key: &str, version: Option<u64>, list: bool) -
                 let mut bad = 0;
                 for (n, stored) in versions {
                     match envelope::decode(&stored, cfg.max_decoded_size) {
-                        Ok(Decoded::State { meta, .. }) => println!("{n}: ok {}", describe(&meta)),
+                        Ok(Decoded::State { mut meta, .. }) => {
+                            // History entries are numbered by their field, not their header.
+                            meta.version = n as u32;
+                            println!("{n}: ok {}", describe(&meta));
+                        }
                         Ok(Decoded::Plain) => println!("{n}: plain value ({} bytes)", stored.len()),
                         Err(e) => {
                             bad += 1;
@@ -157,7 +161,10 @@ pub async fn decode(cfg: &Config, key: &str, version: Option<u64>, list: bool) -
         }
     };
     match envelope::decode(&stored, cfg.max_decoded_size) {
-        Ok(Decoded::State { value, meta }) => {
+        Ok(Decoded::State { value, mut meta }) => {
+            if let Some(v) = version {
+                meta.version = v as u32;
+            }
             eprintln!("{}", describe(&meta));
             let _ = std::io::stdout().write_all(&value);
             0

@@ -471,8 +471,15 @@ impl Apply<'_> {
         ) else {
             return unexpected("STATE.LOAD");
         };
+        let version = data.get(3).and_then(int_of).unwrap_or(0);
         let (value, meta) = match envelope::decode(&stored, self.engine.max_decoded) {
-            Ok(Decoded::State { value, meta }) => (Bytes::from(value), Some(meta)),
+            Ok(Decoded::State { value, mut meta }) => {
+                // History entries keep version 0 in their header; the script names the version.
+                if meta.version == 0 {
+                    meta.version = version as u32;
+                }
+                (Bytes::from(value), Some(meta))
+            }
             Ok(Decoded::Plain) => (stored.clone(), None),
             Err(e) => {
                 self.engine.decode(key, &stored);
