@@ -21,7 +21,7 @@
 #   BENCH_PARTS=throughput,memory
 #   MEM_STATES=10000    states in the memory measurement (16 KB each, MAX_VERSIONS versions)
 #   MAX_VERSIONS=10     max_versions of the session:* rule
-#   BENCH_WORKERS=0     statecar [server] worker_threads (0 = one per core)
+#   BENCH_WORKERS=1     statecar [server] worker_threads (1 = one thread, the default; 0 = one per core)
 #   BENCH_STATECAR_WRAPPER=  run statecar under this, e.g. for a profile:
 #                       BENCH_STATECAR_WRAPPER="valgrind --tool=callgrind --callgrind-out-file=/tmp/sc.cg"
 #   BENCH_KEEP=0        1 keeps the run directory (config, logs, report) under /tmp
@@ -53,7 +53,7 @@ while [[ $# -gt 0 ]]; do
 done
 
 MAX_VERSIONS=${MAX_VERSIONS:-10}
-BENCH_WORKERS=${BENCH_WORKERS:-0}
+BENCH_WORKERS=${BENCH_WORKERS:-1}
 BENCH_KEEP=${BENCH_KEEP:-0}
 WRAPPER=${BENCH_STATECAR_WRAPPER:-}
 
@@ -234,7 +234,7 @@ WORKERS_DESC=$BENCH_WORKERS
     echo "- Date: $STARTED, $ELAPSED s; load average before/after: $LOAD_BEFORE / $LOAD_AFTER"
     echo "- Machine: $(nproc) CPUs (\`nproc\`), $CPU_MODEL, $MEM_GIB GiB RAM, Linux $(uname -r)"
     echo "- Versions: Redis server $REDIS_VER; statecar $REV"
-    echo "- statecar: one rule \`session:*\` (lz4, versioning, max_versions = $MAX_VERSIONS, default min_size), upstream defaults (8 shared connections), server.worker_threads = $WORKERS_DESC, log level warn${WRAPPER:+, run under \`$WRAPPER\`}"
+    echo "- statecar: one rule \`session:*\` (lz4, versioning, max_versions = $MAX_VERSIONS, default min_size), upstream defaults (up to 8 shared connections, filled one at a time), server.worker_threads = $WORKERS_DESC, log level warn${WRAPPER:+, run under \`$WRAPPER\`}"
     echo "- Load generator: benches/state_e2e.rs, a RESP2 client on one tokio thread; redis-server \`--save \"\" --appendonly no\`"
     echo
     cat "$RUN/report.md"
