@@ -154,10 +154,22 @@ impl Pinned {
 
     /// Waits for every outstanding reply, then returns the connection to the pool.
     pub async fn finish(self) -> Result<(), UpstreamError> {
+        self.give_back(None).await
+    }
+
+    /// Drops the connection without the client (it is gone). The connection goes back to the
+    /// pool (reset) if its replies arrive within a short grace; otherwise the relay is stopped
+    /// and the connection closed, since its late replies would reach the next user.
+    pub fn abandon(mut self) {
+        self.dirty = true;
+        tokio::spawn(self.give_back(Some(std::time::Duration::from_millis(500))));
+    }
+
+    async fn give_back(self, grace: Option<std::time::Duration>) -> Result<(), UpstreamError> {
         let Pinned {
             wr,
             expect,
-            relay,
+            mut relay,
             permit,
             key,
             pool,
@@ -166,7 +178,18 @@ impl Pinned {
             ..
         } = self;
         let _ = expect.send(Expect::Finish);
-        match relay.await {
+        let end = match grace {
+            None => (&mut relay).await,
+            Some(d) => match tokio::time::timeout(d, &mut relay).await {
+                Ok(end) => end,
+                Err(_) => {
+                    relay.abort();
+                    crate::telemetry::leased_in_use(-1);
+                    return Err(UpstreamError::Closed { addr });
+                }
+            },
+        };
+        match end {
             Ok(RelayEnd::Finished(rd, rbuf)) => {
                 let stream = rd.unsplit(wr);
                 let how = if dirty {
@@ -188,37 +211,6 @@ impl Pinned {
                 Err(UpstreamError::Closed { addr })
             }
         }
-    }
-
-    /// Drops the connection without waiting (the client is gone): closes it if replies are
-    /// still outstanding, since they would reach the next user.
-    pub fn abandon(self) {
-        let Pinned {
-            wr,
-            expect,
-            relay,
-            permit,
-            key,
-            pool,
-            ..
-        } = self;
-        let _ = expect.send(Expect::Finish);
-        tokio::spawn(async move {
-            // A relay that is still waiting for replies after a short grace is given up.
-            match tokio::time::timeout(std::time::Duration::from_millis(500), relay).await {
-                Ok(Ok(RelayEnd::Finished(rd, rbuf))) => {
-                    let stream = rd.unsplit(wr);
-                    pool.release(
-                        Lease {
-                            conn: LeasedConn { stream, rbuf, key },
-                            permit,
-                        },
-                        Returned::Dirty,
-                    );
-                }
-                _ => crate::telemetry::leased_in_use(-1),
-            }
-        });
     }
 }
 

@@ -84,6 +84,16 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         Ok(())
     }
 
+    /// Takes a reply that is already there, or flushes what is buffered before waiting for it
+    /// (so earlier replies are not held back by a slow one). None if its sender is gone.
+    async fn wait<T>(&mut self, rx: &mut oneshot::Receiver<T>) -> std::io::Result<Option<T>> {
+        if let Ok(v) = rx.try_recv() {
+            return Ok(Some(v));
+        }
+        self.flush().await?;
+        Ok(rx.await.ok())
+    }
+
     /// Turns a batch outcome into the bytes the client sees: the replies that arrived, then one
     /// error per command that was not answered.
     async fn put_batch(
@@ -155,15 +165,8 @@ pub async fn run<W: AsyncWrite + Unpin>(
                     started,
                     discard,
                 } => {
-                    let r = match rx.try_recv() {
-                        Ok(r) => r,
-                        Err(_) => {
-                            w.flush().await?;
-                            match rx.await {
-                                Ok(r) => r,
-                                Err(_) => continue,
-                            }
-                        }
+                    let Some(r) = w.wait(&mut rx).await? else {
+                        continue;
                     };
                     telemetry::round_trip(started.elapsed());
                     w.put_batch(r, &ids, discard).await?;
@@ -175,15 +178,8 @@ pub async fn run<W: AsyncWrite + Unpin>(
                     started,
                     discard,
                 } => {
-                    let r = match rx.try_recv() {
-                        Ok(r) => r,
-                        Err(_) => {
-                            w.flush().await?;
-                            match rx.await {
-                                Ok(r) => r,
-                                Err(_) => continue,
-                            }
-                        }
+                    let Some(r) = w.wait(&mut rx).await? else {
+                        continue;
                     };
                     let r = match r {
                         Ok(b) => {
