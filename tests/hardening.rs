@@ -1,0 +1,123 @@
+//! Faults from issue 5 that need no special network setup: a Redis that stops answering, and
+//! statecar killed with SIGKILL in the middle of versioned writes.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+fn redis_pid(port: u16) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "INFO", "server"])
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .map(|p| p.trim().to_string())
+        .expect("process_id in INFO server")
+}
+
+fn signal(sig: &str, pid: &str) {
+    let st = Command::new("kill")
+        .args([sig, pid])
+        .status()
+        .expect("kill");
+    assert!(st.success(), "kill {sig} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_redis_gives_timeouts_then_recovers() {
+    let redis = RedisServer::start();
+    let sc = Statecar::start(
+        redis.port(),
+        "[upstream]\ntimeout_ms = 500\nconnect_timeout_ms = 500\n",
+    );
+    let mut c = RawConn::connect(sc.port()).await;
+    c.send_cmd(&["SET", "k", "v"]).await;
+    assert_eq!(c.read().await, ok());
+
+    let pid = redis_pid(redis.port());
+    signal("-STOP", &pid);
+    c.send_cmd(&["GET", "k"]).await;
+    let reply = within("timeout error while Redis is paused", c.read()).await;
+    let text = reply.error_text().unwrap_or_default().to_string();
+    signal("-CONT", &pid);
+    assert!(
+        text.contains("upstream timeout") && text.contains("500 ms"),
+        "expected a timeout error naming the deadline, got {reply:?}"
+    );
+
+    eventually("statecar serves again after Redis resumes", async || {
+        c.send_cmd(&["GET", "k"]).await;
+        c.read().await == bulk("v")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_versioned_writes_leaves_every_history_whole() {
+    let redis = RedisServer::start();
+    let rules = "[[state]]\npattern = \"s:*\"\ncompression = \"lz4\"\nmax_versions = 10000\n";
+    let mut sc = Statecar::start(redis.port(), rules);
+    let port = sc.port();
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        writers.push(tokio::spawn(async move {
+            let mut c = RawConn::connect(port).await;
+            let mut acked = 0u32;
+            for i in 0..100_000u32 {
+                let value = format!("writer {w} write {i} {}", "x".repeat(200));
+                if c.try_send(&encode(&["SET", &format!("s:{}", w % 4), &value]))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                match c.try_read().await {
+                    Ok(f) if f == ok() => acked += 1,
+                    _ => break,
+                }
+            }
+            acked
+        }));
+    }
+    // Let the writers get going, then kill statecar without warning.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    signal("-KILL", &sc.pid().to_string());
+    let _ = sc.wait_exit(Duration::from_secs(10));
+    let mut acked = 0;
+    for w in writers {
+        acked += w.await.expect("writer task");
+    }
+    assert!(acked > 0, "no write was acknowledged before the kill");
+
+    // Every key decodes and its history is numbered 1..last with no gap, the key holding `last`.
+    let cfg = sc.dir().join("statecar.toml");
+    let out = Command::new(statecar_bin())
+        .arg("verify")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .expect("statecar verify");
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "verify found problems:\n{report}");
+    assert!(report.contains("4 state keys"), "{report}");
+    assert!(report.contains(" 0 problems"), "{report}");
+    assert!(
+        !report.contains("versions between"),
+        "a history has a gap:\n{report}"
+    );
+    let versions: u64 = report
+        .split_whitespace()
+        .zip(report.split_whitespace().skip(1))
+        .find(|(_, w)| *w == "versions")
+        .and_then(|(n, _)| n.parse().ok())
+        .expect("version count in the verify report");
+    assert!(
+        versions >= acked as u64,
+        "{acked} writes were acknowledged but only {versions} versions exist"
+    );
+}
