@@ -139,7 +139,10 @@ const COMMANDS: &[&str] = &[
 ];
 
 /// Index of a command name (any case) in the metric table; 0 is "other".
+///
+/// Called for every command, so it is one hash lookup rather than a scan of the table.
 pub fn command_id(name: &[u8]) -> u16 {
+    static INDEX: OnceLock<std::collections::HashMap<&'static [u8], u16>> = OnceLock::new();
     if name.len() > 20 {
         return 0;
     }
@@ -147,12 +150,14 @@ pub fn command_id(name: &[u8]) -> u16 {
     for (d, s) in buf.iter_mut().zip(name) {
         *d = s.to_ascii_uppercase();
     }
-    let up = &buf[..name.len()];
-    COMMANDS
-        .iter()
-        .position(|c| c.as_bytes() == up)
-        .map(|i| i as u16)
-        .unwrap_or(0)
+    let index = INDEX.get_or_init(|| {
+        COMMANDS
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.as_bytes(), i as u16))
+            .collect()
+    });
+    index.get(&buf[..name.len()]).copied().unwrap_or(0)
 }
 
 struct Handles {
@@ -530,4 +535,18 @@ pub fn init_logging(level: &str, json: bool) {
     } else {
         b.try_init()
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_ids_are_case_insensitive_and_default_to_other() {
+        assert_eq!(command_id(b"get"), command_id(b"GET"));
+        assert_ne!(command_id(b"GET"), 0);
+        assert_eq!(COMMANDS[command_id(b"state.load") as usize], "STATE.LOAD");
+        assert_eq!(command_id(b"NOSUCHCOMMAND"), 0);
+        assert_eq!(command_id(b"a-name-longer-than-twenty-bytes"), 0);
+    }
 }
