@@ -121,3 +121,25 @@ async fn sigkill_during_versioned_writes_leaves_every_history_whole() {
         "{acked} writes were acknowledged but only {versions} versions exist"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_commands_get_noperm_and_others_pass() {
+    let redis = RedisServer::start();
+    let sc = Statecar::start(
+        redis.port(),
+        "[security]\ndeny_commands = [\"FLUSHALL\", \"config|set\"]\n",
+    );
+    let mut c = RawConn::connect(sc.port()).await;
+    for cmd in [&["flushall"][..], &["CONFIG", "set", "maxmemory", "1"][..]] {
+        c.send_cmd(cmd).await;
+        let reply = c.read().await;
+        assert!(
+            reply.error_text().is_some_and(|t| t.starts_with("NOPERM")),
+            "{cmd:?} should be refused, got {reply:?}"
+        );
+    }
+    c.send_cmd(&["CONFIG", "GET", "maxmemory"]).await;
+    assert!(!c.read().await.is_error(), "CONFIG GET is not denied");
+    c.send_cmd(&["SET", "k", "v"]).await;
+    assert_eq!(c.read().await, ok());
+}

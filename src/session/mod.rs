@@ -368,10 +368,11 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         if self.pinned.is_some() {
             return Box::pin(self.dispatch_pinned(kind, cmd)).await;
         }
-        if kind == Kind::Plain
-            && !self.ctx.state.load().is_empty()
-            && let Some(plan) = self.ctx.state.load().plan(&cmd)
-        {
+        let plan = (kind == Kind::Plain)
+            .then(|| self.ctx.state.load())
+            .filter(|state| !state.is_empty())
+            .and_then(|state| state.plan(&cmd));
+        if let Some(plan) = plan {
             return Box::pin(self.run_plan(plan)).await;
         }
         match kind {
@@ -400,14 +401,19 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         if cfg.deny_commands.is_empty() {
             return false;
         }
-        let name = cmd.name();
-        let sub = cmd
-            .args
-            .get(1)
-            .map(|s| format!("{name}|{}", String::from_utf8_lossy(s).to_ascii_uppercase()));
-        cfg.deny_commands
-            .iter()
-            .any(|d| *d == name || Some(d) == sub.as_ref())
+        // Compared in place: this runs for every command once a deny-list is configured.
+        let name = &cmd.args[0];
+        let sub = cmd.args.get(1);
+        cfg.deny_commands.iter().any(|d| {
+            let d = d.as_bytes();
+            match d.iter().position(|&c| c == b'|') {
+                None => d.eq_ignore_ascii_case(name),
+                Some(bar) => {
+                    d[..bar].eq_ignore_ascii_case(name)
+                        && sub.is_some_and(|s| d[bar + 1..].eq_ignore_ascii_case(s))
+                }
+            }
+        })
     }
 
     /// Leases a dedicated connection for this client; `Some(flow)` if that failed.
@@ -482,10 +488,11 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 )))
                 .await;
         }
-        if matches!(kind, Kind::Plain | Kind::Blocking)
-            && !self.ctx.state.load().is_empty()
-            && let Some(plan) = self.ctx.state.load().plan(&cmd)
-        {
+        let plan = matches!(kind, Kind::Plain | Kind::Blocking)
+            .then(|| self.ctx.state.load())
+            .filter(|state| !state.is_empty())
+            .and_then(|state| state.plan(&cmd));
+        if let Some(plan) = plan {
             return self.run_plan_pinned(plan).await;
         }
         let discard = self.take_discard();
@@ -677,7 +684,13 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 })
                 .await
             }
-            Plan::Script { .. } => Flow::Continue,
+            // script_plan converts every script; never drop a command silently if that changes.
+            Plan::Script { .. } => {
+                self.reply(reply::error(
+                    "ERR statecar: internal error: unplanned script",
+                ))
+                .await
+            }
         }
     }
 
@@ -729,7 +742,13 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 };
                 self.send_pinned(&raw, Some(expect)).await
             }
-            Plan::Script { .. } => Flow::Continue,
+            // script_plan converts every script; never drop a command silently if that changes.
+            Plan::Script { .. } => {
+                self.reply(reply::error(
+                    "ERR statecar: internal error: unplanned script",
+                ))
+                .await
+            }
         }
     }
 

@@ -632,17 +632,16 @@ impl StateEngine {
                     }
                     i += 2;
                 }
-                // Let Redis filter when one pattern says it all; otherwise filter here.
-                let (scan_match, filter) = match (&pattern, self.rules.len()) {
-                    (Some(p), _) => (Some(p.clone()), None),
-                    (None, 1) => (
-                        self.rules
-                            .iter()
-                            .next()
-                            .map(|r| Bytes::from(r.pattern.clone())),
-                        None,
-                    ),
-                    (None, _) => (None, None),
+                // Redis filters by the client's pattern, or by the only rule's; rule matching
+                // (and hiding statecar's own keys) happens on the reply.
+                let scan_match = match (&pattern, self.rules.len()) {
+                    (Some(p), _) => Some(p.clone()),
+                    (None, 1) => self
+                        .rules
+                        .iter()
+                        .next()
+                        .map(|r| Bytes::from(r.pattern.clone())),
+                    (None, _) => None,
                 };
                 let mut args: Vec<&[u8]> = vec![b"SCAN", &cursor];
                 if let Some(m) = &scan_match {
@@ -654,7 +653,7 @@ impl StateEngine {
                 Plan::Send {
                     raw: raw.freeze(),
                     pending: Box::new(Pending {
-                        transform: Transform::List { pattern: filter },
+                        transform: Transform::List,
                         retry: None,
                     }),
                 }

@@ -74,11 +74,8 @@ pub enum Transform {
     },
     /// STATE.VERSIONS
     Versions,
-    /// STATE.LIST: SCAN's reply filtered to state keys (and the client's pattern).
-    List {
-        /// The client's MATCH pattern, when it was not the one sent to SCAN.
-        pattern: Option<Bytes>,
-    },
+    /// STATE.LIST: SCAN's reply filtered to state keys.
+    List,
     /// STATE.STATS: INFO memory plus the proxy's totals.
     Stats,
     /// EXEC: one entry per queued command.
@@ -294,7 +291,7 @@ impl Apply<'_> {
                 Transform::Write { key, shape } => self.write(key, *shape, reply).await,
                 Transform::Load { key } => self.load(key, reply),
                 Transform::Versions => self.versions(reply),
-                Transform::List { pattern } => self.list(pattern.as_deref(), reply),
+                Transform::List => self.list(reply),
                 Transform::Stats => self.stats(reply),
                 Transform::Exec(items) => self.exec(items, reply).await,
             }
@@ -532,7 +529,7 @@ impl Apply<'_> {
         Value::Array(out).encode(self.proto)
     }
 
-    fn list(&self, pattern: Option<&[u8]>, reply: Bytes) -> Bytes {
+    fn list(&self, reply: Bytes) -> Bytes {
         let Some(BytesFrame::Array { data, .. }) = decode_reply(&reply) else {
             return unexpected("SCAN");
         };
@@ -545,7 +542,6 @@ impl Apply<'_> {
             .iter()
             .filter_map(|k| k.as_bytes())
             .filter(|k| self.engine.rule_for(k).is_some())
-            .filter(|k| pattern.is_none_or(|p| super::rules::glob_match(p, k, false)))
             .map(|k| Value::Bulk(Bytes::copy_from_slice(k)))
             .collect();
         Value::Array(vec![Value::Bulk(cursor), Value::Array(keys)]).encode(self.proto)
