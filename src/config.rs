@@ -12,7 +12,7 @@ use thiserror::Error;
 use crate::protocol::Limits;
 use crate::state::rules::{Rule, RuleConfig, Rules};
 use crate::tls::{ClientOptions, ClientTls, ServerTls, TlsError};
-use crate::upstream::url::UpstreamUrl;
+use crate::upstream::url::{Addr, UpstreamUrl};
 
 /// A configuration problem, always naming the field.
 #[derive(Debug, Error)]
@@ -106,6 +106,16 @@ pub struct UpstreamSection {
     pub keepalive_s: u64,
     /// TLS settings for `rediss://` URLs.
     pub tls: Option<UpstreamTlsSection>,
+    /// `standalone` (default), `cluster` or `sentinel`.
+    pub mode: String,
+    /// Cluster seed nodes (`host:port`); the rest of the cluster is learned from them.
+    pub nodes: Vec<String>,
+    /// Sentinel addresses (`host:port`).
+    pub sentinels: Vec<String>,
+    /// The name the sentinels monitor the primary under.
+    pub master_name: Option<String>,
+    /// Password for the sentinels themselves (Redis's `requirepass` on the sentinel), if any.
+    pub sentinel_password: Option<String>,
 }
 
 impl Default for UpstreamSection {
@@ -119,6 +129,11 @@ impl Default for UpstreamSection {
             retry_on_timeout: false,
             keepalive_s: 60,
             tls: None,
+            mode: "standalone".into(),
+            nodes: Vec::new(),
+            sentinels: Vec::new(),
+            master_name: None,
+            sentinel_password: None,
         }
     }
 }
@@ -336,6 +351,29 @@ pub struct UpstreamConfig {
     pub keepalive_s: u64,
     /// The TLS connector; `Some` exactly when the URL is `rediss://`.
     pub tls: Option<ClientTls>,
+    /// How the Redis deployment is found.
+    pub mode: Mode,
+}
+
+/// Where the Redis that statecar fronts lives.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// One server, at `upstream.url`.
+    Standalone,
+    /// A Redis Cluster, discovered from seed nodes.
+    Cluster {
+        /// `upstream.nodes`.
+        seeds: Vec<Addr>,
+    },
+    /// A primary found and followed through Redis Sentinel.
+    Sentinel {
+        /// `upstream.sentinels`.
+        sentinels: Vec<Addr>,
+        /// `upstream.master_name`.
+        master_name: String,
+        /// `upstream.sentinel_password`.
+        password: Option<String>,
+    },
 }
 
 impl FileConfig {
@@ -454,6 +492,114 @@ fn positive(field: &str, v: u64) -> Result<(), ConfigError> {
     Ok(())
 }
 
+fn addrs(field: &str, list: &[String]) -> Result<Vec<Addr>, ConfigError> {
+    list.iter()
+        .enumerate()
+        .map(|(i, s)| Addr::parse(s).map_err(|m| invalid(&format!("{field}[{i}]"), m)))
+        .collect()
+}
+
+/// Validates `upstream.mode` and the fields that go with it.
+fn upstream_mode(up: &UpstreamSection, url: &UpstreamUrl) -> Result<Mode, ConfigError> {
+    let unused = |field: &str, mode: &str| {
+        invalid(
+            field,
+            format!("is not used with upstream.mode = \"{mode}\" (remove it)"),
+        )
+    };
+    match up.mode.as_str() {
+        "standalone" => {
+            if !up.nodes.is_empty() {
+                return Err(unused("upstream.nodes", "standalone"));
+            }
+            if !up.sentinels.is_empty() {
+                return Err(unused("upstream.sentinels", "standalone"));
+            }
+            Ok(Mode::Standalone)
+        }
+        "cluster" => {
+            if up.nodes.is_empty() {
+                return Err(invalid(
+                    "upstream.nodes",
+                    "must list at least one cluster node (host:port) when upstream.mode = \"cluster\"",
+                ));
+            }
+            if !up.sentinels.is_empty() {
+                return Err(unused("upstream.sentinels", "cluster"));
+            }
+            if url.db != 0 {
+                return Err(invalid(
+                    "upstream.url",
+                    "selects a database other than 0, but Redis Cluster has only database 0",
+                ));
+            }
+            Ok(Mode::Cluster {
+                seeds: addrs("upstream.nodes", &up.nodes)?,
+            })
+        }
+        "sentinel" => {
+            if up.sentinels.is_empty() {
+                return Err(invalid(
+                    "upstream.sentinels",
+                    "must list at least one sentinel (host:port) when upstream.mode = \"sentinel\"",
+                ));
+            }
+            if !up.nodes.is_empty() {
+                return Err(unused("upstream.nodes", "sentinel"));
+            }
+            let master_name = match up.master_name.as_deref() {
+                Some(m) if !m.is_empty() => m.to_string(),
+                _ => {
+                    return Err(invalid(
+                        "upstream.master_name",
+                        "is required when upstream.mode = \"sentinel\"",
+                    ));
+                }
+            };
+            Ok(Mode::Sentinel {
+                sentinels: addrs("upstream.sentinels", &up.sentinels)?,
+                master_name,
+                password: up.sentinel_password.clone(),
+            })
+        }
+        other => Err(invalid(
+            "upstream.mode",
+            format!("\"{other}\" is not standalone, cluster or sentinel"),
+        )),
+    }
+}
+
+impl std::fmt::Debug for Mode {
+    // The sentinel password never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Mode::Standalone => write!(f, "standalone"),
+            Mode::Cluster { seeds } => write!(
+                f,
+                "cluster({})",
+                seeds
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            Mode::Sentinel {
+                sentinels,
+                master_name,
+                ..
+            } => write!(
+                f,
+                "sentinel({master_name} via {})",
+                sentinels
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        }
+    }
+}
+
 impl Config {
     /// Merges file and overrides, then validates everything.
     pub fn build(file: FileConfig, o: &Overrides) -> Result<Config, ConfigError> {
@@ -555,6 +701,7 @@ impl Config {
             }
             (false, None) => None,
         };
+        let mode = upstream_mode(up, &url)?;
         let tls = file.tls.as_ref().map(server_tls).transpose()?;
         let mut rules = Vec::new();
         for (i, r) in file.state.iter().enumerate() {
@@ -574,6 +721,7 @@ impl Config {
                 retry_on_timeout: up.retry_on_timeout,
                 keepalive_s: up.keepalive_s,
                 tls: upstream_tls,
+                mode,
             },
             limits: Limits {
                 max_bulk_len: l.max_bulk_len,

@@ -11,6 +11,7 @@ pub mod config;
 pub mod offline;
 pub mod protocol;
 pub mod reply;
+pub mod route;
 pub mod server;
 pub mod session;
 pub mod state;
@@ -59,6 +60,36 @@ pub async fn run(cfg: Arc<config::Config>, reload: Option<Reloader>) -> Result<(
     if let Some((l, handle)) = metrics {
         tokio::spawn(telemetry::serve_http(l, handle, upstream.clone()));
     }
+    match &cfg.upstream.mode {
+        config::Mode::Standalone => {}
+        config::Mode::Cluster { seeds } => {
+            tokio::spawn(upstream::cluster::maintain(upstream.clone(), seeds.clone()));
+        }
+        config::Mode::Sentinel {
+            sentinels,
+            master_name,
+            password,
+        } => {
+            tokio::spawn(upstream::sentinel::follow(
+                upstream.clone(),
+                sentinels.clone(),
+                master_name.clone(),
+                password.clone(),
+            ));
+        }
+    }
+    if cfg.upstream.mode != config::Mode::Standalone {
+        // Give the first slot map or primary address a moment, so the first clients are
+        // routed directly; if it takes longer, commands fail clearly until it arrives.
+        let deadline = tokio::time::Instant::now()
+            + std::time::Duration::from_millis(cfg.upstream.connect_timeout_ms);
+        while upstream.epoch() == 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        if upstream.epoch() == 0 {
+            tracing::warn!(mode = ?cfg.upstream.mode, "upstream topology not known yet; starting anyway");
+        }
+    }
     tokio::spawn(upstream::probe(upstream.clone()));
     if let Some(reload) = reload {
         tokio::spawn(reload_on_sighup(ctx.clone(), reload));
@@ -66,6 +97,7 @@ pub async fn run(cfg: Arc<config::Config>, reload: Option<Reloader>) -> Result<(
     tracing::info!(
         listen = %cfg.listen,
         upstream = %cfg.upstream.url.redacted(),
+        mode = ?cfg.upstream.mode,
         rules = cfg.rules.len(),
         metrics = ?cfg.metrics_listen,
         "statecar started"
@@ -86,7 +118,10 @@ async fn reload_on_sighup(ctx: Arc<session::Ctx>, reload: Reloader) {
         match reload() {
             Ok(new) => {
                 let old = ctx.cfg.load_full();
-                if new.listen != old.listen || new.upstream.url != old.upstream.url {
+                if new.listen != old.listen
+                    || new.upstream.url != old.upstream.url
+                    || new.upstream.mode != old.upstream.mode
+                {
                     tracing::warn!(
                         "listen and upstream changes need a restart; keeping the old ones"
                     );

@@ -9,12 +9,13 @@ use bytes::{Bytes, BytesMut};
 use redis_protocol::resp3::types::{BytesFrame, Resp3Frame};
 use tokio::io::AsyncWriteExt;
 
-use crate::config::Config;
+use crate::config::{Config, Mode};
 use crate::protocol::{Scanner, encode_multibulk};
 use crate::state::envelope::{self, Decoded, Meta};
 use crate::state::keys::{history_key, is_reserved};
 use crate::upstream::connect::{self, Stream, decode_reply, read_frame};
-use crate::upstream::{PoolKey, UpstreamError};
+use crate::upstream::url::Addr;
+use crate::upstream::{PoolKey, UpstreamError, cluster, sentinel};
 
 /// A plain request/response connection to Redis.
 struct Direct {
@@ -24,18 +25,63 @@ struct Direct {
     addr: String,
 }
 
+/// The servers to read: the standalone server, the primary the sentinels name, or the
+/// cluster primaries (only the one serving `key`'s slot when a key is given).
+async fn servers(cfg: &Config, key: Option<&[u8]>) -> Result<Vec<Addr>, String> {
+    match &cfg.upstream.mode {
+        Mode::Standalone => Ok(vec![cfg.upstream.url.node()]),
+        Mode::Sentinel {
+            sentinels,
+            master_name,
+            password,
+        } => {
+            let mut last = String::from("no sentinel configured");
+            for s in sentinels {
+                let ask = sentinel::primary_of(s, master_name, password.as_deref());
+                let wait = std::time::Duration::from_millis(cfg.upstream.connect_timeout_ms);
+                match tokio::time::timeout(wait, ask).await {
+                    Ok(Ok(a)) => return Ok(vec![a]),
+                    Ok(Err(e)) => last = format!("sentinel {s}: {e}"),
+                    Err(_) => last = format!("sentinel {s}: no answer"),
+                }
+            }
+            Err(last)
+        }
+        Mode::Cluster { seeds } => {
+            let mut last = String::from("no cluster node configured");
+            for s in seeds {
+                match cluster::load_slots(&cfg.upstream, s).await {
+                    Ok((masters, slots)) => {
+                        return Ok(match key {
+                            None => masters,
+                            Some(k) => slots
+                                .get(crate::route::slot(k) as usize)
+                                .and_then(|&i| masters.get(i as usize))
+                                .cloned()
+                                .into_iter()
+                                .collect(),
+                        });
+                    }
+                    Err(e) => last = format!("{s}: {e}"),
+                }
+            }
+            Err(last)
+        }
+    }
+}
+
 impl Direct {
-    async fn open(cfg: &Config) -> Result<Direct, UpstreamError> {
+    async fn open(cfg: &Config, node: &Addr) -> Result<Direct, UpstreamError> {
         let key = PoolKey {
             db: cfg.upstream.url.db,
             proto: 2,
         };
-        let c = connect::connect(&cfg.upstream, key).await?;
+        let c = connect::connect(&cfg.upstream, node, key).await?;
         Ok(Direct {
             stream: c.stream,
             rbuf: c.rbuf,
             scanner: Scanner::default(),
-            addr: cfg.upstream.url.addr(),
+            addr: node.to_string(),
         })
     }
 
@@ -108,7 +154,18 @@ async fn history(d: &mut Direct, key: &[u8]) -> Result<(Vec<(u64, Bytes)>, u64),
 /// `statecar decode KEY [--version N] [--versions]`: prints the decoded value (raw bytes to
 /// stdout, metadata to stderr) or the list of versions. Returns the process exit code.
 pub async fn decode(cfg: &Config, key: &str, version: Option<u64>, list: bool) -> i32 {
-    let mut d = match Direct::open(cfg).await {
+    let node = match servers(cfg, Some(key.as_bytes())).await {
+        Ok(n) if !n.is_empty() => n[0].clone(),
+        Ok(_) => {
+            eprintln!("statecar decode: no cluster node serves the key's slot");
+            return 2;
+        }
+        Err(e) => {
+            eprintln!("statecar decode: {e}");
+            return 2;
+        }
+    };
+    let mut d = match Direct::open(cfg, &node).await {
         Ok(d) => d,
         Err(e) => {
             eprintln!("statecar decode: {e}");
@@ -187,34 +244,64 @@ pub async fn decode(cfg: &Config, key: &str, version: Option<u64>, list: bool) -
 /// `statecar verify`: checks every state key (current value and history) and that each
 /// history is numbered without gaps up to the current version. Returns the exit code.
 pub async fn verify(cfg: &Config, pattern: Option<&str>) -> i32 {
-    let mut d = match Direct::open(cfg).await {
-        Ok(d) => d,
+    let nodes = match servers(cfg, None).await {
+        Ok(n) => n,
         Err(e) => {
             eprintln!("statecar verify: {e}");
             return 2;
         }
     };
-    let mut cursor = b"0".to_vec();
-    let (mut keys, mut versions, mut problems) = (0u64, 0u64, 0u64);
-    loop {
-        let mut args: Vec<&[u8]> = vec![b"SCAN", &cursor, b"COUNT", b"500"];
-        if let Some(p) = pattern {
-            args.extend([&b"MATCH"[..], p.as_bytes()]);
-        }
-        let f = match d.call(&args).await {
-            Ok(f) => f,
+    let mut totals = Totals::default();
+    for node in &nodes {
+        let mut d = match Direct::open(cfg, node).await {
+            Ok(d) => d,
             Err(e) => {
                 eprintln!("statecar verify: {e}");
                 return 2;
             }
         };
-        let BytesFrame::Array { data, .. } = f else {
+        if let Err(e) = verify_node(cfg, pattern, &mut d, &mut totals).await {
+            eprintln!("statecar verify: {node}: {e}");
             return 2;
+        }
+    }
+    let Totals {
+        keys,
+        versions,
+        problems,
+    } = totals;
+    println!("{keys} state keys, {versions} versions checked, {problems} problems");
+    i32::from(problems > 0)
+}
+
+#[derive(Default)]
+struct Totals {
+    keys: u64,
+    versions: u64,
+    problems: u64,
+}
+
+async fn verify_node(
+    cfg: &Config,
+    pattern: Option<&str>,
+    d: &mut Direct,
+    t: &mut Totals,
+) -> Result<(), String> {
+    let mut cursor = b"0".to_vec();
+    let (keys, versions, problems) = (&mut t.keys, &mut t.versions, &mut t.problems);
+    loop {
+        let mut args: Vec<&[u8]> = vec![b"SCAN", &cursor, b"COUNT", b"500"];
+        if let Some(p) = pattern {
+            args.extend([&b"MATCH"[..], p.as_bytes()]);
+        }
+        let f = d.call(&args).await?;
+        let BytesFrame::Array { data, .. } = f else {
+            return Err("unexpected reply to SCAN".into());
         };
         let (Some(next), Some(BytesFrame::Array { data: batch, .. })) =
             (data.first().and_then(bulk), data.get(1))
         else {
-            return 2;
+            return Err("unexpected reply to SCAN".into());
         };
         for k in batch.iter().filter_map(|k| k.as_bytes()) {
             if is_reserved(k) {
@@ -223,7 +310,7 @@ pub async fn verify(cfg: &Config, pattern: Option<&str>) -> i32 {
             let Some(rule) = cfg.rules.match_key(k) else {
                 continue;
             };
-            keys += 1;
+            *keys += 1;
             let shown = String::from_utf8_lossy(k);
             let current = match d.call(&[b"GET", k]).await {
                 Ok(f) => bulk(&f),
@@ -235,7 +322,7 @@ pub async fn verify(cfg: &Config, pattern: Option<&str>) -> i32 {
                     Ok(Decoded::State { meta, .. }) => current_version = Some(meta.version as u64),
                     Ok(Decoded::Plain) => {}
                     Err(e) => {
-                        problems += 1;
+                        *problems += 1;
                         println!("{shown}: current value DAMAGED: {e}");
                     }
                 }
@@ -243,20 +330,20 @@ pub async fn verify(cfg: &Config, pattern: Option<&str>) -> i32 {
             if !rule.versioning {
                 continue;
             }
-            let Ok((hist, last)) = history(&mut d, k).await else {
+            let Ok((hist, last)) = history(d, k).await else {
                 continue;
             };
             for (n, stored) in &hist {
-                versions += 1;
+                *versions += 1;
                 if let Err(e) = envelope::decode(stored, cfg.max_decoded_size) {
-                    problems += 1;
+                    *problems += 1;
                     println!("{shown}: version {n} DAMAGED: {e}");
                 }
             }
             if let Some(cv) = current_version
                 && cv != last
             {
-                problems += 1;
+                *problems += 1;
                 println!("{shown}: current value is version {cv} but the history's last is {last}");
             }
             if let Some(&(first, _)) = hist.first() {
@@ -274,6 +361,5 @@ pub async fn verify(cfg: &Config, pattern: Option<&str>) -> i32 {
             break;
         }
     }
-    println!("{keys} state keys, {versions} versions checked, {problems} problems");
-    i32::from(problems > 0)
+    Ok(())
 }

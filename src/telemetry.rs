@@ -216,6 +216,16 @@ pub fn upstream_reconnect() {
     counter!("statecar_upstream_reconnects_total").increment(1);
 }
 
+/// A cluster redirect (MOVED, ASK, TRYAGAIN) was followed on a client's behalf.
+pub fn cluster_redirect(kind: &'static str) {
+    counter!("statecar_cluster_redirects_total", "kind" => kind).increment(1);
+}
+
+/// The upstream topology changed (a new cluster slot map, or a Sentinel failover).
+pub fn topology_change() {
+    counter!("statecar_upstream_topology_changes_total").increment(1);
+}
+
 /// Open shared upstream connections went up or down.
 pub fn upstream_connections(delta: i64) {
     gauge!("statecar_upstream_shared_connections").increment(delta as f64);
@@ -357,6 +367,14 @@ pub fn install() -> Result<PrometheusHandle, String> {
         "Shared upstream connections that broke and were reopened."
     );
     describe_counter!(
+        "statecar_cluster_redirects_total",
+        "Cluster MOVED/ASK/TRYAGAIN replies followed for clients, by kind."
+    );
+    describe_counter!(
+        "statecar_upstream_topology_changes_total",
+        "New cluster slot maps installed and Sentinel failovers followed."
+    );
+    describe_counter!(
         "statecar_upstream_errors_total",
         "Commands answered with an upstream error, by kind."
     );
@@ -440,6 +458,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
         "statecar_checksum_failures_total",
         "statecar_auth_failures_total",
         "statecar_upstream_reconnects_total",
+        "statecar_upstream_topology_changes_total",
         "statecar_upstream_lease_waits_total",
         "statecar_versions_written_total",
         "statecar_versions_trimmed_total",

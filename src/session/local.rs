@@ -235,13 +235,13 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         if !self.barrier().await {
             return Flow::Stop;
         }
-        let pool = self.ctx.upstream.leases().clone();
+        let pool = self.ctx.upstream.primary().leases().clone();
         let mut lease = match self.wait(pool.acquire(self.key())).await {
             None => return Flow::Stop,
             Some(Err(e)) => return self.reply(Bytes::from(e.to_resp())).await,
             Some(Ok(l)) => l,
         };
-        let addr = self.ctx.upstream.config().url.addr();
+        let addr = pool.addr().to_string();
         let work = lease.call(&cmd.raw, &addr);
         match self.wait(work).await {
             None => {

@@ -7,6 +7,7 @@
 //! upstream connection to another, the reader first waits until everything sent on the old one
 //! has been answered (a barrier), so Redis always executes a client's commands in its order.
 
+mod cluster;
 mod local;
 pub mod pinned;
 pub mod writer;
@@ -34,6 +35,7 @@ use crate::state::transform::{Pending, Reshape, Transform};
 use crate::telemetry;
 use crate::upstream::conn::{Batch, SharedConn};
 use crate::upstream::lease::Returned;
+use crate::upstream::node::Node;
 use crate::upstream::{PoolKey, Upstream};
 use pinned::{Expect, NOT_COUNTED, Pinned};
 use tokio::time::Instant;
@@ -42,6 +44,8 @@ use writer::Out;
 /// A batch is sent once it holds this many commands or bytes, to bound per-item memory.
 const BATCH_MAX_COMMANDS: usize = 128;
 const BATCH_MAX_BYTES: usize = 256 * 1024;
+/// `conns` key of the primary's connections (no node id is this large).
+const PRIMARY: u64 = u64::MAX;
 /// Input buffered while the session waits (barrier, blocking command) before it stops reading.
 const MAX_BUFFER_WHILE_WAITING: usize = 1024 * 1024;
 
@@ -93,11 +97,23 @@ pub struct Session<S> {
     name: Option<Bytes>,
     authed: bool,
     reply_mode: ReplyMode,
-    shared: Option<(PoolKey, SharedConn)>,
+    /// Shared connections this client uses, by node id (`PRIMARY` for the standalone or
+    /// Sentinel server) and pool key; dropped when the topology epoch changes.
+    conns: Vec<(u64, PoolKey, SharedConn)>,
+    epoch: u64,
+    /// Cluster: the node the command being dispatched goes to (`None`: the primary).
+    route: Option<Arc<Node>>,
     batch: BytesMut,
     batch_n: usize,
     batch_ids: Vec<u16>,
     batch_discard: bool,
+    /// Cluster: the node the gathered batch goes to, and where each command in it ends (to
+    /// re-send one that Redis redirected).
+    batch_route: Option<Arc<Node>>,
+    batch_ends: Vec<u32>,
+    /// Cluster: MULTI was answered but no connection is pinned until a key picks the node;
+    /// keyless commands queued meanwhile.
+    deferred_multi: Option<Vec<Command>>,
     /// Metric id of the command being dispatched.
     cur: u16,
     /// When the input being processed was read.
@@ -135,11 +151,16 @@ where
         name: None,
         authed,
         reply_mode: ReplyMode::On,
-        shared: None,
+        conns: Vec::new(),
+        epoch: 0,
+        route: None,
         batch: BytesMut::new(),
         batch_n: 0,
         batch_ids: Vec::new(),
         batch_discard: false,
+        batch_route: None,
+        batch_ends: Vec::new(),
+        deferred_multi: None,
         cur: 0,
         read_at: Instant::now(),
         evalsha_in_flight: false,
@@ -244,10 +265,21 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         if self.batch_n == 0 {
             return;
         }
-        let conn = self.shared_conn();
+        let route = self.batch_route.take();
+        let conn = self.conn_for(route.as_ref());
         let (tx, rx) = oneshot::channel();
+        let bytes = self.batch.split().freeze();
+        let redirect = route.map(|node| {
+            Box::new(writer::Redirectable {
+                cmds: bytes.clone(),
+                ends: std::mem::take(&mut self.batch_ends),
+                node,
+                key: self.key(),
+                up: self.ctx.upstream.clone(),
+            })
+        });
         conn.send(Batch {
-            bytes: self.batch.split().freeze(),
+            bytes,
             replies: self.batch_n,
             tx,
         });
@@ -259,6 +291,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 ids: std::mem::take(&mut self.batch_ids),
                 started: self.read_at,
                 discard: self.batch_discard,
+                redirect,
             })
             .await;
     }
@@ -266,13 +299,24 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
     /// Adds a plain command to the batch for the shared connection.
     async fn forward(&mut self, raw: &[u8]) -> Flow {
         let discard = self.take_discard();
-        if self.batch_n > 0 && discard != self.batch_discard {
+        let other_node = match (&self.route, &self.batch_route) {
+            (Some(a), Some(b)) => a.id != b.id,
+            _ => false,
+        };
+        if self.batch_n > 0 && (discard != self.batch_discard || other_node) {
             self.flush_batch().await;
         }
         self.batch_discard = discard;
         self.batch.extend_from_slice(raw);
         self.batch_n += 1;
         self.batch_ids.push(self.cur);
+        if let Some(node) = &self.route {
+            // Cluster: remember the node and where this command ends, for redirects.
+            if self.batch_route.is_none() {
+                self.batch_route = Some(node.clone());
+            }
+            self.batch_ends.push(self.batch.len() as u32);
+        }
         if self.batch_n >= BATCH_MAX_COMMANDS || self.batch.len() >= BATCH_MAX_BYTES {
             self.flush_batch().await;
         }
@@ -353,6 +397,11 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 )))
                 .await;
         }
+        if self.cluster()
+            && let Some(flow) = Box::pin(self.route_cluster(kind, &cmd)).await
+        {
+            return flow;
+        }
         // Rare paths are boxed: an idle client's future is as large as its largest await.
         if let Kind::Local(l) = kind {
             return Box::pin(self.local(l, cmd)).await;
@@ -421,13 +470,13 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         if !self.barrier().await {
             return Some(Flow::Stop);
         }
-        let pool = self.ctx.upstream.leases().clone();
+        let pool = self.node().leases().clone();
         let key = self.key();
         match self.wait(pool.acquire(key)).await {
             None => Some(Flow::Stop),
             Some(Err(e)) => Some(self.reply(Bytes::from(e.to_resp())).await),
             Some(Ok(lease)) => {
-                let addr = self.ctx.upstream.config().url.addr();
+                let addr = pool.addr().to_string();
                 self.pinned = Some(Pinned::start(lease, pool, self.out.clone(), addr));
                 None
             }
@@ -616,16 +665,40 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         })
     }
 
-    /// The client's shared connection for its current db and protocol.
+    /// The client's shared connection to the routed node for its current db and protocol.
     fn shared_conn(&mut self) -> SharedConn {
+        let route = self.route.clone();
+        self.conn_for(route.as_ref())
+    }
+
+    /// The client's shared connection to `node` (`None`: the primary). A client keeps the
+    /// connection it was given so its commands reach Redis in order.
+    fn conn_for(&mut self, node: Option<&Arc<Node>>) -> SharedConn {
         let key = self.key();
-        match &self.shared {
-            Some((k, c)) if *k == key => c.clone(),
-            _ => {
-                let c = self.ctx.upstream.assign(key);
-                self.shared = Some((key, c.clone()));
-                c
-            }
+        let epoch = self.ctx.upstream.epoch();
+        if epoch != self.epoch {
+            self.conns.clear();
+            self.epoch = epoch;
+        }
+        // A node retired since it was routed to: its replacement answers, or redirects.
+        let node = node.filter(|n| !n.is_retired());
+        let id = node.map_or(PRIMARY, |n| n.id);
+        if let Some((_, _, c)) = self.conns.iter().find(|(i, k, _)| *i == id && *k == key) {
+            return c.clone();
+        }
+        let c = match node {
+            Some(n) => n.assign(key),
+            None => self.ctx.upstream.assign(key),
+        };
+        self.conns.push((id, key, c.clone()));
+        c
+    }
+
+    /// The node the current command goes to.
+    fn node(&self) -> Arc<Node> {
+        match &self.route {
+            Some(n) if !n.is_retired() => n.clone(),
+            _ => self.ctx.upstream.primary(),
         }
     }
 
@@ -668,6 +741,15 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 self.flush_batch().await;
                 let reshape = self.reshape(pending);
                 let (tx, rx) = oneshot::channel();
+                let redirect = self.route.clone().map(|node| {
+                    Box::new(writer::Redirectable {
+                        cmds: raw.clone(),
+                        ends: vec![raw.len() as u32],
+                        node,
+                        key: self.key(),
+                        up: self.ctx.upstream.clone(),
+                    })
+                });
                 if let Some(conn) = &reshape.conn {
                     conn.send(Batch {
                         bytes: raw,
@@ -681,6 +763,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                     id: self.cur,
                     started: self.read_at,
                     discard,
+                    redirect,
                 })
                 .await
             }
@@ -798,14 +881,14 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         if !self.barrier().await {
             return Flow::Stop;
         }
-        let pool = self.ctx.upstream.leases().clone();
+        let pool = self.node().leases().clone();
         let key = self.key();
         let mut lease = match self.wait(pool.acquire(key)).await {
             None => return Flow::Stop,
             Some(Err(e)) => return self.reply(Bytes::from(e.to_resp())).await,
             Some(Ok(l)) => l,
         };
-        let addr = self.ctx.upstream.config().url.addr();
+        let addr = pool.addr().to_string();
         let work = lease.call(&cmd.raw, &addr);
         let r = self.wait(work).await;
         match r {

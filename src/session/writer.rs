@@ -8,13 +8,84 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use std::sync::Arc;
+
 use crate::state::transform::Reshape;
 use crate::telemetry;
+use crate::upstream::cluster;
 use crate::upstream::conn::{BatchResult, Replies};
+use crate::upstream::node::Node;
+use crate::upstream::{PoolKey, Upstream};
 use tokio::time::Instant;
 
 /// Replies of this size or more are written directly instead of being copied into the buffer.
 const DIRECT_WRITE: usize = 64 * 1024;
+
+/// Cluster: what is needed to re-send commands that Redis redirected (MOVED, ASK, TRYAGAIN).
+pub struct Redirectable {
+    /// The commands as sent, back to back.
+    pub cmds: Bytes,
+    /// Where each command ends in `cmds`.
+    pub ends: Vec<u32>,
+    /// The node they were sent to.
+    pub node: Arc<Node>,
+    /// The client's database and protocol.
+    pub key: PoolKey,
+    /// For redirect targets and slot map refreshes.
+    pub up: Arc<Upstream>,
+}
+
+impl Redirectable {
+    /// Replaces every redirected reply in `r` with the reply from where it was sent on to.
+    /// Returns the node that answered the last redirected command (for follow-ups).
+    async fn fix(&self, r: &mut Replies) -> Option<Arc<Node>> {
+        let frames = cluster::frames(&r.bytes);
+        let mut changed = false;
+        let mut out = Vec::with_capacity(frames.len());
+        let mut last = None;
+        for (i, f) in frames.into_iter().enumerate() {
+            let redirected = i < 128
+                && r.errors & (1 << i) != 0
+                && cluster::redirect(&f, &self.node.ep.addr).is_some();
+            if !redirected {
+                out.push(f);
+                continue;
+            }
+            let start = if i == 0 {
+                0
+            } else {
+                self.ends.get(i - 1).copied().unwrap_or(0) as usize
+            };
+            let end = self.ends.get(i).copied().unwrap_or(0) as usize;
+            if start >= end || end > self.cmds.len() {
+                out.push(f);
+                continue;
+            }
+            let cmd = self.cmds.slice(start..end);
+            let (reply, node) =
+                cluster::follow(&self.up, self.key, self.node.clone(), &cmd, f).await;
+            if matches!(reply.first(), Some(b'-' | b'!')) {
+                r.errors |= 1 << i;
+            } else {
+                r.errors &= !(1 << i);
+            }
+            out.push(reply);
+            last = Some(node);
+            changed = true;
+        }
+        if changed {
+            let mut b = BytesMut::with_capacity(out.iter().map(Bytes::len).sum());
+            for f in out {
+                b.extend_from_slice(&f);
+            }
+            r.bytes = b.freeze();
+        }
+        last
+    }
+}
+
+/// A reply still being put together from several upstream replies (cluster fan-out).
+pub type Joined = std::pin::Pin<Box<dyn std::future::Future<Output = Bytes> + Send>>;
 
 /// Something to send to the client, in order.
 pub enum Out {
@@ -30,6 +101,8 @@ pub enum Out {
         started: Instant,
         /// `CLIENT REPLY OFF/SKIP`: consume but do not send.
         discard: bool,
+        /// Cluster: how to follow redirects.
+        redirect: Option<Box<Redirectable>>,
     },
     /// One command on a shared connection whose reply is reshaped (state keys).
     State {
@@ -37,6 +110,19 @@ pub enum Out {
         rx: oneshot::Receiver<BatchResult>,
         /// How to reshape it.
         reshape: Box<Reshape>,
+        /// Metric id of the command.
+        id: u16,
+        /// When it was read.
+        started: Instant,
+        /// `CLIENT REPLY OFF/SKIP`.
+        discard: bool,
+        /// Cluster: how to follow redirects.
+        redirect: Option<Box<Redirectable>>,
+    },
+    /// One command answered by several nodes (cluster): the parts were sent already.
+    Joined {
+        /// Produces the joined reply.
+        fut: Joined,
         /// Metric id of the command.
         id: u16,
         /// When it was read.
@@ -164,25 +250,53 @@ pub async fn run<W: AsyncWrite + Unpin>(
                     ids,
                     started,
                     discard,
+                    redirect,
                 } => {
-                    let Some(r) = w.wait(&mut rx).await? else {
+                    let Some(mut r) = w.wait(&mut rx).await? else {
                         continue;
                     };
+                    if let (Some(red), Ok(replies)) = (&redirect, &mut r)
+                        && replies.errors != 0
+                    {
+                        red.fix(replies).await;
+                    }
                     telemetry::round_trip(started.elapsed());
                     w.put_batch(r, &ids, discard).await?;
                 }
-                Out::State {
-                    mut rx,
-                    reshape,
+                Out::Joined {
+                    fut,
                     id,
                     started,
                     discard,
+                } => {
+                    w.flush().await?;
+                    let bytes = fut.await;
+                    let errors = u128::from(matches!(bytes.first(), Some(b'-')));
+                    telemetry::round_trip(started.elapsed());
+                    w.put_batch(Ok(Replies { bytes, errors }), &[id], discard)
+                        .await?;
+                }
+                Out::State {
+                    mut rx,
+                    mut reshape,
+                    id,
+                    started,
+                    discard,
+                    redirect,
                 } => {
                     let Some(r) = w.wait(&mut rx).await? else {
                         continue;
                     };
                     let r = match r {
-                        Ok(b) => {
+                        Ok(mut b) => {
+                            if let Some(red) = &redirect
+                                && b.errors != 0
+                                && let Some(node) = red.fix(&mut b).await
+                            {
+                                // Follow-ups (NOSCRIPT, previous version) go where the
+                                // command ended up.
+                                reshape.conn = Some(node.assign(red.key));
+                            }
                             let bytes = reshape.apply(b.bytes).await;
                             let errors = u128::from(matches!(bytes.first(), Some(b'-')));
                             Ok(Replies { bytes, errors })

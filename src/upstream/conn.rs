@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::connect::{self, reply_limits};
+use super::node::Endpoint;
 use super::{PoolKey, Upstream, UpstreamError};
 use crate::protocol::{Scanner, Side};
 use crate::telemetry;
@@ -65,9 +66,14 @@ pub struct SharedConn {
 
 impl SharedConn {
     /// Starts the connection task (it connects at once and reconnects by itself).
-    pub fn spawn(upstream: Weak<Upstream>, key: PoolKey, index: usize) -> SharedConn {
+    pub fn spawn(
+        upstream: Weak<Upstream>,
+        ep: Arc<Endpoint>,
+        key: PoolKey,
+        index: usize,
+    ) -> SharedConn {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(upstream, key, index, rx));
+        tokio::spawn(run(upstream, ep, key, index, rx));
         SharedConn { tx: Arc::new(tx) }
     }
 
@@ -107,8 +113,21 @@ fn fail(tx: oneshot::Sender<BatchResult>, partial: Bytes, received: usize, e: &U
     }));
 }
 
+/// Answers every batch still sent to a retired node with the reason, until the last handle
+/// to it is gone (sessions drop theirs when they see the new topology).
+async fn refuse_all(ep: &Endpoint, held: Option<Batch>, rx: &mut mpsc::UnboundedReceiver<Batch>) {
+    let e = ep.retired_error();
+    if let Some(b) = held {
+        fail(b.tx, Bytes::new(), 0, &e);
+    }
+    while let Some(b) = rx.recv().await {
+        fail(b.tx, Bytes::new(), 0, &e);
+    }
+}
+
 async fn run(
     upstream: Weak<Upstream>,
+    ep: Arc<Endpoint>,
     key: PoolKey,
     index: usize,
     mut rx: mpsc::UnboundedReceiver<Batch>,
@@ -117,10 +136,19 @@ async fn run(
     // A batch that arrived during the backoff and triggered an early reconnect.
     let mut held: Option<Batch> = None;
     loop {
+        if ep.retired().is_cancelled() {
+            return refuse_all(&ep, held, &mut rx).await;
+        }
         let Some(up) = upstream.upgrade() else { return };
         let cfg = up.config().clone();
         let attempt_at = Instant::now();
-        match connect::connect(&cfg, key).await {
+        drop(up);
+        let connected = tokio::select! {
+            c = connect::connect(&cfg, &ep.addr, key) => c,
+            _ = ep.retired().cancelled() => continue,
+        };
+        let Some(up) = upstream.upgrade() else { return };
+        match connected {
             Ok(c) => {
                 up.note_connect(true, Some(&c.info.version));
                 telemetry::upstream_connect(true);
@@ -133,7 +161,7 @@ async fn run(
                 drop(up);
                 backoff = BACKOFF_MIN;
                 let mut conn = Serving {
-                    addr: cfg.url.addr(),
+                    addr: ep.name.clone(),
                     timeout: Duration::from_millis(cfg.timeout_ms),
                     timeout_ms: cfg.timeout_ms,
                     inflight: VecDeque::new(),
@@ -146,7 +174,7 @@ async fn run(
                 if let Some(b) = held.take() {
                     conn.push(b);
                 }
-                let res = conn.serve(c.stream, &mut rx).await;
+                let res = conn.serve(c.stream, &mut rx, &ep).await;
                 telemetry::upstream_connections(-1);
                 match res {
                     Ok(()) => return,
@@ -154,6 +182,9 @@ async fn run(
                         tracing::warn!(error = %e, index, "shared upstream connection failed; reconnecting");
                         telemetry::upstream_reconnect();
                         conn.fail_all(&e);
+                        if let Some(up) = upstream.upgrade() {
+                            up.request_refresh();
+                        }
                     }
                 }
             }
@@ -161,7 +192,7 @@ async fn run(
                 up.note_connect(false, None);
                 telemetry::upstream_connect(false);
                 drop(up);
-                tracing::warn!(error = %e, index, "cannot connect to upstream");
+                tracing::warn!(error = %e, index, node = %ep.name, "cannot connect to upstream");
                 if let Some(b) = held.take() {
                     fail(b.tx, Bytes::new(), 0, &e);
                 }
@@ -175,6 +206,7 @@ async fn run(
                     }
                     tokio::select! {
                         _ = tokio::time::sleep_until(wake) => break,
+                        _ = ep.retired().cancelled() => break,
                         b = rx.recv() => match b {
                             None => return,
                             Some(b) => {
@@ -210,6 +242,7 @@ impl Serving {
         &mut self,
         stream: connect::Stream,
         rx: &mut mpsc::UnboundedReceiver<Batch>,
+        ep: &Endpoint,
     ) -> Result<(), UpstreamError> {
         let (mut rd, mut wr) = tokio::io::split(stream);
         self.deliver()?;
@@ -257,6 +290,7 @@ impl Serving {
                         self.wbuf.advance(n);
                     }
                 }
+                _ = ep.retired().cancelled() => return Err(ep.retired_error()),
                 _ = &mut timer, if deadline.is_some() => {
                     return Err(UpstreamError::Timeout { addr: self.addr.clone(), ms: self.timeout_ms });
                 }

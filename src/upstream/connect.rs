@@ -11,6 +11,7 @@ use redis_protocol::resp3::types::{BytesFrame, Resp3Frame};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::url::Addr;
 use super::{PoolKey, UpstreamError};
 use crate::config::UpstreamConfig;
 use crate::protocol::{Limits, Scanner, Side, encode_multibulk};
@@ -237,10 +238,14 @@ pub fn check_handshake_reply(
 
 /// Opens and prepares one connection within `connect_timeout_ms` (TCP connect, TLS handshake
 /// and the HELLO/SELECT handshake all count against it).
-pub async fn connect(cfg: &UpstreamConfig, key: PoolKey) -> Result<Connected, UpstreamError> {
-    let addr = cfg.url.addr();
+pub async fn connect(
+    cfg: &UpstreamConfig,
+    node: &Addr,
+    key: PoolKey,
+) -> Result<Connected, UpstreamError> {
+    let addr = node.to_string();
     let deadline = Duration::from_millis(cfg.connect_timeout_ms);
-    match tokio::time::timeout(deadline, connect_inner(cfg, key, &addr)).await {
+    match tokio::time::timeout(deadline, connect_inner(cfg, node, key, &addr)).await {
         Ok(r) => r,
         Err(_) => Err(UpstreamError::Unavailable {
             addr,
@@ -251,10 +256,11 @@ pub async fn connect(cfg: &UpstreamConfig, key: PoolKey) -> Result<Connected, Up
 
 async fn connect_inner(
     cfg: &UpstreamConfig,
+    node: &Addr,
     key: PoolKey,
     addr: &str,
 ) -> Result<Connected, UpstreamError> {
-    let tcp = TcpStream::connect((cfg.url.host.as_str(), cfg.url.port))
+    let tcp = TcpStream::connect((node.host.as_str(), node.port))
         .await
         .map_err(|e| UpstreamError::Unavailable {
             addr: addr.to_string(),

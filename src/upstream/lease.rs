@@ -15,6 +15,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::connect::{self, Stream, check_handshake_reply, handshake_commands, read_frame};
+use super::node::Endpoint;
 use super::{PoolKey, Upstream, UpstreamError};
 use crate::config::UpstreamConfig;
 use crate::protocol::{Scanner, encode_multibulk};
@@ -45,6 +46,8 @@ pub enum Returned {
 pub struct LeasePool {
     cfg: Arc<UpstreamConfig>,
     upstream: Weak<Upstream>,
+    ep: Arc<Endpoint>,
+    /// Shared by every node: `max_leased_connections` bounds them all together.
     permits: Arc<Semaphore>,
     idle: Mutex<HashMap<PoolKey, Vec<LeasedConn>>>,
 }
@@ -77,18 +80,44 @@ impl Lease {
 }
 
 impl LeasePool {
-    /// An empty pool.
-    pub fn new(cfg: Arc<UpstreamConfig>, upstream: Weak<Upstream>) -> Arc<LeasePool> {
+    /// An empty pool for the node at `ep`.
+    pub fn new(
+        cfg: Arc<UpstreamConfig>,
+        upstream: Weak<Upstream>,
+        ep: Arc<Endpoint>,
+        permits: Arc<Semaphore>,
+    ) -> Arc<LeasePool> {
         Arc::new(LeasePool {
-            permits: Arc::new(Semaphore::new(cfg.max_leased_connections)),
+            permits,
             cfg,
             upstream,
+            ep,
             idle: Mutex::new(HashMap::new()),
         })
     }
 
+    /// `host:port` of the node.
+    pub fn addr(&self) -> &str {
+        &self.ep.name
+    }
+
+    /// The node's retirement switch: a pinned relay stops when it fires.
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.ep
+    }
+
+    /// Closes the idle connections (the node was retired).
+    pub fn close_idle(&self) {
+        if let Ok(mut m) = self.idle.lock() {
+            m.clear();
+        }
+    }
+
     /// Leases a connection for `key`, waiting up to `timeout_ms` for a free slot.
     pub async fn acquire(self: &Arc<Self>, key: PoolKey) -> Result<Lease, UpstreamError> {
+        if self.ep.retired().is_cancelled() {
+            return Err(self.ep.retired_error());
+        }
         let wait = Duration::from_millis(self.cfg.timeout_ms);
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(p) => p,
@@ -120,7 +149,7 @@ impl LeasePool {
                 None => break,
             }
         }
-        let c = connect::connect(&self.cfg, key).await;
+        let c = connect::connect(&self.cfg, &self.ep.addr, key).await;
         if let Some(up) = self.upstream.upgrade() {
             up.note_connect(c.is_ok(), c.as_ref().ok().map(|c| c.info.version.as_str()));
         }
@@ -160,6 +189,9 @@ impl LeasePool {
     }
 
     fn put_idle(&self, conn: LeasedConn) {
+        if self.ep.retired().is_cancelled() {
+            return;
+        }
         if let Ok(mut m) = self.idle.lock() {
             m.entry(conn.key).or_default().push(conn);
         }
@@ -168,7 +200,7 @@ impl LeasePool {
     /// `RESET` drops subscriptions, MULTI, WATCH, tracking and the name, and logs out; the
     /// handshake then restores our credentials, protocol and database.
     async fn reset(&self, mut conn: LeasedConn) -> Result<LeasedConn, UpstreamError> {
-        let addr = self.cfg.url.addr();
+        let addr = self.ep.name.clone();
         let mut out = BytesMut::new();
         encode_multibulk(&mut out, &[b"RESET".as_slice()]);
         let n = handshake_commands(&self.cfg, conn.key, &mut out);

@@ -4,20 +4,26 @@
 //! per-connection state in Redis: a client that runs `SELECT 3` or `HELLO 3` is served by
 //! connections that were opened that way, and keeps the pipelining benefits.
 
+pub mod cluster;
 pub mod conn;
 pub mod connect;
 pub mod lease;
+pub mod node;
+pub mod sentinel;
 pub mod url;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwap;
 use thiserror::Error;
+use tokio::sync::{Notify, Semaphore};
 
-use crate::config::UpstreamConfig;
+use crate::config::{Mode, UpstreamConfig};
 use conn::SharedConn;
-use lease::LeasePool;
+use node::Node;
+use url::Addr;
 
 /// The database and RESP version a connection was opened with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -79,6 +85,14 @@ pub enum UpstreamError {
         /// What Redis said.
         reply: String,
     },
+    /// The node was taken out of use (failover, left the cluster) with the command in flight.
+    #[error("upstream {addr} left: {reason}; the command may or may not have run")]
+    Retired {
+        /// host:port
+        addr: String,
+        /// Why.
+        reason: String,
+    },
     /// Every dedicated connection is in use.
     #[error(
         "no dedicated upstream connection free within {ms} ms (upstream.max_leased_connections = {max})"
@@ -110,6 +124,7 @@ impl UpstreamError {
             UpstreamError::Protocol { .. } => "protocol",
             UpstreamError::Handshake { .. } => "handshake",
             UpstreamError::NoLease { .. } => "no_lease",
+            UpstreamError::Retired { .. } => "retired",
         }
     }
 
@@ -120,36 +135,98 @@ impl UpstreamError {
     }
 }
 
-/// The pool for one [`PoolKey`]: shared connections, started on first use.
-struct Pool {
-    shared: Vec<SharedConn>,
-    next: AtomicUsize,
+/// Which node serves what, as of one moment. Replaced whole when it changes, so a session
+/// that cached connections for an older `epoch` knows to look again.
+pub struct Topology {
+    /// Bumped on every change.
+    pub epoch: u64,
+    /// Standalone and Sentinel: the server. Cluster: where keyless commands go.
+    pub primary: Arc<Node>,
+    /// Cluster: the primary serving each slot, as an index into `masters` (empty until the
+    /// first slot map is loaded; until then everything goes to `primary`, whose MOVED replies
+    /// are followed).
+    pub slots: Vec<u16>,
+    /// Cluster: every primary, in slot order of first appearance.
+    pub masters: Vec<Arc<Node>>,
+}
+
+impl Topology {
+    /// The node that serves `slot`.
+    pub fn node_for_slot(&self, slot: u16) -> &Arc<Node> {
+        match self.slots.get(slot as usize) {
+            Some(&i) => self.masters.get(i as usize).unwrap_or(&self.primary),
+            None => &self.primary,
+        }
+    }
+
+    /// Every node a keyless "all nodes" command must reach.
+    pub fn all(&self) -> Vec<Arc<Node>> {
+        if self.masters.is_empty() {
+            vec![self.primary.clone()]
+        } else {
+            self.masters.clone()
+        }
+    }
 }
 
 /// Every upstream connection of the proxy.
 pub struct Upstream {
     cfg: Arc<UpstreamConfig>,
-    pools: RwLock<HashMap<PoolKey, Arc<Pool>>>,
-    leases: Arc<LeasePool>,
+    /// The `max_leased_connections` budget, shared by every node.
+    permits: Arc<Semaphore>,
+    topo: ArcSwap<Topology>,
+    /// Cluster: every node seen in a slot map or a redirect, by address.
+    nodes: Mutex<HashMap<Addr, Arc<Node>>>,
+    next_id: AtomicU64,
     /// The server version learned at the last handshake, for HELLO replies.
     pub server_version: Mutex<String>,
     /// Whether the last connection attempt succeeded (for /readyz).
     pub reachable: AtomicBool,
     /// Databases Redis has accepted in SELECT, so later SELECTs need no round trip.
     valid_dbs: Mutex<HashSet<u32>>,
+    /// Cluster: wakes the topology task (a MOVED reply, a node that stopped answering).
+    pub(crate) refresh: Notify,
 }
 
 impl Upstream {
     /// Creates the pools; no connection is opened until the first command needs one.
+    ///
+    /// In Sentinel mode the primary is unknown until the sentinels answer: until then commands
+    /// fail with an error saying so (see [`sentinel::follow`]).
     pub fn new(cfg: UpstreamConfig) -> Arc<Upstream> {
         let cfg = Arc::new(cfg);
-        Arc::new_cyclic(|weak| Upstream {
-            leases: LeasePool::new(cfg.clone(), weak.clone()),
-            cfg,
-            pools: RwLock::new(HashMap::new()),
-            server_version: Mutex::new("7.0.0".to_string()),
-            reachable: AtomicBool::new(false),
-            valid_dbs: Mutex::new(HashSet::new()),
+        let permits = Arc::new(Semaphore::new(cfg.max_leased_connections));
+        Arc::new_cyclic(|weak| {
+            let first = match &cfg.mode {
+                Mode::Cluster { seeds } => seeds.first().cloned().unwrap_or_else(|| cfg.url.node()),
+                _ => cfg.url.node(),
+            };
+            let primary = Node::new(0, first.clone(), weak.clone(), cfg.clone(), permits.clone());
+            if let Mode::Sentinel { master_name, .. } = &cfg.mode {
+                primary.retire(format!(
+                    "the primary of \"{master_name}\" is not known yet (no sentinel has answered)"
+                ));
+            }
+            let mut nodes = HashMap::new();
+            if matches!(cfg.mode, Mode::Cluster { .. }) {
+                nodes.insert(first, primary.clone());
+            }
+            Upstream {
+                topo: ArcSwap::from_pointee(Topology {
+                    epoch: 0,
+                    primary,
+                    slots: Vec::new(),
+                    masters: Vec::new(),
+                }),
+                nodes: Mutex::new(nodes),
+                next_id: AtomicU64::new(1),
+                permits,
+                cfg,
+                server_version: Mutex::new("7.0.0".to_string()),
+                reachable: AtomicBool::new(false),
+                valid_dbs: Mutex::new(HashSet::new()),
+                refresh: Notify::new(),
+            }
         })
     }
 
@@ -158,38 +235,135 @@ impl Upstream {
         &self.cfg
     }
 
-    /// Picks a shared connection for a new client of `key`, round robin.
-    ///
-    /// A client sticks to the connection it is given so its commands reach Redis in order.
-    pub fn assign(self: &Arc<Self>, key: PoolKey) -> SharedConn {
-        if let Ok(pools) = self.pools.read()
-            && let Some(p) = pools.get(&key)
-        {
-            return p.pick();
-        }
-        let mut pools = match self.pools.write() {
-            Ok(p) => p,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let pool = pools.entry(key).or_insert_with(|| {
-            Arc::new(Pool {
-                shared: (0..self.cfg.max_connections)
-                    .map(|i| SharedConn::spawn(Arc::downgrade(self), key, i))
-                    .collect(),
-                next: AtomicUsize::new(0),
-            })
-        });
-        pool.pick()
+    /// Whether commands are routed by slot.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.cfg.mode, Mode::Cluster { .. })
     }
 
-    /// The dedicated-connection pool.
-    pub fn leases(&self) -> &Arc<LeasePool> {
-        &self.leases
+    /// The current topology.
+    pub fn topology(&self) -> Arc<Topology> {
+        self.topo.load_full()
+    }
+
+    /// The current topology's epoch (cheap: sessions check it per command).
+    pub fn epoch(&self) -> u64 {
+        self.topo.load().epoch
+    }
+
+    /// The server (standalone, Sentinel) or the keyless-command node (cluster).
+    pub fn primary(&self) -> Arc<Node> {
+        self.topo.load().primary.clone()
+    }
+
+    /// Picks a shared connection on the primary for a new client of `key`.
+    pub fn assign(&self, key: PoolKey) -> SharedConn {
+        self.primary().assign(key)
+    }
+
+    /// Cluster: the node at `addr`, created on first sight (a MOVED can name a node before
+    /// the slot map does).
+    pub fn node(self: &Arc<Self>, addr: &Addr) -> Arc<Node> {
+        let mut nodes = match self.nodes.lock() {
+            Ok(n) => n,
+            Err(p) => p.into_inner(),
+        };
+        nodes
+            .entry(addr.clone())
+            .or_insert_with(|| {
+                Node::new(
+                    self.next_id.fetch_add(1, Ordering::Relaxed),
+                    addr.clone(),
+                    Arc::downgrade(self),
+                    self.cfg.clone(),
+                    self.permits.clone(),
+                )
+            })
+            .clone()
+    }
+
+    /// Cluster: installs a new slot map; nodes no longer in it are retired.
+    pub(crate) fn set_slots(self: &Arc<Self>, masters: Vec<Addr>, slots: Vec<u16>) {
+        let nodes: Vec<Arc<Node>> = masters.iter().map(|a| self.node(a)).collect();
+        let old = self.topo.load_full();
+        let same = old.slots == slots
+            && old.masters.len() == nodes.len()
+            && old.masters.iter().zip(&nodes).all(|(a, b)| a.id == b.id);
+        if same {
+            return;
+        }
+        let primary = nodes
+            .first()
+            .cloned()
+            .unwrap_or_else(|| old.primary.clone());
+        self.topo.store(Arc::new(Topology {
+            epoch: old.epoch + 1,
+            primary,
+            slots,
+            masters: nodes,
+        }));
+        crate::telemetry::topology_change();
+        tracing::info!(
+            epoch = old.epoch + 1,
+            primaries = %masters.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(","),
+            "cluster slot map updated"
+        );
+        // Nodes that serve no slot any more: a replica promoted elsewhere, a node removed.
+        let mut gone = Vec::new();
+        if let Ok(mut all) = self.nodes.lock() {
+            all.retain(|a, n| {
+                let keep = masters.contains(a);
+                if !keep {
+                    gone.push(n.clone());
+                }
+                keep
+            });
+        }
+        for n in gone {
+            n.retire("the node no longer serves any slot of the cluster".into());
+        }
+    }
+
+    /// Sentinel: points every new command at the primary at `addr`; commands still in flight
+    /// on the old one fail with an error naming the failover.
+    pub(crate) fn set_primary(self: &Arc<Self>, addr: Addr) {
+        let old = self.topo.load_full();
+        if old.primary.ep.addr == addr && !old.primary.is_retired() {
+            return;
+        }
+        let node = Node::new(
+            self.next_id.fetch_add(1, Ordering::Relaxed),
+            addr,
+            Arc::downgrade(self),
+            self.cfg.clone(),
+            self.permits.clone(),
+        );
+        self.topo.store(Arc::new(Topology {
+            epoch: old.epoch + 1,
+            primary: node.clone(),
+            slots: Vec::new(),
+            masters: Vec::new(),
+        }));
+        crate::telemetry::topology_change();
+        tracing::warn!(
+            old = old.primary.name(),
+            new = node.name(),
+            "primary changed; following it"
+        );
+        old.primary
+            .retire(format!("failover: the primary is now {}", node.name()));
+    }
+
+    /// Cluster: asks the topology task to reload the slot map soon.
+    pub fn request_refresh(&self) {
+        self.refresh.notify_one();
     }
 
     /// Records the outcome of a connection attempt.
     pub fn note_connect(&self, ok: bool, version: Option<&str>) {
         self.reachable.store(ok, Ordering::Relaxed);
+        if !ok && self.is_cluster() {
+            self.request_refresh();
+        }
         if let Some(v) = version
             && !v.is_empty()
             && let Ok(mut s) = self.server_version.lock()
@@ -225,43 +399,30 @@ impl Upstream {
     }
 }
 
-/// Clients per shared connection before the next one is used.
-///
-/// Filling one connection first is what makes pipelining pay: Redis then reads and answers many
-/// clients' commands per syscall. Measured on 2 cores with 50 clients at pipeline 1, one
-/// connection cut statecar's CPU per command by a third and Redis's by half compared with
-/// spreading the same clients over eight (docs/BENCHMARKS.md).
-const CLIENTS_PER_CONNECTION: usize = 64;
-
-impl Pool {
-    fn pick(&self) -> SharedConn {
-        if let Some(c) = self
-            .shared
-            .iter()
-            .find(|c| c.users() < CLIENTS_PER_CONNECTION)
-        {
-            return c.clone();
-        }
-        // All full: spread the rest round robin.
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.shared.len();
-        self.shared[i].clone()
-    }
-}
-
 /// Pings Redis every second through a shared connection, so `/readyz` turns unready within a
 /// few seconds of Redis going away (even with no traffic) and ready again when it is back.
+/// In cluster mode every primary must answer (and a slot map must be loaded).
 pub async fn probe(up: Arc<Upstream>) {
     let key = PoolKey {
         db: up.cfg.url.db,
         proto: 2,
     };
-    let conn = up.assign(key);
     let ping = bytes::Bytes::from_static(b"*1\r\n$4\r\nPING\r\n");
+    let mut conns: Vec<SharedConn> = Vec::new();
+    let mut epoch = u64::MAX;
     loop {
-        let ok = matches!(
-            tokio::time::timeout(std::time::Duration::from_secs(2), conn::call(&conn, ping.clone(), 1)).await,
-            Ok(Ok(ref r)) if r.as_ref() == b"+PONG\r\n"
-        );
+        let topo = up.topology();
+        if topo.epoch != epoch {
+            epoch = topo.epoch;
+            conns = topo.all().iter().map(|n| n.assign(key)).collect();
+        }
+        let mut ok = !(up.is_cluster() && topo.slots.is_empty());
+        for conn in &conns {
+            ok &= matches!(
+                tokio::time::timeout(std::time::Duration::from_secs(2), conn::call(conn, ping.clone(), 1)).await,
+                Ok(Ok(ref r)) if r.as_ref() == b"+PONG\r\n"
+            );
+        }
         up.reachable.store(ok, Ordering::Relaxed);
         metrics::gauge!("statecar_upstream_up").set(if ok { 1.0 } else { 0.0 });
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;

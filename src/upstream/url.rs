@@ -117,10 +117,14 @@ impl UpstreamUrl {
 
     /// `host:port`, as used in errors and metrics.
     pub fn addr(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
+        self.node().to_string()
+    }
+
+    /// The host and port alone.
+    pub fn node(&self) -> Addr {
+        Addr {
+            host: self.host.clone(),
+            port: self.port,
         }
     }
 
@@ -134,6 +138,51 @@ impl UpstreamUrl {
             (None, None) => String::new(),
         };
         format!("{scheme}://{auth}{}/{}", self.addr(), self.db)
+    }
+}
+
+/// A Redis node's address: cluster seeds, sentinels, and where MOVED and failovers point.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Addr {
+    /// Host name or IP (IPv6 without brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl Addr {
+    /// Parses `host:port` or `[v6]:port`; the port is required.
+    pub fn parse(s: &str) -> Result<Addr, String> {
+        let (host, port) = if let Some(h) = s.strip_prefix('[') {
+            let (h, p) = h
+                .split_once("]:")
+                .ok_or_else(|| format!("\"{s}\" is not host:port"))?;
+            (h, p)
+        } else {
+            s.rsplit_once(':')
+                .ok_or_else(|| format!("\"{s}\" is not host:port"))?
+        };
+        if host.is_empty() {
+            return Err(format!("\"{s}\" has no host"));
+        }
+        let port =
+            port.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
+                format!("port \"{port}\" in \"{s}\" is not a number from 1 to 65535")
+            })?;
+        Ok(Addr {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+impl std::fmt::Display for Addr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
     }
 }
 
@@ -162,6 +211,18 @@ mod tests {
         assert_eq!(u.addr(), "[::1]:6390");
         let u = UpstreamUrl::parse("redis://localhost").unwrap();
         assert_eq!((u.port, u.db), (6379, 0));
+    }
+
+    #[test]
+    fn parses_node_addresses() {
+        let a = Addr::parse("redis-0.redis:6379").unwrap();
+        assert_eq!((a.host.as_str(), a.port), ("redis-0.redis", 6379));
+        let a = Addr::parse("[::1]:7000").unwrap();
+        assert_eq!((a.host.as_str(), a.port), ("::1", 7000));
+        assert_eq!(a.to_string(), "[::1]:7000");
+        assert!(Addr::parse("redis-0").is_err());
+        assert!(Addr::parse(":6379").is_err());
+        assert!(Addr::parse("h:0").is_err());
     }
 
     #[test]
