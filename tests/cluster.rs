@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::cluster::{RedisCluster, cli};
+use common::cluster::{RedisCluster, cli, writer_load};
 use common::*;
 
 const RULES: &str = "[[state]]\npattern = \"s:*\"\ncompression = \"lz4\"\nmin_size = 16\nversioning = true\nmax_versions = 5\n";
@@ -27,7 +27,10 @@ fn start(cluster: &RedisCluster, extra: &str) -> Statecar {
 
 /// `CLUSTER KEYSLOT` from Redis itself.
 fn keyslot(port: u16, key: &str) -> u16 {
-    cli(port, &["cluster", "keyslot", key]).trim().parse().unwrap()
+    cli(port, &["cluster", "keyslot", key])
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 /// A GET straight to the node that owns the key (no proxy, no redirect).
@@ -54,7 +57,10 @@ async fn commands_route_split_and_fan_out_across_the_cluster() {
 
     // Keys on every primary, each stored where Redis Cluster says it belongs.
     for i in 0..60 {
-        assert_eq!(c.cmd(&["SET", &format!("k{i}"), &format!("v{i}")]).await, ok());
+        assert_eq!(
+            c.cmd(&["SET", &format!("k{i}"), &format!("v{i}")]).await,
+            ok()
+        );
     }
     for i in 0..60 {
         assert_eq!(direct_get(&cluster, &format!("k{i}")), format!("v{i}"));
@@ -78,7 +84,10 @@ async fn commands_route_split_and_fan_out_across_the_cluster() {
         .chain([Frame::NullBulk])
         .collect();
     assert_eq!(c.cmd(&mget).await, Frame::Array(expected));
-    assert_eq!(c.cmd(&["EXISTS", "m1", "m2", "m3", "nope", "m1"]).await, int(4));
+    assert_eq!(
+        c.cmd(&["EXISTS", "m1", "m2", "m3", "nope", "m1"]).await,
+        int(4)
+    );
     assert_eq!(c.cmd(&["TOUCH", "m1", "m2", "nope"]).await, int(2));
     assert_eq!(c.cmd(&["UNLINK", "m1", "m2"]).await, int(2));
 
@@ -126,7 +135,10 @@ async fn commands_route_split_and_fan_out_across_the_cluster() {
         c.cmd(&["SET", "{u}a", "1"]).await,
         Frame::Simple("QUEUED".into())
     );
-    assert_eq!(c.cmd(&["INCR", "{u}b"]).await, Frame::Simple("QUEUED".into()));
+    assert_eq!(
+        c.cmd(&["INCR", "{u}b"]).await,
+        Frame::Simple("QUEUED".into())
+    );
     assert_eq!(
         c.cmd(&["EXEC"]).await,
         Frame::Array(vec![Frame::Simple("PONG".into()), ok(), int(1)])
@@ -211,7 +223,10 @@ async fn state_keys_work_on_every_node() {
     let mut c = RawConn::connect(sc.port()).await;
     for i in 0..30 {
         assert_eq!(c.cmd(&["SET", &format!("s:{i}"), &json(i)]).await, ok());
-        assert_eq!(c.cmd(&["SET", &format!("s:{i}"), &json(i + 100)]).await, ok());
+        assert_eq!(
+            c.cmd(&["SET", &format!("s:{i}"), &json(i + 100)]).await,
+            ok()
+        );
     }
     let mut owners = HashSet::new();
     for i in 0..30 {
@@ -220,21 +235,34 @@ async fn state_keys_work_on_every_node() {
         let owner = cluster.owner(keyslot(cluster.nodes[0].port(), &key));
         owners.insert(owner);
         // Stored compressed, with its history beside it on the same node.
-        let stored = cli(owner, &["strlen", &key]).trim().parse::<usize>().unwrap();
+        let stored = cli(owner, &["strlen", &key])
+            .trim()
+            .parse::<usize>()
+            .unwrap();
         assert!(stored < json(i + 100).len(), "{key} is stored compressed");
         let hist = format!("__statecar:h:{{{key}}}");
-        assert_eq!(cli(owner, &["exists", &hist]).trim(), "1", "{hist} on {owner}");
+        assert_eq!(
+            cli(owner, &["exists", &hist]).trim(),
+            "1",
+            "{hist} on {owner}"
+        );
     }
     assert_eq!(owners.len(), 3, "the state keys spread over every primary");
 
     // MGET and MSET mixing state keys of several slots and plain keys.
     assert_eq!(
-        c.cmd(&["MSET", "s:a", &json(1), "plain", "p", "s:b", &json(2)]).await,
+        c.cmd(&["MSET", "s:a", &json(1), "plain", "p", "s:b", &json(2)])
+            .await,
         ok()
     );
     assert_eq!(
         c.cmd(&["MGET", "s:b", "plain", "s:3", "s:a"]).await,
-        Frame::Array(vec![bulk(json(2)), bulk("p"), bulk(json(103)), bulk(json(1))])
+        Frame::Array(vec![
+            bulk(json(2)),
+            bulk("p"),
+            bulk(json(103)),
+            bulk(json(1))
+        ])
     );
 
     // Versions, rollback, STATE.LIST over every node.
@@ -243,7 +271,10 @@ async fn state_keys_work_on_every_node() {
         panic!("{versions:?}")
     };
     assert_eq!(v.len(), 2);
-    assert_eq!(c.cmd(&["STATE.ROLLBACK", "s:7", "1"]).await.is_error(), false);
+    assert_eq!(
+        c.cmd(&["STATE.ROLLBACK", "s:7", "1"]).await.is_error(),
+        false
+    );
     assert_eq!(c.cmd(&["GET", "s:7"]).await, bulk(json(7)));
     let mut listed = HashSet::new();
     let mut cursor = "0".to_string();
@@ -282,7 +313,10 @@ async fn state_keys_work_on_every_node() {
             .arg(sc.dir().join("statecar.toml"))
             .output()
             .expect("statecar verify");
-        (out.status, String::from_utf8_lossy(&out.stdout).into_owned())
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
     };
     assert!(st.success(), "statecar verify in cluster mode");
     let out = std::process::Command::new(statecar_bin())
@@ -293,62 +327,6 @@ async fn state_keys_work_on_every_node() {
         .expect("statecar decode");
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout), json(109));
-}
-
-/// One client's writes: each value names its client and sequence number, so a reply that
-/// belongs to another client is detected.
-async fn writer_load(
-    port: u16,
-    id: usize,
-    stop: Arc<AtomicBool>,
-) -> (HashMap<String, String>, usize, Vec<String>) {
-    let mut c = RawConn::connect(port).await;
-    let mut acked = HashMap::new();
-    let mut errors = Vec::new();
-    let mut n = 0usize;
-    while !stop.load(Ordering::Relaxed) {
-        let key = if n % 3 == 0 {
-            format!("s:{id}:{}", n % 50)
-        } else {
-            format!("c{id}:{n}")
-        };
-        let value = format!("client {id} write {n} x{}", "x".repeat(n % 64));
-        // A pipeline of three: SET, GET of the same key, GET of the client's marker key.
-        let mut batch = encode(&["SET", &key, &value]);
-        batch.extend(encode(&["GET", &key]));
-        batch.extend(encode(&["GET", &format!("marker{id}")]));
-        if n == 0 {
-            batch = [encode(&["SET", &format!("marker{id}"), &format!("m{id}")]), batch].concat();
-        }
-        c.send(&batch).await;
-        if n == 0 {
-            assert_eq!(c.read().await, ok());
-        }
-        let set = c.read().await;
-        let get = c.read().await;
-        let marker = c.read().await;
-        match (&set, &get) {
-            (Frame::Simple(s), Frame::Bulk(v)) if s == "OK" => {
-                assert_eq!(
-                    String::from_utf8_lossy(v),
-                    value,
-                    "client {id} read back another value"
-                );
-                acked.insert(key, value);
-            }
-            (Frame::Simple(s), other) if s == "OK" => {
-                // Acknowledged even though the read failed.
-                acked.insert(key, value);
-                errors.push(format!("{other:?}"));
-            }
-            (e, _) => errors.push(format!("{e:?}")),
-        }
-        if let Frame::Bulk(m) = &marker {
-            assert_eq!(m, format!("m{id}").as_bytes(), "client {id} got a foreign reply");
-        }
-        n += 1;
-    }
-    (acked, n, errors)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -409,7 +387,7 @@ async fn failover_and_reshard_under_load_lose_nothing() {
     let mut errors = Vec::new();
     for t in tasks {
         let (acked, n, e) = within("load clients finish", t).await.expect("client task");
-        all.extend(acked);
+        all.extend(acked.into_iter().map(|(k, (v, _))| (k, v)));
         writes += n;
         errors.extend(e);
     }
@@ -432,7 +410,11 @@ async fn failover_and_reshard_under_load_lose_nothing() {
     // Every acknowledged write is there, through statecar and straight from the cluster.
     let mut c = RawConn::connect(sc.port()).await;
     for (k, v) in &all {
-        assert_eq!(c.cmd(&["GET", k]).await, bulk(v), "acknowledged write to {k}");
+        assert_eq!(
+            c.cmd(&["GET", k]).await,
+            bulk(v),
+            "acknowledged write to {k}"
+        );
     }
     for (k, v) in all.iter().filter(|(k, _)| k.starts_with('c')).take(50) {
         assert_eq!(&direct_get(&cluster, k), v);

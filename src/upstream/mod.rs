@@ -86,7 +86,7 @@ pub enum UpstreamError {
         reply: String,
     },
     /// The node was taken out of use (failover, left the cluster) with the command in flight.
-    #[error("upstream {addr} left: {reason}; the command may or may not have run")]
+    #[error("upstream {addr} out of use: {reason}; the command may or may not have run")]
     Retired {
         /// host:port
         addr: String,

@@ -4,7 +4,11 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{RedisServer, WAIT, free_port};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::{Frame, RawConn, RedisServer, WAIT, encode, free_port, ok};
 
 /// Runs redis-cli with `args` and returns stdout (panics with stderr if it fails).
 pub fn redis_cli(args: &[&str]) -> String {
@@ -105,7 +109,14 @@ impl RedisCluster {
         text.lines()
             .filter_map(|l| {
                 let f: Vec<&str> = l.split(' ').collect();
-                let port = f.get(1)?.split('@').next()?.rsplit(':').next()?.parse().ok()?;
+                let port = f
+                    .get(1)?
+                    .split('@')
+                    .next()?
+                    .rsplit(':')
+                    .next()?
+                    .parse()
+                    .ok()?;
                 Some((port, f[0].to_string(), f.get(2)?.contains("master")))
             })
             .collect()
@@ -198,4 +209,69 @@ impl Drop for Sentinel {
             let _ = c.wait();
         }
     }
+}
+
+/// One client's pipelined writes and reads until `stop`: each value names its client and
+/// sequence number, so a reply that belongs to another client fails the test. Returns the
+/// acknowledged writes (key -> value, when), the rounds, and the error replies seen.
+pub async fn writer_load(
+    port: u16,
+    id: usize,
+    stop: Arc<AtomicBool>,
+) -> (HashMap<String, (String, Instant)>, usize, Vec<String>) {
+    let mut c = RawConn::connect(port).await;
+    let mut acked = HashMap::new();
+    let mut errors = Vec::new();
+    let mut n = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        let key = if n % 3 == 0 {
+            format!("s:{id}:{}", n % 50)
+        } else {
+            format!("c{id}:{n}")
+        };
+        let value = format!("client {id} write {n} x{}", "x".repeat(n % 64));
+        // A pipeline of three: SET, GET of the same key, GET of the client's marker key.
+        let mut batch = encode(&["SET", &key, &value]);
+        batch.extend(encode(&["GET", &key]));
+        batch.extend(encode(&["GET", &format!("marker{id}")]));
+        if n == 0 {
+            batch = [
+                encode(&["SET", &format!("marker{id}"), &format!("m{id}")]),
+                batch,
+            ]
+            .concat();
+        }
+        c.send(&batch).await;
+        if n == 0 {
+            assert_eq!(c.read().await, ok());
+        }
+        let set = c.read().await;
+        let get = c.read().await;
+        let marker = c.read().await;
+        match (&set, &get) {
+            (Frame::Simple(s), Frame::Bulk(v)) if s == "OK" => {
+                assert_eq!(
+                    String::from_utf8_lossy(v),
+                    value,
+                    "client {id} read back another value"
+                );
+                acked.insert(key, (value, Instant::now()));
+            }
+            (Frame::Simple(s), other) if s == "OK" => {
+                // Acknowledged even though the read failed.
+                acked.insert(key, (value, Instant::now()));
+                errors.push(format!("{other:?}"));
+            }
+            (e, _) => errors.push(format!("{e:?}")),
+        }
+        if let Frame::Bulk(m) = &marker {
+            assert_eq!(
+                m,
+                format!("m{id}").as_bytes(),
+                "client {id} got a foreign reply"
+            );
+        }
+        n += 1;
+    }
+    (acked, n, errors)
 }
