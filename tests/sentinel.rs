@@ -52,6 +52,14 @@ async fn follows_a_forced_failover_under_load() {
         "statecar writes to the primary the sentinels named"
     );
 
+    // A subscriber is pinned to the old primary: it must not silently stay there.
+    let mut sub = RawConn::connect(sc.port()).await;
+    sub.send_cmd(&["SUBSCRIBE", "events"]).await;
+    assert_eq!(
+        sub.read().await,
+        Frame::Array(vec![bulk("subscribe"), bulk("events"), int(1)])
+    );
+
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for id in 0..4 {
@@ -74,6 +82,11 @@ async fn follows_a_forced_failover_under_load() {
     })
     .await;
     let switched_at = Instant::now();
+    within(
+        "the old primary's subscriber is disconnected",
+        sub.read_to_eof(),
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
 

@@ -17,6 +17,7 @@ use crate::state::transform::Reshape;
 use crate::upstream::UpstreamError;
 use crate::upstream::connect::{Stream, decode_reply, read_frame};
 use crate::upstream::lease::{Lease, LeasePool, LeasedConn, Returned};
+use crate::upstream::node::Endpoint;
 use redis_protocol::resp3::types::{BytesFrame, Resp3Frame};
 use std::sync::Arc;
 use tokio::sync::OwnedSemaphorePermit;
@@ -114,7 +115,8 @@ impl Pinned {
         let LeasedConn { stream, rbuf, key } = conn;
         let (rd, wr) = tokio::io::split(stream);
         let (etx, erx) = mpsc::unbounded_channel();
-        let relay = tokio::spawn(relay(rd, rbuf, erx, out, addr.clone()));
+        let ep = pool.endpoint().clone();
+        let relay = tokio::spawn(relay(rd, rbuf, erx, out, addr.clone(), ep));
         Pinned {
             wr,
             expect: etx,
@@ -247,6 +249,7 @@ async fn relay(
     mut expect_rx: mpsc::UnboundedReceiver<Expect>,
     out: mpsc::Sender<Out>,
     addr: String,
+    ep: Arc<Endpoint>,
 ) -> RelayEnd {
     let mut scanner = Scanner::default();
     let mut head: Option<Expect> = None;
@@ -260,6 +263,10 @@ async fn relay(
                 Ok(f) => f,
                 Err(e) => return fail(e, head, &mut expect_rx, &out).await,
             },
+            // The node was retired (failover): this client's pinned state cannot follow.
+            _ = ep.retired().cancelled() => {
+                return fail(ep.retired_error(), head, &mut expect_rx, &out).await;
+            }
             e = expect_rx.recv(), if head.is_none() => match e {
                 Some(Expect::Finish) | None => return RelayEnd::Finished(rd, rbuf),
                 Some(e) => {
