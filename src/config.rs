@@ -353,6 +353,8 @@ pub struct UpstreamConfig {
     pub tls: Option<ClientTls>,
     /// How the Redis deployment is found.
     pub mode: Mode,
+    /// `FUNCTION LOAD <library>` sent on every new connection (set by the proxy, not the file).
+    pub function_load: Option<bytes::Bytes>,
 }
 
 /// Where the Redis that statecar fronts lives.
@@ -722,6 +724,7 @@ impl Config {
                 keepalive_s: up.keepalive_s,
                 tls: upstream_tls,
                 mode,
+                function_load: None,
             },
             limits: Limits {
                 max_bulk_len: l.max_bulk_len,

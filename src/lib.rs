@@ -45,7 +45,9 @@ pub async fn run(cfg: Arc<config::Config>, reload: Option<Reloader>) -> Result<(
         }
         None => None,
     };
-    let upstream = upstream::Upstream::new(cfg.upstream.clone());
+    let mut up_cfg = cfg.upstream.clone();
+    up_cfg.function_load = Some(state::scripts::Scripts::default().function_load);
+    let upstream = upstream::Upstream::new(up_cfg);
     let ctx = Arc::new(session::Ctx {
         auth: auth::Auth::new(&cfg.auth),
         state: arc_swap::ArcSwap::from_pointee(state::StateEngine::new(

@@ -2692,3 +2692,75 @@ versioning = false
     let run = run_statecar(&["decode", "dec:a", "--upstream", &url]).await;
     assert_eq!(run.code, 0);
 }
+
+/// `calls=` of one command in `INFO commandstats` (0 when it never ran).
+async fn calls(d: &mut RawConn, cmd: &str) -> u64 {
+    let info = d.cmd(&["INFO", "commandstats"]).await.text();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_writes_go_as_fcall_and_a_function_flush_fails_safely() {
+    let (redis, sc) = start_pair(STATE_RULES);
+    let mut p = RawConn::connect(sc.port()).await;
+    let mut d = RawConn::connect(redis.port()).await;
+    eventually("statecar loaded its function library", async || {
+        let Frame::Array(libs) = d.cmd(&["FUNCTION", "LIST"]).await else {
+            return false;
+        };
+        !libs.is_empty()
+    })
+    .await;
+    // A pipeline of versioned writes: each is one FCALL, none carries a script body.
+    let mut batch = Vec::new();
+    for i in 0..100 {
+        batch.extend(encode(&["SET", "sv:f", &format!("value {i}")]));
+    }
+    p.send(&batch).await;
+    for _ in 0..100 {
+        assert_eq!(p.read().await, ok());
+    }
+    assert!(calls(&mut d, "fcall").await >= 100, "writes used FCALL");
+    assert_eq!(calls(&mut d, "eval").await, 0, "no script body was sent");
+
+    // Someone flushes the functions straight in Redis while a pipeline of writes and reads
+    // is in flight: every write either ran, or failed with an error saying it did not; every
+    // read sees exactly the writes acknowledged before it.
+    assert_eq!(d.cmd(&["FUNCTION", "FLUSH"]).await, ok());
+    let mut batch = Vec::new();
+    for i in 0..20 {
+        batch.extend(encode(&["SET", "sv:f", &format!("after {i}")]));
+        batch.extend(encode(&["GET", "sv:f"]));
+    }
+    p.send(&batch).await;
+    let mut current = "value 99".to_string();
+    let mut failed = 0;
+    for i in 0..20 {
+        match p.read().await {
+            f if f == ok() => current = format!("after {i}"),
+            Frame::Error(e) => {
+                assert!(
+                    e.contains("FUNCTION FLUSH") && e.contains("did not run"),
+                    "{e}"
+                );
+                failed += 1;
+            }
+            other => panic!("SET: {other:?}"),
+        }
+        assert_eq!(p.read().await, bulk(&current), "GET after write {i}");
+    }
+    assert!(failed >= 1, "the flush was noticed");
+    // The library is back: the next write works, and the history has no gap.
+    assert_eq!(p.cmd(&["SET", "sv:f", "last"]).await, ok());
+    assert_eq!(p.cmd(&["GET", "sv:f"]).await, bulk("last"));
+    let nums: Vec<i64> = version_entries(&p.cmd(&["STATE.VERSIONS", "sv:f"]).await)
+        .iter()
+        .map(|e| as_int(&e["version"]))
+        .collect();
+    let written = 100 + (20 - failed) + 1;
+    assert_eq!(nums, ((written - 4)..=written).collect::<Vec<i64>>());
+}

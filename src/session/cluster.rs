@@ -155,7 +155,8 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         let plan = Some(self.ctx.state.load())
             .filter(|s| !s.is_empty())
             .and_then(|s| s.plan(&cmd));
-        let (raw, reshape) = match plan.map(|p| self.script_plan(p, false)) {
+        let fast = self.ctx.upstream.functions();
+        let (raw, reshape) = match plan.map(|p| self.script_plan(p, fast)) {
             None => (cmd.raw, None),
             Some(Plan::Send { raw, pending }) => {
                 let r = self.reshape(pending);

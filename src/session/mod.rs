@@ -106,6 +106,8 @@ pub struct Session<S> {
     batch: BytesMut,
     batch_n: usize,
     batch_ids: Vec<u16>,
+    /// State commands in the batch: their index and how to reshape their replies.
+    batch_reshapes: Vec<(u16, Box<Reshape>)>,
     batch_discard: bool,
     /// Cluster: the node the gathered batch goes to, and where each command in it ends (to
     /// re-send one that Redis redirected).
@@ -157,6 +159,7 @@ where
         batch: BytesMut::new(),
         batch_n: 0,
         batch_ids: Vec::new(),
+        batch_reshapes: Vec::new(),
         batch_discard: false,
         batch_route: None,
         batch_ends: Vec::new(),
@@ -289,6 +292,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             .send(Out::Batch {
                 rx,
                 ids: std::mem::take(&mut self.batch_ids),
+                reshapes: std::mem::take(&mut self.batch_reshapes),
                 started: self.read_at,
                 discard: self.batch_discard,
                 redirect,
@@ -298,6 +302,12 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
 
     /// Adds a plain command to the batch for the shared connection.
     async fn forward(&mut self, raw: &[u8]) -> Flow {
+        self.forward_with(raw, None).await
+    }
+
+    /// Adds a command to the batch; `reshape` turns its reply into what the client expects
+    /// (state keys), so state and plain commands share one upstream batch and one reply slice.
+    async fn forward_with(&mut self, raw: &[u8], reshape: Option<Box<Reshape>>) -> Flow {
         let discard = self.take_discard();
         let other_node = match (&self.route, &self.batch_route) {
             (Some(a), Some(b)) => a.id != b.id,
@@ -307,6 +317,9 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             self.flush_batch().await;
         }
         self.batch_discard = discard;
+        if let Some(r) = reshape {
+            self.batch_reshapes.push((self.batch_n as u16, r));
+        }
         self.batch.extend_from_slice(raw);
         self.batch_n += 1;
         self.batch_ids.push(self.cur);
@@ -702,17 +715,30 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         }
     }
 
-    /// Turns a script plan into an upstream command. EVALSHA saves sending the script body,
-    /// but a NOSCRIPT reply (after a SCRIPT FLUSH) can only be retried safely if nothing of
-    /// this client's runs in between; so EVALSHA is used only when the client has nothing else
-    /// queued (the next command then waits for the reply), and EVAL otherwise.
-    fn script_plan(&mut self, plan: Plan, allow_sha: bool) -> Plan {
+    /// Turns a script plan into an upstream command.
+    ///
+    /// With Redis 7 it is an FCALL of statecar's function library, which needs no script body
+    /// and survives SCRIPT FLUSH, so it pipelines like any command. Without functions, EVALSHA
+    /// saves sending the script body, but a NOSCRIPT reply (after a SCRIPT FLUSH) can only be
+    /// retried safely if nothing of this client's runs in between; so EVALSHA is used only when
+    /// the client has nothing else queued (the next command then waits for the reply), and EVAL
+    /// otherwise. Inside MULTI (`allow_fast` false) it is always EVAL: an error there would only
+    /// surface at EXEC.
+    fn script_plan(&mut self, plan: Plan, allow_fast: bool) -> Plan {
         let Plan::Script { call, transform } = plan else {
             return plan;
         };
         let state = self.ctx.state.load();
         let script = state.scripts.get(call.script);
-        if allow_sha && self.inbuf.is_empty() {
+        if allow_fast && self.ctx.upstream.functions() {
+            Plan::Send {
+                raw: state.scripts.fcall(call.script, &call.keys, &call.args),
+                pending: Box::new(Pending {
+                    transform,
+                    retry: Some(call),
+                }),
+            }
+        } else if allow_fast && self.inbuf.is_empty() {
             self.evalsha_in_flight = true;
             Plan::Send {
                 raw: script.evalsha(&call.keys, &call.args),
@@ -737,35 +763,8 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         match self.script_plan(plan, true) {
             Plan::Reject(e) | Plan::Fail(e) => self.reply(e).await,
             Plan::Send { raw, pending } => {
-                let discard = self.take_discard();
-                self.flush_batch().await;
                 let reshape = self.reshape(pending);
-                let (tx, rx) = oneshot::channel();
-                let redirect = self.route.clone().map(|node| {
-                    Box::new(writer::Redirectable {
-                        cmds: raw.clone(),
-                        ends: vec![raw.len() as u32],
-                        node,
-                        key: self.key(),
-                        up: self.ctx.upstream.clone(),
-                    })
-                });
-                if let Some(conn) = &reshape.conn {
-                    conn.send(Batch {
-                        bytes: raw,
-                        replies: 1,
-                        tx,
-                    });
-                }
-                self.push(Out::State {
-                    rx,
-                    reshape,
-                    id: self.cur,
-                    started: self.read_at,
-                    discard,
-                    redirect,
-                })
-                .await
+                self.forward_with(&raw, Some(reshape)).await
             }
             // script_plan converts every script; never drop a command silently if that changes.
             Plan::Script { .. } => {

@@ -37,12 +37,12 @@ pub struct Redirectable {
 
 impl Redirectable {
     /// Replaces every redirected reply in `r` with the reply from where it was sent on to.
-    /// Returns the node that answered the last redirected command (for follow-ups).
-    async fn fix(&self, r: &mut Replies) -> Option<Arc<Node>> {
+    /// Returns, for each redirected command, the node that finally answered (for follow-ups).
+    async fn fix(&self, r: &mut Replies) -> Vec<(usize, Arc<Node>)> {
         let frames = cluster::frames(&r.bytes);
         let mut changed = false;
         let mut out = Vec::with_capacity(frames.len());
-        let mut last = None;
+        let mut moved = Vec::new();
         for (i, f) in frames.into_iter().enumerate() {
             let redirected = i < 128
                 && r.errors & (1 << i) != 0
@@ -70,7 +70,7 @@ impl Redirectable {
                 r.errors &= !(1 << i);
             }
             out.push(reply);
-            last = Some(node);
+            moved.push((i, node));
             changed = true;
         }
         if changed {
@@ -80,7 +80,59 @@ impl Redirectable {
             }
             r.bytes = b.freeze();
         }
-        last
+        moved
+    }
+}
+
+/// Reshapes the replies of the state commands in a batch (also those that arrived before the
+/// connection failed, so an encoded value never reaches the client).
+async fn reshape_batch(
+    r: BatchResult,
+    reshapes: Vec<(u16, Box<Reshape>)>,
+    moved: &[(usize, Arc<Node>)],
+    key: Option<PoolKey>,
+) -> BatchResult {
+    let (bytes, received) = match &r {
+        Ok(replies) => (replies.bytes.clone(), usize::MAX),
+        Err(f) => (f.partial.clone(), f.received),
+    };
+    let mut frames = cluster::frames(&bytes);
+    let mut errors = match &r {
+        Ok(replies) => replies.errors,
+        Err(_) => 0,
+    };
+    for (i, mut reshape) in reshapes {
+        let i = i as usize;
+        if i >= received || i >= frames.len() {
+            continue;
+        }
+        if let (Some((_, node)), Some(key)) = (moved.iter().find(|(m, _)| *m == i), key) {
+            // Follow-ups (NOSCRIPT, previous version) go where the command ended up.
+            reshape.conn = Some(node.assign(key));
+        }
+        let out = reshape.apply(frames[i].clone()).await;
+        if i < 128 {
+            if matches!(out.first(), Some(b'-' | b'!')) {
+                errors |= 1 << i;
+            } else {
+                errors &= !(1 << i);
+            }
+        }
+        frames[i] = out;
+    }
+    let mut b = BytesMut::with_capacity(frames.iter().map(Bytes::len).sum());
+    for f in &frames {
+        b.extend_from_slice(f);
+    }
+    match r {
+        Ok(_) => Ok(Replies {
+            bytes: b.freeze(),
+            errors,
+        }),
+        Err(mut f) => {
+            f.partial = b.freeze();
+            Err(f)
+        }
     }
 }
 
@@ -97,24 +149,11 @@ pub enum Out {
         rx: oneshot::Receiver<BatchResult>,
         /// Metric ids of the commands, in order.
         ids: Vec<u16>,
+        /// State commands among them: index and reshaping.
+        reshapes: Vec<(u16, Box<Reshape>)>,
         /// When the batch was read.
         started: Instant,
         /// `CLIENT REPLY OFF/SKIP`: consume but do not send.
-        discard: bool,
-        /// Cluster: how to follow redirects.
-        redirect: Option<Box<Redirectable>>,
-    },
-    /// One command on a shared connection whose reply is reshaped (state keys).
-    State {
-        /// Where the reply arrives.
-        rx: oneshot::Receiver<BatchResult>,
-        /// How to reshape it.
-        reshape: Box<Reshape>,
-        /// Metric id of the command.
-        id: u16,
-        /// When it was read.
-        started: Instant,
-        /// `CLIENT REPLY OFF/SKIP`.
         discard: bool,
         /// Cluster: how to follow redirects.
         redirect: Option<Box<Redirectable>>,
@@ -248,6 +287,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
                 Out::Batch {
                     mut rx,
                     ids,
+                    reshapes,
                     started,
                     discard,
                     redirect,
@@ -255,10 +295,15 @@ pub async fn run<W: AsyncWrite + Unpin>(
                     let Some(mut r) = w.wait(&mut rx).await? else {
                         continue;
                     };
+                    let mut moved = Vec::new();
                     if let (Some(red), Ok(replies)) = (&redirect, &mut r)
                         && replies.errors != 0
                     {
-                        red.fix(replies).await;
+                        moved = red.fix(replies).await;
+                    }
+                    if !reshapes.is_empty() {
+                        let key = redirect.as_ref().map(|r| r.key);
+                        r = reshape_batch(r, reshapes, &moved, key).await;
                     }
                     telemetry::round_trip(started.elapsed());
                     w.put_batch(r, &ids, discard).await?;
@@ -275,36 +320,6 @@ pub async fn run<W: AsyncWrite + Unpin>(
                     telemetry::round_trip(started.elapsed());
                     w.put_batch(Ok(Replies { bytes, errors }), &[id], discard)
                         .await?;
-                }
-                Out::State {
-                    mut rx,
-                    mut reshape,
-                    id,
-                    started,
-                    discard,
-                    redirect,
-                } => {
-                    let Some(r) = w.wait(&mut rx).await? else {
-                        continue;
-                    };
-                    let r = match r {
-                        Ok(mut b) => {
-                            if let Some(red) = &redirect
-                                && b.errors != 0
-                                && let Some(node) = red.fix(&mut b).await
-                            {
-                                // Follow-ups (NOSCRIPT, previous version) go where the
-                                // command ended up.
-                                reshape.conn = Some(node.assign(red.key));
-                            }
-                            let bytes = reshape.apply(b.bytes).await;
-                            let errors = u128::from(matches!(bytes.first(), Some(b'-')));
-                            Ok(Replies { bytes, errors })
-                        }
-                        Err(f) => Err(f),
-                    };
-                    telemetry::round_trip(started.elapsed());
-                    w.put_batch(r, &[id], discard).await?;
                 }
                 Out::Barrier(tx) => {
                     w.flush().await?;

@@ -237,7 +237,26 @@ impl Script {
     }
 }
 
-/// All scripts, hashed once at start.
+/// The script bodies by kind and function name, in library order.
+const BODIES: [(ScriptKind, &str, &str); 8] = [
+    (ScriptKind::Write, "write", WRITE),
+    (ScriptKind::Delete, "delete", DELETE),
+    (ScriptKind::KeyThenSync, "key_then_sync", KEY_THEN_SYNC),
+    (ScriptKind::Strlen, "strlen", STRLEN),
+    (ScriptKind::Load, "load", LOAD),
+    (ScriptKind::Versions, "versions", VERSIONS),
+    (ScriptKind::DelVersion, "delversion", DELVERSION),
+    (ScriptKind::Rollback, "rollback", ROLLBACK),
+];
+
+/// All scripts, hashed once at start, and the same code as a Redis 7 function library.
+///
+/// With Redis 7 every state write goes as `FCALL`: no script body on the wire and no SHA1 of
+/// it computed by Redis per call (what EVAL costs), and no NOSCRIPT after a SCRIPT FLUSH, so
+/// writes can be pipelined freely. The library is loaded on every new upstream connection
+/// (`FUNCTION LOAD`, which Redis keeps and replicates) and its name carries a hash of the code,
+/// so two statecar versions never replace each other's functions. Redis 6.2 (no functions)
+/// gets EVALSHA/EVAL as before.
 pub struct Scripts {
     /// See [`WRITE`].
     pub write: Script,
@@ -255,11 +274,34 @@ pub struct Scripts {
     pub delversion: Script,
     /// See [`ROLLBACK`].
     pub rollback: Script,
+    /// `statecar_<hash>`: the library and the prefix of its function names.
+    pub library_name: String,
+    /// `FUNCTION LOAD <library>`, ready to send.
+    pub function_load: Bytes,
 }
 
 impl Default for Scripts {
     fn default() -> Self {
+        let mut all = String::from(PRELUDE);
+        for (_, _, body) in BODIES {
+            all.push_str(body);
+        }
+        let hash = sha1_smol::Sha1::from(all.as_bytes()).digest().to_string();
+        let library_name = format!("statecar_{}", &hash[..12]);
+        let mut lib = format!("#!lua name={library_name}\n{PRELUDE}");
+        for (_, name, body) in BODIES {
+            lib.push_str(&format!(
+                "redis.register_function('{library_name}_{name}', function(KEYS, ARGV)\n{body}\nend)\n"
+            ));
+        }
+        let mut function_load = BytesMut::new();
+        encode_multibulk(
+            &mut function_load,
+            &[b"FUNCTION".as_slice(), b"LOAD", lib.as_bytes()],
+        );
         Scripts {
+            library_name,
+            function_load: function_load.freeze(),
             write: Script::new(WRITE),
             delete: Script::new(DELETE),
             key_then_sync: Script::new(KEY_THEN_SYNC),
@@ -294,6 +336,17 @@ pub enum ScriptKind {
 }
 
 impl Scripts {
+    /// `FCALL statecar_<hash>_<name> nkeys keys... args...`
+    pub fn fcall(&self, k: ScriptKind, keys: &[Bytes], args: &[Bytes]) -> Bytes {
+        let name = BODIES
+            .iter()
+            .find(|(kind, _, _)| *kind == k)
+            .map(|(_, n, _)| *n)
+            .unwrap_or("write");
+        let f = format!("{}_{name}", self.library_name);
+        self.get(k).build(f.as_bytes(), b"FCALL", keys, args)
+    }
+
     /// The script of a kind.
     pub fn get(&self, k: ScriptKind) -> &Script {
         match k {

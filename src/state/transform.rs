@@ -254,6 +254,21 @@ pub struct Apply<'a> {
 impl Apply<'_> {
     /// Applies `p` to one reply frame.
     pub async fn run(&self, p: &Pending, reply: Bytes) -> Bytes {
+        if reply.starts_with(b"-ERR Function not found") {
+            // Commands pipelined behind this one have run already, so re-running it now could
+            // put it after a read of the same key that the client sent later. It did not run:
+            // say so, and load the library again for the next ones.
+            tracing::warn!(
+                "Redis lost statecar's function library (FUNCTION FLUSH?); loading it again"
+            );
+            if let Some(conn) = self.conn {
+                let _ = call(conn, self.engine.scripts.function_load.clone(), 1).await;
+            }
+            return error(
+                "ERR statecar: Redis lost statecar's function library (FUNCTION FLUSH or DELETE?); \
+                 it is loaded again, and this command did not run: retry it",
+            );
+        }
         let reply = if reply.starts_with(b"-NOSCRIPT")
             && let (Some(retry), Some(conn)) = (&p.retry, self.conn)
         {

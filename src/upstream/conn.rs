@@ -150,7 +150,7 @@ async fn run(
         let Some(up) = upstream.upgrade() else { return };
         match connected {
             Ok(c) => {
-                up.note_connect(true, Some(&c.info.version));
+                up.note_connect(true, Some(&c.info));
                 telemetry::upstream_connect(true);
                 tracing::debug!(
                     db = key.db,

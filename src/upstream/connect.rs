@@ -162,6 +162,8 @@ pub fn decode_reply(frame: &Bytes) -> Option<BytesFrame> {
 pub struct ServerInfo {
     /// `version` from HELLO, e.g. "7.0.15".
     pub version: String,
+    /// Whether statecar's function library is loaded (see `UpstreamConfig::function_load`).
+    pub functions: bool,
 }
 
 /// An open, authenticated connection on the right db and protocol.
@@ -326,6 +328,21 @@ async fn connect_inner(
             .await
             .map_err(tls_refusal)?;
         check_handshake_reply(addr, step, &frame, &mut info)?;
+    }
+    if let Some(load) = &cfg.function_load {
+        stream
+            .write_all(load)
+            .await
+            .map_err(|e| UpstreamError::io(addr, &e))?;
+        let frame = read_frame(&mut stream, &mut rbuf, &mut scanner, addr).await?;
+        // The library's name back, or "already exists": loaded either way. Anything else
+        // (Redis 6, an ACL without FUNCTION) means scripts go by EVALSHA/EVAL instead.
+        info.functions = frame.first() == Some(&b'$')
+            || (frame.starts_with(b"-ERR Library")
+                && frame.windows(14).any(|w| w == b"already exists"));
+        if !info.functions {
+            tracing::debug!(%addr, reply = %String::from_utf8_lossy(&frame).trim(), "function library not loaded");
+        }
     }
     Ok(Connected { stream, rbuf, info })
 }

@@ -151,7 +151,7 @@ impl LeasePool {
         }
         let c = connect::connect(&self.cfg, &self.ep.addr, key).await;
         if let Some(up) = self.upstream.upgrade() {
-            up.note_connect(c.is_ok(), c.as_ref().ok().map(|c| c.info.version.as_str()));
+            up.note_connect(c.is_ok(), c.as_ref().ok().map(|c| &c.info));
         }
         telemetry::upstream_connect(c.is_ok());
         let c = c?;

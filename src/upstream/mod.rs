@@ -184,6 +184,8 @@ pub struct Upstream {
     pub reachable: AtomicBool,
     /// Databases Redis has accepted in SELECT, so later SELECTs need no round trip.
     valid_dbs: Mutex<HashSet<u32>>,
+    /// See [`Upstream::functions`].
+    functions: AtomicBool,
     /// Cluster: wakes the topology task (a MOVED reply, a node that stopped answering).
     pub(crate) refresh: Notify,
 }
@@ -226,6 +228,7 @@ impl Upstream {
                 reachable: AtomicBool::new(false),
                 valid_dbs: Mutex::new(HashSet::new()),
                 refresh: Notify::new(),
+                functions: AtomicBool::new(false),
             }
         })
     }
@@ -358,9 +361,21 @@ impl Upstream {
         self.refresh.notify_one();
     }
 
+    /// Whether state scripts can go as FCALL (the function library loaded on the last
+    /// connection opened).
+    pub fn functions(&self) -> bool {
+        self.functions.load(Ordering::Relaxed)
+    }
+
     /// Records the outcome of a connection attempt.
-    pub fn note_connect(&self, ok: bool, version: Option<&str>) {
+    pub fn note_connect(&self, ok: bool, info: Option<&connect::ServerInfo>) {
         self.reachable.store(ok, Ordering::Relaxed);
+        if let Some(i) = info
+            && self.cfg.function_load.is_some()
+        {
+            self.functions.store(i.functions, Ordering::Relaxed);
+        }
+        let version = info.map(|i| i.version.as_str());
         if !ok && self.is_cluster() {
             self.request_refresh();
         }
