@@ -224,7 +224,7 @@ pub async fn writer_load(
     let mut errors = Vec::new();
     let mut n = 0usize;
     while !stop.load(Ordering::Relaxed) {
-        let key = if n % 3 == 0 {
+        let key = if n.is_multiple_of(3) {
             format!("s:{id}:{}", n % 50)
         } else {
             format!("c{id}:{n}")
