@@ -431,3 +431,88 @@ async fn failover_and_reshard_under_load_lose_nothing() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ask_and_tryagain_during_a_slot_migration_are_followed() {
+    let cluster = RedisCluster::start(3, 0);
+    let mport = free_port();
+    let sc = start(
+        &cluster,
+        &format!("{RULES}[metrics]\nlisten = \"127.0.0.1:{mport}\"\n"),
+    );
+    let mut c = RawConn::connect(sc.port()).await;
+    let p0 = cluster.nodes[0].port();
+    // Two keys of one slot: one stays behind on the source, one is created after the slot
+    // started migrating (so it only exists on the target).
+    let slot = keyslot(p0, "{m}old");
+    assert_eq!(c.cmd(&["SET", "{m}old", "1"]).await, ok());
+    let src = cluster.owner(slot);
+    let dst = cluster
+        .nodes
+        .iter()
+        .map(|n| n.port())
+        .find(|&p| p != src)
+        .unwrap();
+    let ids: HashMap<u16, String> = cluster
+        .topology()
+        .into_iter()
+        .map(|(p, id, _)| (p, id))
+        .collect();
+    let s = slot.to_string();
+    assert_eq!(
+        cli(dst, &["cluster", "setslot", &s, "importing", &ids[&src]]).trim(),
+        "OK"
+    );
+    assert_eq!(
+        cli(src, &["cluster", "setslot", &s, "migrating", &ids[&dst]]).trim(),
+        "OK"
+    );
+    // A new key in a migrating slot goes to the target (ASK), and reads follow it there.
+    assert_eq!(c.cmd(&["SET", "{m}new", "2"]).await, ok());
+    assert_eq!(cli(dst, &["asking"]).trim(), "OK");
+    assert_eq!(c.cmd(&["GET", "{m}new"]).await, bulk("2"));
+    assert_eq!(c.cmd(&["GET", "{m}old"]).await, bulk("1"));
+    // A new state key is two keys (value and history): Redis refuses multi-key writes of
+    // missing keys in a slot that is moving, and statecar retries for a while, then says so.
+    let r = c.cmd(&["SET", "s:{m}", &json(5)]).await;
+    assert!(
+        r.error_text().is_some_and(|e| e.starts_with("TRYAGAIN")),
+        "{r:?}"
+    );
+    // A multi-key command with one key on each side gets TRYAGAIN until the move is done.
+    let mut slow = RawConn::connect(sc.port()).await;
+    slow.send_cmd(&["MGET", "{m}old", "{m}new"]).await;
+    common::cluster::redis_cli(&[
+        "-p",
+        &src.to_string(),
+        "migrate",
+        "127.0.0.1",
+        &dst.to_string(),
+        "",
+        "0",
+        "5000",
+        "keys",
+        "{m}old",
+    ]);
+    for p in [src, dst] {
+        cli(p, &["cluster", "setslot", &s, "node", &ids[&dst]]);
+    }
+    let r = within("MGET during the migration", slow.read()).await;
+    assert!(
+        r == Frame::Array(vec![bulk("1"), bulk("2")]) || r.is_error(),
+        "MGET gave the values or a TRYAGAIN error, nothing else: {r:?}"
+    );
+    assert_eq!(
+        c.cmd(&["MGET", "{m}old", "{m}new"]).await,
+        Frame::Array(vec![bulk("1"), bulk("2")])
+    );
+    // Once the slot has moved, the state key is written where its slot now lives.
+    assert_eq!(c.cmd(&["SET", "s:{m}", &json(5)]).await, ok());
+    assert_eq!(c.cmd(&["GET", "s:{m}"]).await, bulk(json(5)));
+    assert_eq!(cli(dst, &["exists", "s:{m}", "__statecar:h:s:{m}"]).trim(), "2");
+    let (_, metrics) = http_get(mport, "/metrics").expect("scrape");
+    assert!(
+        metrics.contains("statecar_cluster_redirects_total{kind=\"ask\"}"),
+        "ASK redirects were followed"
+    );
+}

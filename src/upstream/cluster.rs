@@ -26,6 +26,8 @@ const PERIOD: Duration = Duration::from_secs(5);
 const MIN_GAP: Duration = Duration::from_millis(100);
 /// Redirects followed for one command before its last reply is given to the client.
 const MAX_HOPS: usize = 5;
+/// How long TRYAGAIN replies are retried for one command.
+const TRYAGAIN_BUDGET: Duration = Duration::from_millis(2000);
 
 /// Keeps the slot map current for as long as the proxy runs.
 pub async fn maintain(up: Arc<Upstream>, seeds: Vec<Addr>) {
@@ -204,6 +206,11 @@ pub fn redirect(reply: &[u8], from: &Addr) -> Option<Redirect> {
 
 /// Follows redirects for one command whose reply from `from` was `reply`. Returns the final
 /// reply and the node that gave it.
+///
+/// TRYAGAIN (a multi-key command, or a state write with its history key, meeting a slot in
+/// mid-migration) is retried on the same node, with ASKING again if that is how it got there,
+/// for up to `TRYAGAIN_BUDGET`; a slot moves in milliseconds, so longer means it is stuck and
+/// the client gets Redis's TRYAGAIN.
 pub async fn follow(
     up: &Arc<Upstream>,
     key: PoolKey,
@@ -211,34 +218,49 @@ pub async fn follow(
     cmd: &Bytes,
     mut reply: Bytes,
 ) -> (Bytes, Arc<Node>) {
-    for hop in 0..MAX_HOPS {
-        let Some(r) = redirect(&reply, &from.ep.addr) else {
-            break;
-        };
+    let mut hops = 0;
+    let mut asking = false;
+    let mut waited = Duration::ZERO;
+    let mut pause = Duration::from_millis(10);
+    while let Some(r) = redirect(&reply, &from.ep.addr) {
         crate::telemetry::cluster_redirect(match r {
             Redirect::Moved(_) => "moved",
             Redirect::Ask(_) => "ask",
             Redirect::TryAgain => "tryagain",
         });
-        let sent = match r {
+        match r {
             Redirect::Moved(addr) => {
                 up.request_refresh();
                 from = up.node(&addr);
-                super::conn::call(&from.assign(key), cmd.clone(), 1).await
+                asking = false;
+                hops += 1;
             }
             Redirect::Ask(addr) => {
                 from = up.node(&addr);
-                let mut both = BytesMut::with_capacity(cmd.len() + 20);
-                encode_multibulk(&mut both, &[b"ASKING".as_slice()]);
-                both.extend_from_slice(cmd);
-                super::conn::call(&from.assign(key), both.freeze(), 2)
-                    .await
-                    .map(|b| skip_first(&b))
+                asking = true;
+                hops += 1;
             }
             Redirect::TryAgain => {
-                tokio::time::sleep(Duration::from_millis(20 << hop)).await;
-                super::conn::call(&from.assign(key), cmd.clone(), 1).await
+                if waited >= TRYAGAIN_BUDGET {
+                    break;
+                }
+                tokio::time::sleep(pause).await;
+                waited += pause;
+                pause = (pause * 2).min(Duration::from_millis(200));
             }
+        }
+        if hops > MAX_HOPS {
+            break;
+        }
+        let sent = if asking {
+            let mut both = BytesMut::with_capacity(cmd.len() + 20);
+            encode_multibulk(&mut both, &[b"ASKING".as_slice()]);
+            both.extend_from_slice(cmd);
+            super::conn::call(&from.assign(key), both.freeze(), 2)
+                .await
+                .map(|b| skip_first(&b))
+        } else {
+            super::conn::call(&from.assign(key), cmd.clone(), 1).await
         };
         reply = match sent {
             Ok(b) => b,
