@@ -62,7 +62,7 @@ pub enum Local {
 }
 
 /// Upper-cases a command name into a stack buffer; names longer than 32 bytes are not ours.
-fn upper(name: &[u8], buf: &mut [u8; 32]) -> Option<usize> {
+pub(crate) fn upper(name: &[u8], buf: &mut [u8; 32]) -> Option<usize> {
     if name.len() > buf.len() {
         return None;
     }

@@ -114,16 +114,6 @@ enum Keys {
     Streams,
 }
 
-fn upper(name: &[u8], buf: &mut [u8; 24]) -> Option<usize> {
-    if name.len() > buf.len() {
-        return None;
-    }
-    for (d, s) in buf.iter_mut().zip(name) {
-        *d = s.to_ascii_uppercase();
-    }
-    Some(name.len())
-}
-
 fn parse_usize(b: &[u8]) -> Option<usize> {
     std::str::from_utf8(b).ok()?.parse().ok()
 }
@@ -133,8 +123,8 @@ pub fn route(args: &[Bytes]) -> Route {
     let Some(name) = args.first() else {
         return Route::Keyless;
     };
-    let mut buf = [0u8; 24];
-    let Some(n) = upper(name, &mut buf) else {
+    let mut buf = [0u8; 32];
+    let Some(n) = crate::command::upper(name, &mut buf) else {
         return Route::Keyless;
     };
     let sub = |i: usize| {

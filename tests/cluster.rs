@@ -303,19 +303,8 @@ async fn state_keys_work_on_every_node() {
     }
 
     // The offline tools find the nodes themselves.
-    let (st, _) = {
-        let mut cmd = std::process::Command::new(statecar_bin());
-        let out = cmd
-            .args(["verify", "--config"])
-            .arg(sc.dir().join("statecar.toml"))
-            .output()
-            .expect("statecar verify");
-        (
-            out.status,
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
-    };
-    assert!(st.success(), "statecar verify in cluster mode");
+    let (ok, report) = statecar_verify(&sc);
+    assert!(ok, "statecar verify in cluster mode: {report}");
     let out = std::process::Command::new(statecar_bin())
         .args(["decode", "--config"])
         .arg(sc.dir().join("statecar.toml"))
@@ -420,15 +409,10 @@ async fn failover_and_reshard_under_load_lose_nothing() {
     for i in 0..200 {
         assert_eq!(c.cmd(&["SET", &format!("after{i}"), "1"]).await, ok());
     }
-    let out = std::process::Command::new(statecar_bin())
-        .args(["verify", "--config"])
-        .arg(sc.dir().join("statecar.toml"))
-        .output()
-        .expect("statecar verify");
+    let (ok, report) = statecar_verify(&sc);
     assert!(
-        out.status.success(),
-        "state keys and histories agree after failover and reshard: {}",
-        String::from_utf8_lossy(&out.stdout)
+        ok,
+        "state keys and histories agree after failover and reshard: {report}"
     );
 }
 
@@ -509,7 +493,10 @@ async fn ask_and_tryagain_during_a_slot_migration_are_followed() {
     // Once the slot has moved, the state key is written where its slot now lives.
     assert_eq!(c.cmd(&["SET", "s:{m}", &json(5)]).await, ok());
     assert_eq!(c.cmd(&["GET", "s:{m}"]).await, bulk(json(5)));
-    assert_eq!(cli(dst, &["exists", "s:{m}", "__statecar:h:s:{m}"]).trim(), "2");
+    assert_eq!(
+        cli(dst, &["exists", "s:{m}", "__statecar:h:s:{m}"]).trim(),
+        "2"
+    );
     let (_, metrics) = http_get(mport, "/metrics").expect("scrape");
     assert!(
         metrics.contains("statecar_cluster_redirects_total{kind=\"ask\"}"),

@@ -131,16 +131,8 @@ async fn follows_a_forced_failover_under_load() {
         }
     }
     assert!(checked > 100, "enough writes were checked ({checked})");
-    let out = std::process::Command::new(statecar_bin())
-        .args(["verify", "--config"])
-        .arg(sc.dir().join("statecar.toml"))
-        .output()
-        .expect("statecar verify");
-    assert!(
-        out.status.success(),
-        "state keys verify on the new primary: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let (ok, report) = statecar_verify(&sc);
+    assert!(ok, "state keys verify on the new primary: {report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -64,6 +64,31 @@ struct Conn {
 }
 
 impl Conn {
+    /// Connects and authenticates to a sentinel.
+    async fn open(sentinel: &Addr, password: Option<&str>) -> Result<Conn, String> {
+        let stream = TcpStream::connect((sentinel.host.as_str(), sentinel.port))
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = stream.set_nodelay(true);
+        let mut c = Conn {
+            stream,
+            rbuf: BytesMut::new(),
+            scanner: Scanner::default(),
+            name: sentinel.to_string(),
+        };
+        if let Some(p) = password {
+            c.send(&[b"AUTH", p.as_bytes()]).await?;
+            let r = c.read().await?;
+            if r.first() == Some(&b'-') {
+                return Err(format!(
+                    "AUTH refused: {}",
+                    String::from_utf8_lossy(&r).trim()
+                ));
+            }
+        }
+        Ok(c)
+    }
+
     async fn send(&mut self, args: &[&[u8]]) -> Result<(), String> {
         let mut out = BytesMut::new();
         encode_multibulk(&mut out, args);
@@ -93,26 +118,7 @@ async fn watch(
 ) -> Result<(), String> {
     let name = sentinel.to_string();
     let mut c = tokio::time::timeout(timeout, async {
-        let stream = TcpStream::connect((sentinel.host.as_str(), sentinel.port))
-            .await
-            .map_err(|e| e.to_string())?;
-        let _ = stream.set_nodelay(true);
-        let mut c = Conn {
-            stream,
-            rbuf: BytesMut::new(),
-            scanner: Scanner::default(),
-            name: name.clone(),
-        };
-        if let Some(p) = password {
-            c.send(&[b"AUTH", p.as_bytes()]).await?;
-            let r = c.read().await?;
-            if r.first() == Some(&b'-') {
-                return Err(format!(
-                    "AUTH refused: {}",
-                    String::from_utf8_lossy(&r).trim()
-                ));
-            }
-        }
+        let mut c = Conn::open(sentinel, password).await?;
         // Subscribe first, so no switch can fall between the answer and the subscription.
         c.send(&[b"SUBSCRIBE", b"+switch-master"]).await?;
         c.read().await?;
@@ -144,19 +150,7 @@ pub async fn primary_of(
     master: &str,
     password: Option<&str>,
 ) -> Result<Addr, String> {
-    let stream = TcpStream::connect((sentinel.host.as_str(), sentinel.port))
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut c = Conn {
-        stream,
-        rbuf: BytesMut::new(),
-        scanner: Scanner::default(),
-        name: sentinel.to_string(),
-    };
-    if let Some(p) = password {
-        c.send(&[b"AUTH", p.as_bytes()]).await?;
-        c.read().await?;
-    }
+    let mut c = Conn::open(sentinel, password).await?;
     c.send(&[b"SENTINEL", b"get-master-addr-by-name", master.as_bytes()])
         .await?;
     let r = c.read().await?;

@@ -48,6 +48,19 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// Runs `statecar verify` with a proxy's own config file: (success, its report).
+pub fn statecar_verify(sc: &Statecar) -> (bool, String) {
+    let out = Command::new(statecar_bin())
+        .args(["verify", "--config"])
+        .arg(sc.dir().join("statecar.toml"))
+        .output()
+        .expect("run statecar verify");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 /// A port nobody listens on right now (never 6379/6380).
 pub fn free_port() -> u16 {
     loop {
