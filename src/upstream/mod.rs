@@ -135,6 +135,9 @@ impl UpstreamError {
     }
 }
 
+/// How long a node that left the slot map keeps its connections (see `Upstream::set_slots`).
+const RETIRE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Which node serves what, as of one moment. Replaced whole when it changes, so a session
 /// that cached connections for an older `epoch` knows to look again.
 pub struct Topology {
@@ -321,9 +324,23 @@ impl Upstream {
                 keep
             });
         }
-        for n in gone {
-            n.retire("the node no longer serves any slot of the cluster".into());
+        if gone.is_empty() {
+            return;
         }
+        // Commands already on their way there come back as MOVED and are followed; only
+        // then is the node retired (its connections would otherwise keep reconnecting to a
+        // node that may be gone for good).
+        let up = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(RETIRE_GRACE).await;
+            let Some(up) = up.upgrade() else { return };
+            let topo = up.topology();
+            for n in gone {
+                if !topo.masters.iter().any(|m| m.id == n.id) {
+                    n.retire("the node no longer serves any slot of the cluster".into());
+                }
+            }
+        });
     }
 
     /// Sentinel: points every new command at the primary at `addr`; commands still in flight
