@@ -101,7 +101,7 @@ async fn reload_on_sighup(ctx: Arc<session::Ctx>, reload: Reloader) {
                 merged.rules = new.rules;
                 merged.limits = new.limits;
                 merged.max_pending_requests = new.max_pending_requests;
-                merged.max_output_buffer = new.max_output_buffer;
+                merged.output_limits = new.output_limits;
                 merged.max_decoded_size = new.max_decoded_size;
                 merged.max_clients = new.max_clients;
                 merged.deny_commands = new.deny_commands;

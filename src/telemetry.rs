@@ -246,6 +246,13 @@ pub fn client_rejected(reason: &'static str) {
     counter!("statecar_clients_rejected_total", "reason" => reason).increment(1);
 }
 
+/// A client was disconnected for holding too many unread reply bytes (`class`: normal or
+/// pubsub; `limit`: hard or soft).
+pub fn output_buffer_disconnect(class: &'static str, limit: &'static str) {
+    counter!("statecar_client_output_buffer_disconnects_total", "class" => class, "limit" => limit)
+        .increment(1);
+}
+
 /// A command was refused before reaching Redis.
 pub fn command_rejected(reason: &'static str) {
     counter!("statecar_commands_rejected_total", "reason" => reason).increment(1);
@@ -382,6 +389,10 @@ pub fn install() -> Result<PrometheusHandle, String> {
         "Clients refused or disconnected by statecar, by reason."
     );
     describe_counter!(
+        "statecar_client_output_buffer_disconnects_total",
+        "Clients disconnected for unread replies over limits.*output_buffer*, by class and limit."
+    );
+    describe_counter!(
         "statecar_commands_rejected_total",
         "Commands refused before reaching Redis, by reason."
     );
@@ -449,6 +460,12 @@ pub fn install() -> Result<PrometheusHandle, String> {
     }
     for reason in ["max_clients", "tls_handshake", "output_buffer"] {
         counter!("statecar_clients_rejected_total", "reason" => reason).absolute(0);
+    }
+    for class in ["normal", "pubsub"] {
+        for limit in ["hard", "soft"] {
+            counter!("statecar_client_output_buffer_disconnects_total", "class" => class, "limit" => limit)
+                .absolute(0);
+        }
     }
     for reason in ["noauth", "protocol_error", "denied"] {
         counter!("statecar_commands_rejected_total", "reason" => reason).absolute(0);

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadHalf};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Auth;
@@ -107,6 +107,9 @@ pub struct Session<S> {
     pinned: Option<Pinned>,
     /// Subscriptions, mirrored so we know how many confirmations each command produces.
     subs: [HashSet<Bytes>; 3],
+    /// Commands on shared connections whose replies are not yet written (see `pending_room`).
+    pending: Arc<Semaphore>,
+    pending_max: usize,
 }
 
 /// Serves one client until it leaves.
@@ -119,9 +122,10 @@ where
     let cfg = ctx.cfg.load_full();
     let (out_tx, out_rx) = mpsc::channel(cfg.max_pending_requests);
     let (closed_tx, closed_rx) = watch::channel(false);
-    let writer = tokio::spawn(writer::run(wr, out_rx, closed_tx, cfg.max_output_buffer));
+    let writer = tokio::spawn(writer::run(wr, out_rx, closed_tx, cfg.output_limits, id));
     let db = cfg.upstream.url.db;
     let authed = !ctx.auth.required();
+    let pending_max = cfg.max_pending_requests.clamp(1, 1 << 20);
     let mut s = Session {
         ctx,
         id,
@@ -145,6 +149,8 @@ where
         evalsha_in_flight: false,
         pinned: None,
         subs: Default::default(),
+        pending: Arc::new(Semaphore::new(pending_max)),
+        pending_max,
     };
     tracing::debug!(client = id, %peer, "client connected");
     s.run().await;
@@ -163,7 +169,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             loop {
                 match self.parser.next(&mut self.inbuf, &limits) {
                     Ok(Some(Parsed::Command(cmd))) => {
-                        if self.dispatch(cmd).await == Flow::Stop {
+                        if self.dispatch(cmd).await == Flow::Stop || self.out.is_closed() {
                             self.flush_batch().await;
                             return;
                         }
@@ -244,6 +250,18 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         if self.batch_n == 0 {
             return;
         }
+        // The writer is gone (client left or was disconnected): Redis must not be asked for
+        // replies nobody will read.
+        let room = match self.out.is_closed() {
+            true => None,
+            false => self.pending_room(self.batch_n).await,
+        };
+        let Some(room) = room else {
+            self.batch.clear();
+            self.batch_ids.clear();
+            self.batch_n = 0;
+            return;
+        };
         let conn = self.shared_conn();
         let (tx, rx) = oneshot::channel();
         conn.send(Batch {
@@ -259,8 +277,25 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 ids: std::mem::take(&mut self.batch_ids),
                 started: self.read_at,
                 discard: self.batch_discard,
+                room,
             })
             .await;
+    }
+
+    /// Room for `n` more commands awaiting replies from a shared connection: a client has at
+    /// most `limits.max_pending_requests` of them, and waits (is not read from) beyond that,
+    /// so one that never reads its replies cannot queue unbounded work in Redis. None if the
+    /// client left while waiting.
+    async fn pending_room(&mut self, n: usize) -> Option<OwnedSemaphorePermit> {
+        if self.out.is_closed() {
+            return None;
+        }
+        let n = n.clamp(1, self.pending_max) as u32;
+        if let Ok(p) = self.pending.clone().try_acquire_many_owned(n) {
+            return Some(p);
+        }
+        let fut = self.pending.clone().acquire_many_owned(n);
+        self.wait(fut).await?.ok()
     }
 
     /// Adds a plain command to the batch for the shared connection.
@@ -666,6 +701,9 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             Plan::Send { raw, pending } => {
                 let discard = self.take_discard();
                 self.flush_batch().await;
+                let Some(room) = self.pending_room(1).await else {
+                    return Flow::Stop;
+                };
                 let reshape = self.reshape(pending);
                 let (tx, rx) = oneshot::channel();
                 if let Some(conn) = &reshape.conn {
@@ -681,6 +719,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                     id: self.cur,
                     started: self.read_at,
                     discard,
+                    room,
                 })
                 .await
             }

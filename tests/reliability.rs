@@ -1,0 +1,298 @@
+//! Issue 5, the parts that need many connections or a long run: slow readers (output-buffer
+//! limits), clients vanishing mid-pipeline and mid-transaction, thousands of connections, and
+//! recovery after Redis is killed under load. Figures are printed (`--nocapture`) for
+//! docs/RELIABILITY.md; the assertions are about correctness and generous bounds, not speed.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::AsyncWriteExt;
+
+fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Log text without terminal colour codes.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A blocking HTTP GET on loopback; returns the body.
+fn http_body(port: u16, path: &str) -> String {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    );
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    text.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+/// The value of one sample line (`name{labels}`) on /metrics, 0 if absent.
+async fn metric(port: u16, series: &str) -> f64 {
+    let series = series.to_string();
+    let body = tokio::task::spawn_blocking(move || http_body(port, "/metrics"))
+        .await
+        .unwrap_or_default();
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{series} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn with_metrics(extra: &str) -> (RedisServer, Statecar, u16) {
+    let redis = RedisServer::start();
+    let mport = free_port();
+    let sc = Statecar::start(
+        redis.port(),
+        &format!("[metrics]\nlisten = \"127.0.0.1:{mport}\"\n{extra}"),
+    );
+    (redis, sc, mport)
+}
+
+/// Samples statecar's RSS every 50 ms until stopped; returns the largest value seen.
+fn rss_sampler(pid: u32, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let mut max = rss_kb(pid);
+        while !stop.load(Ordering::Relaxed) {
+            max = max.max(rss_kb(pid));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        max.max(rss_kb(pid))
+    })
+}
+
+/// Sends `GET key` in pipelined groups of 8 and never reads a reply, until statecar closes
+/// the connection (a write fails) or `max` commands were sent. Returns how many were sent and
+/// whether the connection was closed.
+async fn send_gets_without_reading(port: u16, key: &str, max: usize) -> (usize, bool) {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let group = encode(&["GET", key]).repeat(8);
+    let mut sent = 0;
+    while sent < max {
+        match tokio::time::timeout(WAIT, s.write_all(&group)).await {
+            Ok(Ok(())) => sent += 8,
+            Ok(Err(_)) => return (sent, true),
+            // statecar stopped reading us and did not close: the test fails on `false`.
+            Err(_) => return (sent, false),
+        }
+    }
+    // Everything may fit in socket buffers before statecar has even read it: keep poking
+    // (a PING every 50 ms) until the connection turns out closed, for at most WAIT.
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        match tokio::time::timeout(WAIT, s.write_all(&encode(&["PING"]))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return (sent, true),
+            Err(_) => return (sent, false),
+        }
+    }
+    (sent, false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_cut_at_the_hard_limit_and_others_are_unaffected() {
+    let (_redis, sc, mport) =
+        with_metrics("[limits]\nmax_output_buffer = 4194304\noutput_buffer_soft_limit = 0\n");
+    let port = sc.port();
+    let value = pseudo_random_bytes(7, 512 * 1024);
+    let mut setup = RawConn::connect(port).await;
+    assert_eq!(setup.cmd(&[&b"SET"[..], b"big", &value]).await, ok());
+    let base_rss = rss_kb(sc.pid());
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = rss_sampler(sc.pid(), stop.clone());
+
+    // A well-behaved client runs alongside the whole time and must get every reply right.
+    let done = Arc::new(AtomicBool::new(false));
+    let good = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut c = RawConn::connect(port).await;
+            let mut rounds = 0u32;
+            let mut slowest = Duration::ZERO;
+            while !done.load(Ordering::Relaxed) || rounds < 50 {
+                let v = format!("good value {rounds}");
+                let t = Instant::now();
+                assert_eq!(c.cmd(&["SET", "good", &v]).await, ok());
+                assert_eq!(c.cmd(&["GET", "good"]).await, bulk(&v));
+                slowest = slowest.max(t.elapsed());
+                rounds += 1;
+            }
+            (rounds, slowest)
+        })
+    };
+
+    // 20 000 GETs of 512 KB would be 10 GB of replies.
+    let (sent, closed) = send_gets_without_reading(port, "big", 20_000).await;
+    done.store(true, Ordering::Relaxed);
+    let (rounds, slowest) = good.await.expect("good client");
+    stop.store(true, Ordering::Relaxed);
+    let max_rss = sampler.await.unwrap_or(0);
+    assert!(
+        closed,
+        "the client that never reads was not disconnected after {sent} GETs"
+    );
+    eventually("the disconnect is counted", async || {
+        metric(
+            mport,
+            "statecar_client_output_buffer_disconnects_total{class=\"normal\",limit=\"hard\"}",
+        )
+        .await
+            == 1.0
+    })
+    .await;
+    let log = strip_ansi(&sc.stderr());
+    let warning = log
+        .lines()
+        .find(|l| l.contains("client output buffer over its limit"))
+        .unwrap_or_else(|| panic!("no warning logged:\n{log}"));
+    assert!(
+        warning.contains("WARN")
+            && warning.contains("client=")
+            && warning.contains("limit=\"hard\""),
+        "the warning names the client and the limit: {warning}"
+    );
+    let growth_mb = max_rss.saturating_sub(base_rss) as f64 / 1024.0;
+    eprintln!(
+        "slow reader (hard limit 4 MB, 512 KB replies): disconnected after {sent} GETs \
+         ({:.0} MB of replies asked for); statecar RSS {base_rss} kB -> peak {max_rss} kB \
+         (+{growth_mb:.1} MB); the other client did {rounds} SET+GET rounds, slowest {slowest:?}",
+        sent as f64 * 0.5
+    );
+    assert!(
+        growth_mb < 128.0,
+        "statecar grew by {growth_mb:.1} MB while holding replies for a client that reads nothing"
+    );
+    // The proxy is still fine.
+    assert!(!setup.cmd(&["GET", "good"]).await.is_error());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_never_reads_is_cut_at_the_pubsub_soft_limit() {
+    let (_redis, sc, mport) = with_metrics(
+        "[limits]\npubsub_max_output_buffer = 0\npubsub_output_buffer_soft_limit = 1048576\n\
+         pubsub_output_buffer_soft_s = 1\n",
+    );
+    let port = sc.port();
+    let message = "m".repeat(64 * 1024);
+
+    // The slow subscriber subscribes, then never reads again.
+    let mut slow = RawConn::connect(port).await;
+    slow.send_cmd(&["SUBSCRIBE", "news"]).await;
+    assert_eq!(
+        slow.read().await,
+        Frame::Array(vec![bulk("subscribe"), bulk("news"), int(1)])
+    );
+    // A subscriber that reads everything, at the same time.
+    let mut fast = RawConn::connect(port).await;
+    fast.send_cmd(&["SUBSCRIBE", "news"]).await;
+    assert_eq!(
+        fast.read().await,
+        Frame::Array(vec![bulk("subscribe"), bulk("news"), int(1)])
+    );
+
+    let published = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = {
+        let (published, stop, message) = (published.clone(), stop.clone(), message.clone());
+        tokio::spawn(async move {
+            let mut p = RawConn::connect(port).await;
+            // Bounded: 20 000 messages of 64 KB; the slow subscriber is cut long before.
+            for i in 0..20_000u64 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Frame::Int(_) = p.cmd(&["PUBLISH", "news", &format!("{i}:{message}")]).await
+                else {
+                    panic!("PUBLISH failed");
+                };
+                published.store(i + 1, Ordering::Relaxed);
+                if i % 64 == 63 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        })
+    };
+    let reader = tokio::spawn(async move {
+        let mut n = 0u64;
+        loop {
+            match fast.read_for(Duration::from_secs(3)).await {
+                Ok(Frame::Array(parts)) => {
+                    let text = parts[2].text();
+                    let (seq, body) = text.split_once(':').expect("seq:body");
+                    assert_eq!(seq.parse::<u64>().ok(), Some(n), "message out of order");
+                    assert_eq!(body.len(), 64 * 1024);
+                    n += 1;
+                }
+                Ok(other) => panic!("unexpected frame {other:?}"),
+                Err(_) => return n,
+            }
+        }
+    });
+    eventually("the slow subscriber is disconnected", async || {
+        metric(
+            mport,
+            "statecar_client_output_buffer_disconnects_total{class=\"pubsub\",limit=\"soft\"}",
+        )
+        .await
+            == 1.0
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    publisher.await.expect("publisher");
+    let received = reader.await.expect("reader");
+    let sent = published.load(Ordering::Relaxed);
+    eprintln!(
+        "slow subscriber (pubsub soft limit 1 MB for 1 s, 64 KB messages): cut after {sent} \
+         messages; the reading subscriber got all {received}"
+    );
+    assert_eq!(received, sent, "the reading subscriber missed messages");
+    // The slow one's connection is closed (after whatever was already in its socket).
+    let rest = slow.read_to_eof().await;
+    assert!(
+        rest.len() < sent as usize * 66 * 1024,
+        "more than was published?"
+    );
+    assert_eq!(
+        metric(
+            mport,
+            "statecar_client_output_buffer_disconnects_total{class=\"normal\",limit=\"hard\"}"
+        )
+        .await,
+        0.0
+    );
+}
