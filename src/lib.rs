@@ -27,6 +27,7 @@ pub type Reloader = Box<dyn Fn() -> Result<config::Config, String> + Send + Sync
 /// Starts the proxy with `cfg` and runs until SIGTERM or SIGINT, then drains. SIGHUP calls
 /// `reload` and applies the new state rules and limits without touching connections.
 pub async fn run(cfg: Arc<config::Config>, reload: Option<Reloader>) -> Result<(), String> {
+    server::raise_fd_limit();
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;

@@ -296,3 +296,181 @@ async fn a_subscriber_that_never_reads_is_cut_at_the_pubsub_soft_limit() {
         0.0
     );
 }
+
+/// A statecar started through `sh -c 'ulimit -Sn N; exec statecar ...'`, killed on drop.
+struct LowLimitStatecar {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl LowLimitStatecar {
+    async fn start(soft_nofile: u64, upstream_port: u16, extra: &str) -> LowLimitStatecar {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let cfg = dir.path().join("statecar.toml");
+        std::fs::write(&cfg, config_text(port, upstream_port, extra)).expect("write config");
+        let err = std::fs::File::create(dir.path().join("stderr")).expect("stderr file");
+        let child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("ulimit -Sn {soft_nofile} && exec \"$@\""))
+            .arg("sh")
+            .arg(statecar_bin())
+            .arg("--config")
+            .arg(&cfg)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(err)
+            .spawn()
+            .expect("spawn statecar");
+        let s = LowLimitStatecar {
+            child,
+            port,
+            _dir: dir,
+        };
+        eventually(
+            "statecar answers",
+            async || match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                Ok(mut c) => {
+                    let _ = c.write_all(b"PING\r\n").await;
+                    let mut b = [0u8; 7];
+                    use tokio::io::AsyncReadExt;
+                    matches!(c.read_exact(&mut b).await, Ok(_) if &b == b"+PONG\r\n")
+                }
+                Err(_) => false,
+            },
+        )
+        .await;
+        s
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// (soft, hard) "Max open files" from /proc/PID/limits.
+    fn nofile(&self) -> (u64, u64) {
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", self.pid()))
+            .expect("/proc/PID/limits");
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .expect("Max open files line");
+        let nums: Vec<u64> = line
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        (nums[0], nums[1])
+    }
+
+    fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for LowLimitStatecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Raises this process's open-file limit so that it can hold `need` descriptors; returns the
+/// hard limit if that is impossible.
+fn make_room_for_fds(need: u64) -> Result<(), u64> {
+    let (soft, hard) = rlimit::Resource::NOFILE.get().unwrap_or((0, 0));
+    if hard < need {
+        // Root (CI) may raise the hard limit itself.
+        if rlimit::Resource::NOFILE.set(need, need).is_err() {
+            return Err(hard);
+        }
+        return Ok(());
+    }
+    if soft < need {
+        rlimit::Resource::NOFILE.set(hard, hard).map_err(|_| hard)?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_concurrent_clients_share_a_bounded_pool() {
+    const CLIENTS: usize = 5000;
+    // The test holds the client ends; statecar (which inherits the hard limit) the others.
+    if let Err(hard) = make_room_for_fds(CLIENTS as u64 + 1000) {
+        eprintln!(
+            "SKIPPED five_thousand_concurrent_clients_share_a_bounded_pool: the open-file hard \
+             limit is {hard} and cannot be raised to {} (run as root, or raise `ulimit -Hn`)",
+            CLIENTS + 1000
+        );
+        return;
+    }
+    let redis = RedisServer::start();
+    // statecar starts with a soft limit of 512 and must raise it itself to serve 5000 clients.
+    let sc = LowLimitStatecar::start(512, redis.port(), "").await;
+    let (soft, hard) = sc.nofile();
+    assert_eq!(
+        soft, hard,
+        "statecar did not raise its open-file soft limit to the hard limit"
+    );
+    let mut direct = RawConn::connect(redis.port()).await;
+    let base_rss = rss_kb(sc.pid());
+    let t = Instant::now();
+    let mut conns = Vec::with_capacity(CLIENTS);
+    for _ in 0..CLIENTS {
+        conns.push(RawConn::connect(sc.port).await);
+    }
+    let connected_in = t.elapsed();
+    // Every client does a SET and a GET of its own key and value, all at the same time.
+    for (i, c) in conns.iter_mut().enumerate() {
+        c.send_cmd(&["SET", &format!("conn:{i}"), &format!("value {i}")])
+            .await;
+    }
+    for (i, c) in conns.iter_mut().enumerate() {
+        assert_eq!(c.read().await, ok(), "client {i}");
+        c.send_cmd(&["GET", &format!("conn:{i}")]).await;
+    }
+    for (i, c) in conns.iter_mut().enumerate() {
+        assert_eq!(c.read().await, bulk(format!("value {i}")), "client {i}");
+    }
+    let round_trips_in = t.elapsed();
+    for (i, c) in conns.iter_mut().enumerate().step_by(97) {
+        assert_eq!(
+            c.cmd(&["PING"]).await,
+            Frame::Simple("PONG".into()),
+            "client {i}"
+        );
+    }
+    let fds = sc.fd_count();
+    assert!(
+        fds >= CLIENTS,
+        "statecar has {fds} descriptors with {CLIENTS} clients connected"
+    );
+    let rss = rss_kb(sc.pid());
+    // Redis sees statecar's shared connections (8 by default), not 5000 clients.
+    let upstream = redis_client_count(&mut direct).await - 1;
+    let per_client = rss.saturating_sub(base_rss) as f64 / CLIENTS as f64;
+    eprintln!(
+        "{CLIENTS} clients: connected in {connected_in:?}, SET+GET on all in {round_trips_in:?}; \
+         statecar fds {fds}, open-file limit {soft}/{hard}; RSS {base_rss} kB -> {rss} kB \
+         ({per_client:.1} kB per client); Redis sees {upstream} connections from statecar"
+    );
+    assert!(
+        upstream <= 8 + 256,
+        "Redis sees {upstream} connections (max_connections 8 + max_leased_connections 256)"
+    );
+    assert!(
+        upstream <= 8,
+        "plain commands only use the shared connections: {upstream}"
+    );
+    assert!(
+        per_client <= 64.0,
+        "{per_client:.1} kB of RSS per connected client (sanity bound 64 kB)"
+    );
+    drop(conns);
+    eventually("statecar closes the 5000 connections", async || {
+        sc.fd_count() < 100
+    })
+    .await;
+}
