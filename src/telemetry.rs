@@ -221,6 +221,11 @@ pub fn upstream_connections(delta: i64) {
     gauge!("statecar_upstream_shared_connections").increment(delta as f64);
 }
 
+/// A read-only batch was sent again after its connection failed (`upstream.retry_on_timeout`).
+pub fn upstream_retry() {
+    counter!("statecar_upstream_retries_total").increment(1);
+}
+
 /// Upstream errors (connection failures, timeouts) answered to clients.
 pub fn upstream_error(kind: &'static str) {
     counter!("statecar_upstream_errors_total", "kind" => kind).increment(1);
@@ -367,6 +372,10 @@ pub fn install() -> Result<PrometheusHandle, String> {
         "statecar_upstream_errors_total",
         "Commands answered with an upstream error, by kind."
     );
+    describe_counter!(
+        "statecar_upstream_retries_total",
+        "Read-only commands sent again after their connection failed (upstream.retry_on_timeout)."
+    );
     describe_gauge!(
         "statecar_upstream_shared_connections",
         "Open shared (pipelined) upstream connections."
@@ -451,6 +460,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
         "statecar_checksum_failures_total",
         "statecar_auth_failures_total",
         "statecar_upstream_reconnects_total",
+        "statecar_upstream_retries_total",
         "statecar_upstream_lease_waits_total",
         "statecar_versions_written_total",
         "statecar_versions_trimmed_total",

@@ -759,3 +759,80 @@ async fn recovery_after_redis_is_killed_under_mixed_load() {
         "{report}"
     );
 }
+
+fn redis_pid(port: u16) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "INFO", "server"])
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .map(|p| p.trim().to_string())
+        .expect("process_id in INFO server")
+}
+
+fn signal(sig: &str, pid: &str) {
+    let st = std::process::Command::new("kill")
+        .args([sig, pid])
+        .status()
+        .expect("kill");
+    assert!(st.success(), "kill {sig} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_on_timeout_repeats_reads_once_and_never_writes() {
+    let (redis, sc, mport) = with_metrics(
+        "[upstream]\ntimeout_ms = 300\nconnect_timeout_ms = 10000\nretry_on_timeout = true\n\
+         [[state]]\npattern = \"s:*\"\ncompression = \"lz4\"\n",
+    );
+    let mut c = RawConn::connect(sc.port()).await;
+    assert_eq!(c.cmd(&["SET", "k", "v"]).await, ok());
+    assert_eq!(c.cmd(&["SET", "s:1", "state value"]).await, ok());
+    let pid = redis_pid(redis.port());
+
+    // Reads (a plain pipeline and a state key) sent while Redis is frozen: the first attempt
+    // times out, the retry waits on the reconnect, and the client gets the values.
+    let mut reads = RawConn::connect(sc.port()).await;
+    let mut state_read = RawConn::connect(sc.port()).await;
+    // A write and a mixed pipeline at the same time: never repeated, they get the error.
+    let mut writes = RawConn::connect(sc.port()).await;
+    signal("-STOP", &pid);
+    let mut pipeline = encode(&["GET", "k"]);
+    pipeline.extend_from_slice(&encode(&["MGET", "k", "nothing"]));
+    reads.send(&pipeline).await;
+    state_read.send_cmd(&["GET", "s:1"]).await;
+    let mut mixed = encode(&["INCR", "counter"]);
+    mixed.extend_from_slice(&encode(&["GET", "k"]));
+    writes.send(&mixed).await;
+    // Wait until statecar has given up on the first attempts and sent the reads again, then
+    // let Redis go.
+    eventually("reads retried after the timeout", async || {
+        metric(mport, "statecar_upstream_retries_total").await >= 2.0
+    })
+    .await;
+    signal("-CONT", &pid);
+    assert_eq!(reads.read().await, bulk("v"));
+    assert_eq!(
+        reads.read().await,
+        Frame::Array(vec![bulk("v"), Frame::NullBulk])
+    );
+    assert_eq!(state_read.read().await, bulk("state value"));
+    for _ in 0..2 {
+        let f = writes.read().await;
+        assert!(
+            f.error_text()
+                .is_some_and(|t| t.contains("upstream timeout")),
+            "a pipeline with a write must not be retried: {f:?}"
+        );
+    }
+    // The INCR reached Redis at most once (Redis may still run what was already in its
+    // socket, but statecar never sent it twice).
+    let n = match c.cmd(&["GET", "counter"]).await {
+        Frame::Bulk(b) => String::from_utf8_lossy(&b).parse::<i64>().unwrap_or(-1),
+        Frame::NullBulk => 0,
+        other => panic!("{other:?}"),
+    };
+    assert!(n <= 1, "INCR ran {n} times");
+    assert_eq!(metric(mport, "statecar_upstream_retries_total").await, 2.0);
+}

@@ -9,6 +9,7 @@
 
 mod local;
 pub mod pinned;
+pub mod retry;
 pub mod writer;
 
 use std::collections::HashSet;
@@ -110,6 +111,12 @@ pub struct Session<S> {
     /// Commands on shared connections whose replies are not yet written (see `pending_room`).
     pending: Arc<Semaphore>,
     pending_max: usize,
+    /// Set when `upstream.retry_on_timeout` is on (see [`retry`]).
+    retry_gate: Option<Arc<retry::Gate>>,
+    /// Every command in the current batch only reads (so it may be retried).
+    batch_ro: bool,
+    /// The command being dispatched only reads.
+    next_ro: bool,
 }
 
 /// Serves one client until it leaves.
@@ -151,6 +158,12 @@ where
         subs: Default::default(),
         pending: Arc::new(Semaphore::new(pending_max)),
         pending_max,
+        retry_gate: cfg
+            .upstream
+            .retry_on_timeout
+            .then(|| Arc::new(retry::Gate::default())),
+        batch_ro: true,
+        next_ro: false,
     };
     tracing::debug!(client = id, %peer, "client connected");
     s.run().await;
@@ -264,11 +277,12 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         };
         let conn = self.shared_conn();
         let (tx, rx) = oneshot::channel();
-        conn.send(Batch {
+        let batch = Batch {
             bytes: self.batch.split().freeze(),
             replies: self.batch_n,
             tx,
-        });
+        };
+        let retry = retry::send(&conn, self.retry_gate.as_ref(), batch, self.batch_ro);
         self.batch_n = 0;
         let _ = self
             .out
@@ -278,6 +292,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 started: self.read_at,
                 discard: self.batch_discard,
                 room,
+                retry,
             })
             .await;
     }
@@ -305,6 +320,10 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             self.flush_batch().await;
         }
         self.batch_discard = discard;
+        if self.batch_n == 0 {
+            self.batch_ro = true;
+        }
+        self.batch_ro &= std::mem::take(&mut self.next_ro);
         self.batch.extend_from_slice(raw);
         self.batch_n += 1;
         self.batch_ids.push(self.cur);
@@ -355,6 +374,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         }
         let kind = command::classify(&cmd.args);
         self.cur = telemetry::command_id(&cmd.args[0]);
+        self.next_ro = false;
         if !self.authed
             && !matches!(
                 kind,
@@ -408,10 +428,14 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             .filter(|state| !state.is_empty())
             .and_then(|state| state.plan(&cmd));
         if let Some(plan) = plan {
+            self.next_ro = self.retry_gate.is_some() && retry::read_only(&cmd.args);
             return Box::pin(self.run_plan(plan)).await;
         }
         match kind {
-            Kind::Plain => self.forward(&cmd.raw).await,
+            Kind::Plain => {
+                self.next_ro = self.retry_gate.is_some() && retry::read_only(&cmd.args);
+                self.forward(&cmd.raw).await
+            }
             Kind::Blocking => Box::pin(self.blocking(cmd)).await,
             Kind::EndTransaction => {
                 let name = cmd.name();
@@ -704,14 +728,19 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 let Some(room) = self.pending_room(1).await else {
                     return Flow::Stop;
                 };
+                // A read of a state key is retried only if it went out as a plain read (not a
+                // script).
+                let ro = std::mem::take(&mut self.next_ro) && retry::read_only_raw(&raw);
                 let reshape = self.reshape(pending);
                 let (tx, rx) = oneshot::channel();
+                let mut retry = None;
                 if let Some(conn) = &reshape.conn {
-                    conn.send(Batch {
+                    let batch = Batch {
                         bytes: raw,
                         replies: 1,
                         tx,
-                    });
+                    };
+                    retry = retry::send(conn, self.retry_gate.as_ref(), batch, ro);
                 }
                 self.push(Out::State {
                     rx,
@@ -720,6 +749,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                     started: self.read_at,
                     discard,
                     room,
+                    retry,
                 })
                 .await
             }

@@ -17,6 +17,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
 
+use super::retry::{self, Retry};
 use crate::config::{BufferLimit, OutputLimits};
 use crate::state::transform::Reshape;
 use crate::telemetry;
@@ -51,6 +52,8 @@ pub enum Out {
         discard: bool,
         /// The batch's place in `limits.max_pending_requests`, freed once it is answered.
         room: OwnedSemaphorePermit,
+        /// How to send it again if its connection fails (`upstream.retry_on_timeout`).
+        retry: Option<Box<Retry>>,
     },
     /// One command on a shared connection whose reply is reshaped (state keys).
     State {
@@ -66,6 +69,8 @@ pub enum Out {
         discard: bool,
         /// Its place in `limits.max_pending_requests`.
         room: OwnedSemaphorePermit,
+        /// How to send it again if its connection fails (`upstream.retry_on_timeout`).
+        retry: Option<Box<Retry>>,
     },
     /// Signals when everything queued before it has been written.
     Barrier(oneshot::Sender<()>),
@@ -174,7 +179,8 @@ enum Front {
         ids: Vec<u16>,
         started: Instant,
         discard: bool,
-        _room: OwnedSemaphorePermit,
+        room: OwnedSemaphorePermit,
+        retry: Option<Box<Retry>>,
     },
     State {
         rx: oneshot::Receiver<BatchResult>,
@@ -182,7 +188,8 @@ enum Front {
         id: u16,
         started: Instant,
         discard: bool,
-        _room: OwnedSemaphorePermit,
+        room: OwnedSemaphorePermit,
+        retry: Option<Box<Retry>>,
     },
     Barrier(oneshot::Sender<()>),
     Close,
@@ -288,18 +295,49 @@ impl Writer {
         }
     }
 
-    /// Handles the reply the front item was waiting for.
-    async fn complete(&mut self, front: Front, r: Option<BatchResult>) {
+    /// Handles the reply the front item was waiting for. Returns the new front: nothing, or
+    /// the same item waiting again when a failed read-only batch was sent once more.
+    async fn complete(&mut self, front: Front, r: Option<BatchResult>) -> Front {
         // None: the connection task dropped the batch without answering (it is shutting down);
         // the client then gets nothing for it, as before.
-        let Some(r) = r else { return };
+        let Some(r) = r else { return Front::None };
         match front {
             Front::Batch {
                 ids,
                 started,
                 discard,
+                room,
+                retry,
                 ..
             } => {
+                let r = match (r, retry) {
+                    (Err(f), Some(retry))
+                        if retry::retryable(&f.error) && f.received < ids.len() =>
+                    {
+                        match retry.again(f.received) {
+                            Some(rx) => {
+                                telemetry::upstream_retry();
+                                let (answered, rest) = ids.split_at(f.received);
+                                for id in answered {
+                                    telemetry::command(*id, false);
+                                }
+                                if !discard {
+                                    self.q.push(&f.partial);
+                                }
+                                return Front::Batch {
+                                    rx,
+                                    ids: rest.to_vec(),
+                                    started,
+                                    discard,
+                                    room,
+                                    retry: None,
+                                };
+                            }
+                            None => Err(f),
+                        }
+                    }
+                    (r, _) => r,
+                };
                 telemetry::round_trip(started.elapsed());
                 self.put_batch(r, &ids, discard);
             }
@@ -308,8 +346,28 @@ impl Writer {
                 id,
                 started,
                 discard,
+                room,
+                retry,
                 ..
             } => {
+                let r = match (r, retry) {
+                    (Err(f), Some(retry)) if retry::retryable(&f.error) => match retry.again(0) {
+                        Some(rx) => {
+                            telemetry::upstream_retry();
+                            return Front::State {
+                                rx,
+                                reshape,
+                                id,
+                                started,
+                                discard,
+                                room,
+                                retry: None,
+                            };
+                        }
+                        None => Err(f),
+                    },
+                    (r, _) => r,
+                };
                 let r = match r {
                     Ok(b) => {
                         let bytes = reshape.apply(b.bytes).await;
@@ -323,6 +381,7 @@ impl Writer {
             }
             _ => {}
         }
+        Front::None
     }
 
     /// Takes a new item from the reader: bytes go to the queue, the rest becomes the front.
@@ -343,12 +402,14 @@ impl Writer {
                 started,
                 discard,
                 room,
+                retry,
             } => Front::Batch {
                 rx,
                 ids,
                 started,
                 discard,
-                _room: room,
+                room,
+                retry,
             },
             Out::State {
                 rx,
@@ -357,13 +418,15 @@ impl Writer {
                 started,
                 discard,
                 room,
+                retry,
             } => Front::State {
                 rx,
                 reshape,
                 id,
                 started,
                 discard,
-                _room: room,
+                room,
+                retry,
             },
             Out::Barrier(tx) => Front::Barrier(tx),
             Out::Close => Front::Close,
@@ -391,12 +454,12 @@ impl Writer {
                     Front::Batch { rx, .. } | Front::State { rx, .. } => match rx.try_recv() {
                         Ok(r) => {
                             let f = std::mem::replace(&mut front, Front::None);
-                            self.complete(f, Some(r)).await;
+                            front = self.complete(f, Some(r)).await;
                         }
                         Err(oneshot::error::TryRecvError::Empty) => break,
                         Err(oneshot::error::TryRecvError::Closed) => {
                             let f = std::mem::replace(&mut front, Front::None);
-                            self.complete(f, None).await;
+                            front = self.complete(f, None).await;
                         }
                     },
                     Front::Barrier(_) if self.q.is_empty() => {
@@ -436,7 +499,7 @@ impl Writer {
                 }
                 r = front_reply(&mut front), if front.waiting() => {
                     let f = std::mem::replace(&mut front, Front::None);
-                    self.complete(f, r).await;
+                    front = self.complete(f, r).await;
                 }
                 item = rx.recv(), if can_take => match item {
                     Some(item) => front = self.accept(item),
