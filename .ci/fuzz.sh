@@ -19,7 +19,7 @@ fi
 
 targets=$(cargo fuzz list)
 echo "fuzz targets: $(echo $targets)"
-cargo fuzz build --locked 2>&1 | tail -n 3
+cargo fuzz build 2>&1 | tail -n 3
 
 for t in $targets; do
   # New inputs go to a scratch directory; the committed corpus is only read.
@@ -27,7 +27,7 @@ for t in $targets; do
   echo "== fuzz $t for ${SECONDS_EACH}s"
   log="$scratch.log"
   set +e
-  cargo fuzz run --locked "$t" "$scratch" "corpus/$t" -- \
+  cargo fuzz run "$t" "$scratch" "corpus/$t" -- \
     -max_total_time="$SECONDS_EACH" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
     >"$log" 2>&1
   status=$?

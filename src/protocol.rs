@@ -106,7 +106,8 @@ impl Scanner {
                 return Err(ProtocolError::new("invalid line ending"));
             }
             let kind = rest[0];
-            let line = &rest[1..nl - 1];
+            // A bare "\r\n" has no room for a type byte: its "type" is the '\r' (empty line).
+            let line = rest.get(1..nl - 1).unwrap_or_default();
             let header_len = nl + 1;
             if side == Side::Request {
                 let depth = self.open.len();
@@ -663,6 +664,27 @@ mod tests {
         // Attributes count as a level too.
         let deep = nested(b'|', 65);
         assert!(reply_scan(&deep, &Limits::default()).is_err());
+    }
+
+    /// Found by the reply_parser fuzz target: a line that is only "\r\n" used to slice
+    /// `rest[1..0]` and panic, on the reply side and inside a client's multibulk.
+    #[test]
+    fn empty_lines_are_errors_not_panics() {
+        let l = Limits::default();
+        assert_eq!(
+            reply_scan(b"\r\n,1ve\n", &l),
+            Err("unexpected type byte '\\r'".to_string())
+        );
+        assert_eq!(reply_scan(b"*1\r\n\r\n", &l).map_err(|_| ()), Err(()));
+        assert_eq!(
+            request_error(b"*1\r\n\r\n", &l).as_deref(),
+            Some("expected '$', got '\r'")
+        );
+        assert_eq!(
+            crate::reply::error("ERR Protocol error: expected '$', got '\r'").as_ref(),
+            b"-ERR Protocol error: expected '$', got ' '\r\n",
+            "the client sees Redis's wording, on one line"
+        );
     }
 
     #[test]

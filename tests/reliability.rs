@@ -836,3 +836,24 @@ async fn retry_on_timeout_repeats_reads_once_and_never_writes() {
     assert!(n <= 1, "INCR ran {n} times");
     assert_eq!(metric(mport, "statecar_upstream_retries_total").await, 2.0);
 }
+
+/// Regression (found by the reply_parser fuzz target): an empty line inside a command used to
+/// panic the client's session task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_line_inside_a_command_is_a_protocol_error() {
+    let (_redis, sc) = start_pair("[limits]\nmax_clients = 2\n");
+    for _ in 0..4 {
+        // More times than max_clients: a session that died without being counted out would
+        // leave statecar refusing everyone.
+        let mut c = RawConn::connect(sc.port()).await;
+        c.send(b"*1\r\n\r\n").await;
+        assert_eq!(
+            c.read().await,
+            err("ERR Protocol error: expected '$', got ' '")
+        );
+        c.expect_closed().await;
+    }
+    let mut c = RawConn::connect(sc.port()).await;
+    assert_eq!(c.cmd(&["PING"]).await, Frame::Simple("PONG".into()));
+    assert!(!sc.stderr().contains("panicked"), "{}", sc.stderr());
+}
