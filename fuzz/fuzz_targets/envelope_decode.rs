@@ -16,7 +16,11 @@ fn check(stored: &[u8], max: usize) {
         Ok(Decoded::State { value, meta }) => {
             assert!(value.len() <= max, "decoded past the limit");
             assert_eq!(value.len(), meta.original_len as usize);
-            assert_eq!(crc32fast::hash(&value), meta.crc32, "returned data failing its CRC");
+            assert_eq!(
+                crc32fast::hash(&value),
+                meta.crc32,
+                "returned data failing its CRC"
+            );
             assert_eq!(inspected.ok().flatten(), Some(meta));
         }
         Ok(Decoded::Plain) => assert_eq!(inspected, Ok(None)),
@@ -41,7 +45,12 @@ fuzz_target!(|data: &[u8]| {
     let crc = if crc_mode & 1 == 0 {
         crc32fast::hash(payload)
     } else {
-        u32::from_be_bytes([payload.first().copied().unwrap_or(0), crc_mode, data[1], data[0]])
+        u32::from_be_bytes([
+            payload.first().copied().unwrap_or(0),
+            crc_mode,
+            data[1],
+            data[0],
+        ])
     };
     let mut h = Vec::with_capacity(HEADER_LEN + payload.len());
     h.extend_from_slice(&envelope::MAGIC);

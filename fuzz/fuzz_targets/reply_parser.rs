@@ -42,10 +42,17 @@ fuzz_target!(|data: &[u8]| {
         max_multibulk_len: 16,
         max_inline_len: 256,
     };
-    let limits = if knobs & 0x80 != 0 { reply_limits() } else { small };
+    let limits = if knobs & 0x80 != 0 {
+        reply_limits()
+    } else {
+        small
+    };
     let whole = frames(input, input.len().max(1), &limits);
     let pieces = frames(input, usize::from(knobs & 0x1f) + 1, &limits);
-    assert_eq!(whole, pieces, "scanner result depends on how the input was split");
+    assert_eq!(
+        whole, pieces,
+        "scanner result depends on how the input was split"
+    );
     let mut at = 0;
     for len in whole.0 {
         let frame = Bytes::copy_from_slice(&input[at..at + len]);

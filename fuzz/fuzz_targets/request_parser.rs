@@ -15,20 +15,31 @@ fn parse(input: &[u8], chunk: usize, limits: &Limits) -> (Vec<Vec<Vec<u8>>>, Opt
     let mut parser = RequestParser::default();
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
-    let step = if chunk == 0 { input.len().max(1) } else { chunk };
+    let step = if chunk == 0 {
+        input.len().max(1)
+    } else {
+        chunk
+    };
     for piece in input.chunks(step) {
         buf.extend_from_slice(piece);
         loop {
             let before = buf.len();
+            let multibulk = buf.first() == Some(&b'*');
             match parser.next(&mut buf, limits) {
                 Ok(Some(Parsed::Command(cmd))) => {
                     assert!(buf.len() < before, "a command consumed nothing");
                     assert!(!cmd.args.is_empty());
-                    assert!(cmd.args.len() <= limits.max_multibulk_len.max(1));
-                    if cmd.raw.first() == Some(&b'*') {
+                    if multibulk {
+                        assert!(cmd.args.len() <= limits.max_multibulk_len);
                         for a in &cmd.args {
                             assert!(a.len() <= limits.max_bulk_len, "bulk over the limit");
                         }
+                    } else {
+                        // An inline command is bounded by its line, like Redis's.
+                        assert!(
+                            before - buf.len() <= limits.max_inline_len + 1,
+                            "line too long"
+                        );
                     }
                     // The raw bytes forwarded upstream say exactly the same thing.
                     let mut again = BytesMut::from(&cmd.raw[..]);
@@ -70,5 +81,8 @@ fuzz_target!(|data: &[u8]| {
     let whole = parse(input, 0, &limits);
     let chunk = usize::from(knobs & 0x0f) + 1;
     let pieces = parse(input, chunk, &limits);
-    assert_eq!(whole, pieces, "result depends on how the input was split ({chunk}-byte reads)");
+    assert_eq!(
+        whole, pieces,
+        "result depends on how the input was split ({chunk}-byte reads)"
+    );
 });
