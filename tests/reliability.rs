@@ -188,9 +188,10 @@ async fn a_client_that_never_reads_is_cut_at_the_hard_limit_and_others_are_unaff
     );
     let growth_mb = max_rss.saturating_sub(base_rss) as f64 / 1024.0;
     eprintln!(
-        "slow reader (hard limit 4 MB, 512 KB replies): disconnected after {sent} GETs \
-         ({:.0} MB of replies asked for); statecar RSS {base_rss} kB -> peak {max_rss} kB \
-         (+{growth_mb:.1} MB); the other client did {rounds} SET+GET rounds, slowest {slowest:?}",
+        "slow reader (hard limit 4 MB, 512 KB replies): disconnected (it had written {sent} \
+         GETs, {:.0} MB of replies, into its socket); statecar RSS {base_rss} kB -> peak \
+         {max_rss} kB (+{growth_mb:.1} MB); the other client did {rounds} SET+GET rounds, \
+         slowest {slowest:?}",
         sent as f64 * 0.5
     );
     assert!(
@@ -520,6 +521,30 @@ async fn vanish(port: u16, kind: usize, n: usize) {
     drop(c);
 }
 
+/// `n` clients, each inside MULTI (so each holds a dedicated connection).
+async fn pin_clients(port: u16, n: usize) -> Vec<RawConn> {
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut c = RawConn::connect(port).await;
+        c.send_cmd(&["MULTI"]).await;
+        v.push(c);
+    }
+    for c in v.iter_mut() {
+        assert_eq!(c.read().await, ok());
+    }
+    v
+}
+
+/// Ends the clients' transactions (their connections go back clean) and closes them.
+async fn release_clients(mut v: Vec<RawConn>) {
+    for c in v.iter_mut() {
+        c.send_cmd(&["DISCARD"]).await;
+    }
+    for c in v.iter_mut() {
+        assert_eq!(c.read().await, ok());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_vanishing_mid_pipeline_and_mid_transaction_leave_nothing_behind() {
     let (redis, sc, mport) = with_metrics(
@@ -531,6 +556,8 @@ async fn clients_vanishing_mid_pipeline_and_mid_transaction_leave_nothing_behind
     assert_eq!(probe.cmd(&["SET", "s:shared", "start"]).await, ok());
     const ROUNDS: usize = 20;
     const CLIENTS: usize = 50;
+    // Baseline: shared connections and 50 dedicated ones exist.
+    release_clients(pin_clients(port, CLIENTS).await).await;
     let mut rss_after = Vec::new();
     let mut upstream_after = Vec::new();
     for round in 0..ROUNDS {
@@ -554,9 +581,6 @@ async fn clients_vanishing_mid_pipeline_and_mid_transaction_leave_nothing_behind
         rss_after.push(rss_kb(sc.pid()));
         upstream_after.push(redis_client_count(&mut direct).await - 1);
     }
-    // Dedicated connections are reset and reused (or closed): Redis holds no more than the
-    // shared connections plus what one round leased at once, and no more after round 20 than
-    // after round 5.
     let (u5, u20) = (upstream_after[4], upstream_after[ROUNDS - 1]);
     let (r5, r20) = (rss_after[4], rss_after[ROUNDS - 1]);
     eprintln!(
@@ -565,16 +589,38 @@ async fn clients_vanishing_mid_pipeline_and_mid_transaction_leave_nothing_behind
          after round 20 {u20} (per round: {upstream_after:?})"
     );
     assert!(
+        r20 <= r5 + 16 * 1024,
+        "statecar RSS grew from {r5} kB to {r20} kB between rounds 5 and 20"
+    );
+    // The idle dedicated connections kept for reuse are at most what one round used at once.
+    assert!(
         u20 <= 8 + CLIENTS,
         "{u20} upstream connections (shared 8 + at most {CLIENTS} leased at once)"
     );
+    // No upstream connection was left subscribed, in MULTI, watching or blocked.
+    let list = direct.cmd(&["CLIENT", "LIST"]).await.text();
+    for line in list.lines().filter(|l| l.contains("name=statecar")) {
+        let dirty = ["sub=1", "psub=1", "watch=1", "cmd=blpop"]
+            .iter()
+            .any(|f| line.split_whitespace().any(|w| w == *f))
+            || line
+                .split_whitespace()
+                .any(|w| w.starts_with("multi=") && w != "multi=-1");
+        assert!(
+            !dirty,
+            "a connection kept a vanished client's state: {line}"
+        );
+    }
+    // No connection is lost track of: with 50 clients in MULTI at once, every idle dedicated
+    // connection is reused before a new one is opened, so Redis must see exactly statecar's
+    // shared connections plus at most those 50, as it did before the rounds.
+    let pinned = pin_clients(port, CLIENTS).await;
+    let with_pinned = redis_client_count(&mut direct).await - 1;
+    release_clients(pinned).await;
+    eprintln!("with {CLIENTS} clients in MULTI after the rounds: Redis sees {with_pinned}");
     assert!(
-        u20 <= u5 + 5,
-        "upstream connections grew from {u5} to {u20}"
-    );
-    assert!(
-        r20 <= r5 + 16 * 1024,
-        "statecar RSS grew from {r5} kB to {r20} kB between rounds 5 and 20"
+        with_pinned <= 8 + CLIENTS,
+        "Redis holds {with_pinned} connections from statecar: some are no longer in its pool"
     );
     // Blocked clients that left are not still blocked in Redis, transactions left nothing
     // half-done, and everything still works, transactions and pub/sub included.
