@@ -179,9 +179,20 @@ pub struct LimitsSection {
     pub max_inline_len: usize,
     /// Commands read from one client whose replies are not yet written.
     pub max_pending_requests: usize,
-    /// Reply bytes held for a client that does not read them before it is disconnected
-    /// (Redis: client-output-buffer-limit).
+    /// Hard limit on reply bytes held for a client that does not read them: over it the client
+    /// is disconnected at once (Redis: client-output-buffer-limit normal, hard). 0: no limit.
     pub max_output_buffer: usize,
+    /// Soft limit: held reply bytes over this for `output_buffer_soft_s` seconds in a row
+    /// disconnect the client. 0: no soft limit.
+    pub output_buffer_soft_limit: usize,
+    /// How long a client may stay over `output_buffer_soft_limit`.
+    pub output_buffer_soft_s: u64,
+    /// Hard limit for pub/sub clients (Redis: client-output-buffer-limit pubsub 32mb).
+    pub pubsub_max_output_buffer: usize,
+    /// Soft limit for pub/sub clients (Redis: 8mb).
+    pub pubsub_output_buffer_soft_limit: usize,
+    /// Seconds a pub/sub client may stay over its soft limit (Redis: 60).
+    pub pubsub_output_buffer_soft_s: u64,
     /// Largest decoded state value (a forged header cannot make us allocate more).
     pub max_decoded_size: usize,
     /// Most client connections at once; more are refused with an error.
@@ -196,11 +207,38 @@ impl Default for LimitsSection {
             max_multibulk_len: l.max_multibulk_len,
             max_inline_len: l.max_inline_len,
             max_pending_requests: 1024,
-            max_output_buffer: 256 * 1024 * 1024,
+            max_output_buffer: 64 * 1024 * 1024,
+            output_buffer_soft_limit: 16 * 1024 * 1024,
+            output_buffer_soft_s: 10,
+            pubsub_max_output_buffer: 32 * 1024 * 1024,
+            pubsub_output_buffer_soft_limit: 8 * 1024 * 1024,
+            pubsub_output_buffer_soft_s: 60,
             max_decoded_size: 512 * 1024 * 1024,
             max_clients: 10_000,
         }
     }
+}
+
+/// One class of Redis-style client-output-buffer-limit: reply bytes received from Redis (or made
+/// by statecar) and not yet accepted by the client's socket. 0 disables a limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufferLimit {
+    /// Over this, the client is disconnected at once.
+    pub hard: usize,
+    /// Over this for `soft_for` in a row, the client is disconnected.
+    pub soft: usize,
+    /// How long a client may stay over `soft`.
+    pub soft_for: std::time::Duration,
+}
+
+/// Output-buffer limits: one class for ordinary clients, one for clients receiving pub/sub
+/// messages (as Redis's `normal` and `pubsub` classes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputLimits {
+    /// Ordinary clients.
+    pub normal: BufferLimit,
+    /// Clients that have received pub/sub messages or RESP3 pushes.
+    pub pubsub: BufferLimit,
 }
 
 /// `[auth]`: a password (default user) and/or named users, as Redis's requirepass and ACL users.
@@ -306,8 +344,8 @@ pub struct Config {
     pub limits: Limits,
     /// Per-client buffering limits.
     pub max_pending_requests: usize,
-    /// See [`LimitsSection::max_output_buffer`].
-    pub max_output_buffer: usize,
+    /// Output-buffer limits per client class (`limits.max_output_buffer` and friends).
+    pub output_limits: OutputLimits,
     /// See [`LimitsSection::max_decoded_size`].
     pub max_decoded_size: usize,
     /// See [`LimitsSection::max_clients`].
@@ -632,7 +670,6 @@ impl Config {
         positive("limits.max_multibulk_len", l.max_multibulk_len as u64)?;
         positive("limits.max_inline_len", l.max_inline_len as u64)?;
         positive("limits.max_pending_requests", l.max_pending_requests as u64)?;
-        positive("limits.max_output_buffer", l.max_output_buffer as u64)?;
         positive("limits.max_decoded_size", l.max_decoded_size as u64)?;
         positive("limits.max_clients", l.max_clients as u64)?;
         if l.max_bulk_len > i32::MAX as usize {
@@ -732,7 +769,18 @@ impl Config {
                 max_inline_len: l.max_inline_len,
             },
             max_pending_requests: l.max_pending_requests,
-            max_output_buffer: l.max_output_buffer,
+            output_limits: OutputLimits {
+                normal: BufferLimit {
+                    hard: l.max_output_buffer,
+                    soft: l.output_buffer_soft_limit,
+                    soft_for: std::time::Duration::from_secs(l.output_buffer_soft_s),
+                },
+                pubsub: BufferLimit {
+                    hard: l.pubsub_max_output_buffer,
+                    soft: l.pubsub_output_buffer_soft_limit,
+                    soft_for: std::time::Duration::from_secs(l.pubsub_output_buffer_soft_s),
+                },
+            },
             max_decoded_size: l.max_decoded_size,
             max_clients: l.max_clients,
             auth: file.auth,

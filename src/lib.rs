@@ -28,6 +28,7 @@ pub type Reloader = Box<dyn Fn() -> Result<config::Config, String> + Send + Sync
 /// Starts the proxy with `cfg` and runs until SIGTERM or SIGINT, then drains. SIGHUP calls
 /// `reload` and applies the new state rules and limits without touching connections.
 pub async fn run(cfg: Arc<config::Config>, reload: Option<Reloader>) -> Result<(), String> {
+    server::raise_fd_limit();
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
@@ -138,7 +139,7 @@ async fn reload_on_sighup(ctx: Arc<session::Ctx>, reload: Reloader) {
                 merged.rules = new.rules;
                 merged.limits = new.limits;
                 merged.max_pending_requests = new.max_pending_requests;
-                merged.max_output_buffer = new.max_output_buffer;
+                merged.output_limits = new.output_limits;
                 merged.max_decoded_size = new.max_decoded_size;
                 merged.max_clients = new.max_clients;
                 merged.deny_commands = new.deny_commands;

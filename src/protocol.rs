@@ -106,7 +106,8 @@ impl Scanner {
                 return Err(ProtocolError::new("invalid line ending"));
             }
             let kind = rest[0];
-            let line = &rest[1..nl - 1];
+            // A bare "\r\n" has no room for a type byte: its "type" is the '\r' (empty line).
+            let line = rest.get(1..nl - 1).unwrap_or_default();
             let header_len = nl + 1;
             if side == Side::Request {
                 let depth = self.open.len();
@@ -599,5 +600,223 @@ mod tests {
         );
         assert_eq!(split_args(b"\0").unwrap(), Vec::<Vec<u8>>::new());
         assert!(split_args(b"\"a\"b").is_none());
+    }
+
+    fn limits(bulk: usize, multibulk: usize) -> Limits {
+        Limits {
+            max_bulk_len: bulk,
+            max_multibulk_len: multibulk,
+            max_inline_len: 64,
+        }
+    }
+
+    fn request_error(input: &[u8], l: &Limits) -> Option<String> {
+        let mut buf = BytesMut::from(input);
+        let mut p = RequestParser::default();
+        loop {
+            match p.next(&mut buf, l) {
+                Ok(Some(_)) => {}
+                Ok(None) => return None,
+                Err(e) => return Some(e.0),
+            }
+        }
+    }
+
+    fn reply_scan(input: &[u8], l: &Limits) -> Result<Option<usize>, String> {
+        Scanner::default()
+            .scan(input, Side::Reply, l)
+            .map_err(|e| e.0)
+    }
+
+    /// `n` nested one-element arrays around `:1`.
+    fn nested(kind: u8, n: usize) -> Vec<u8> {
+        let mut v = Vec::new();
+        for _ in 0..n {
+            v.push(kind);
+            v.extend_from_slice(b"1\r\n");
+            if kind == b'%' || kind == b'|' {
+                v.extend_from_slice(b"+k\r\n");
+            }
+        }
+        v.extend_from_slice(b":1\r\n");
+        v
+    }
+
+    #[test]
+    fn reply_nesting_is_limited_to_64_levels_for_every_aggregate() {
+        for kind in [b'*', b'~', b'>', b'%'] {
+            let ok = nested(kind, 64);
+            assert_eq!(reply_scan(&ok, &Limits::default()), Ok(Some(ok.len())));
+            let deep = nested(kind, 65);
+            assert_eq!(
+                reply_scan(&deep, &Limits::default()),
+                Err("nesting too deep".to_string()),
+                "{}",
+                kind as char
+            );
+            // Refused as soon as the 65th header is seen, before the rest arrives.
+            let cut = deep.len() - 4;
+            assert_eq!(
+                reply_scan(&deep[..cut], &Limits::default()),
+                Err("nesting too deep".to_string())
+            );
+        }
+        // Attributes count as a level too.
+        let deep = nested(b'|', 65);
+        assert!(reply_scan(&deep, &Limits::default()).is_err());
+    }
+
+    /// Found by the reply_parser fuzz target: a line that is only "\r\n" used to slice
+    /// `rest[1..0]` and panic, on the reply side and inside a client's multibulk.
+    #[test]
+    fn empty_lines_are_errors_not_panics() {
+        let l = Limits::default();
+        assert_eq!(
+            reply_scan(b"\r\n,1ve\n", &l),
+            Err("unexpected type byte '\\r'".to_string())
+        );
+        assert_eq!(reply_scan(b"*1\r\n\r\n", &l).map_err(|_| ()), Err(()));
+        assert_eq!(
+            request_error(b"*1\r\n\r\n", &l).as_deref(),
+            Some("expected '$', got '\r'")
+        );
+        assert_eq!(
+            crate::reply::error("ERR Protocol error: expected '$', got '\r'").as_ref(),
+            b"-ERR Protocol error: expected '$', got ' '\r\n",
+            "the client sees Redis's wording, on one line"
+        );
+    }
+
+    #[test]
+    fn requests_cannot_nest_at_all() {
+        let l = Limits::default();
+        assert_eq!(
+            request_error(b"*1\r\n*1\r\n$4\r\nPING\r\n", &l).as_deref(),
+            Some("expected '$', got '*'")
+        );
+        assert_eq!(
+            request_error(b"*2\r\n$3\r\nGET\r\n%1\r\n", &l).as_deref(),
+            Some("expected '$', got '%'")
+        );
+    }
+
+    #[test]
+    fn header_lines_without_an_end_are_refused_past_64k() {
+        let l = Limits::default();
+        let mut long = b"*".to_vec();
+        long.extend(std::iter::repeat_n(b'1', MAX_HEADER_LINE));
+        assert_eq!(
+            request_error(&long, &l).as_deref(),
+            Some("too big mbulk count string")
+        );
+        let mut inner = b"*1\r\n$".to_vec();
+        inner.extend(std::iter::repeat_n(b'1', MAX_HEADER_LINE));
+        assert_eq!(
+            request_error(&inner, &l).as_deref(),
+            Some("too big bulk count string")
+        );
+        assert_eq!(
+            reply_scan(&long, &l),
+            Err("too big mbulk count string".to_string())
+        );
+        // Just under the limit is only "not yet complete".
+        assert_eq!(request_error(&long[..MAX_HEADER_LINE], &l), None);
+    }
+
+    #[test]
+    fn absurd_numbers_are_invalid_lengths() {
+        let l = Limits::default();
+        for (input, want) in [
+            (
+                &b"*99999999999999999999999\r\n"[..],
+                "invalid multibulk length",
+            ),
+            (b"*9223372036854775807\r\n", "invalid multibulk length"),
+            (b"*1\r\n$9223372036854775807\r\n", "invalid bulk length"),
+            (b"*1\r\n$-1\r\n", "invalid bulk length"),
+            (b"*1\r\n$-2\r\n", "invalid bulk length"),
+            (b"*1\r\n$1x\r\n", "invalid bulk length"),
+            (b"*x\r\n", "invalid multibulk length"),
+            (b"*1\r\n$\r\n", "invalid bulk length"),
+        ] {
+            assert_eq!(request_error(input, &l).as_deref(), Some(want), "{input:?}");
+        }
+        // Replies: nulls are fine, other negatives are not.
+        assert_eq!(reply_scan(b"$-1\r\n", &l), Ok(Some(5)));
+        assert_eq!(
+            reply_scan(b"$-2\r\n", &l),
+            Err("invalid bulk length".to_string())
+        );
+        assert_eq!(
+            reply_scan(b"*-2\r\n", &l),
+            Err("invalid multibulk length".to_string())
+        );
+        assert_eq!(
+            reply_scan(b"%99999999999999999999\r\n", &l),
+            Err("invalid multibulk length".to_string())
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn bulk_length_at_the_limit_waits_and_one_over_is_refused(limit in 1usize..100_000) {
+            let l = limits(limit, 8);
+            let at = format!("*1\r\n${limit}\r\n");
+            proptest::prop_assert_eq!(request_error(at.as_bytes(), &l), None);
+            let over = format!("*1\r\n${}\r\n", limit + 1);
+            let err = request_error(over.as_bytes(), &l);
+            proptest::prop_assert_eq!(err.as_deref(), Some("invalid bulk length"));
+            // The same on the reply side, with that limit.
+            proptest::prop_assert_eq!(reply_scan(at.as_bytes(), &l), Ok(None));
+            proptest::prop_assert!(reply_scan(over.as_bytes(), &l).is_err());
+        }
+
+        #[test]
+        fn array_count_at_the_limit_waits_and_one_over_is_refused(limit in 1usize..1_000_000) {
+            let l = limits(16, limit);
+            let at = format!("*{limit}\r\n$1\r\na\r\n");
+            proptest::prop_assert_eq!(request_error(at.as_bytes(), &l), None);
+            let over = format!("*{}\r\n", limit + 1);
+            let err = request_error(over.as_bytes(), &l);
+            proptest::prop_assert_eq!(err.as_deref(), Some("invalid multibulk length"));
+            for kind in ['*', '~', '>', '%'] {
+                let over = format!("{kind}{}\r\n", limit + 1);
+                proptest::prop_assert!(reply_scan(over.as_bytes(), &l).is_err(), "{}", kind);
+                let at = format!("{kind}{limit}\r\n");
+                proptest::prop_assert_eq!(reply_scan(at.as_bytes(), &l), Ok(None));
+            }
+        }
+
+        #[test]
+        fn nesting_error_does_not_depend_on_where_reads_split(
+            depth in 60usize..70,
+            cut in 0usize..400,
+        ) {
+            let input = nested(b'*', depth);
+            let cut = cut.min(input.len());
+            let whole = reply_scan(&input, &Limits::default());
+            let mut s = Scanner::default();
+            let first = s.scan(&input[..cut], Side::Reply, &Limits::default());
+            let resumed = match first {
+                Err(e) => Err(e.0),
+                Ok(Some(n)) => Ok(Some(n)),
+                Ok(None) => s.scan(&input, Side::Reply, &Limits::default()).map_err(|e| e.0),
+            };
+            proptest::prop_assert_eq!(&whole, &resumed);
+            proptest::prop_assert_eq!(whole.is_err(), depth > 64);
+        }
+
+        #[test]
+        fn inline_length_limit_holds_for_any_line(len in 1usize..300, newline in proptest::bool::ANY) {
+            let l = limits(16, 8);
+            let mut input = vec![b'a'; len];
+            if newline {
+                input.extend_from_slice(b"\r\n");
+            }
+            let err = request_error(&input, &l);
+            // Up to max_inline_len bytes before the newline are fine; more never are.
+            let refused = if newline { len + 1 > l.max_inline_len } else { len > l.max_inline_len };
+            proptest::prop_assert_eq!(err.is_some(), refused, "{:?}", err);
+        }
     }
 }

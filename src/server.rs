@@ -18,6 +18,23 @@ use crate::tls::ServerTls;
 /// How long a client gets to finish the TLS handshake before it is dropped.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Raises the soft limit on open files (RLIMIT_NOFILE) to the hard limit, as Redis does at
+/// start: every client costs one descriptor and each upstream connection another, and a
+/// distribution's default soft limit (often 1024) would cap a sidecar far below
+/// `limits.max_clients`. Failure is not fatal; the accept loop copes with EMFILE.
+pub fn raise_fd_limit() {
+    let before = rlimit::Resource::NOFILE.get().ok();
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(now) => tracing::debug!(
+            before = ?before.map(|(soft, _)| soft),
+            soft = now,
+            hard = ?before.map(|(_, hard)| hard),
+            "open-file limit (RLIMIT_NOFILE) raised to the hard limit"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit (RLIMIT_NOFILE)"),
+    }
+}
+
 /// Accepts clients until `shutdown` resolves, then lets in-flight commands finish.
 ///
 /// Draining: the listener closes first (Kubernetes stops routing to us), every session stops

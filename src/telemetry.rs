@@ -231,6 +231,11 @@ pub fn upstream_connections(delta: i64) {
     gauge!("statecar_upstream_shared_connections").increment(delta as f64);
 }
 
+/// A read-only batch was sent again after its connection failed (`upstream.retry_on_timeout`).
+pub fn upstream_retry() {
+    counter!("statecar_upstream_retries_total").increment(1);
+}
+
 /// Upstream errors (connection failures, timeouts) answered to clients.
 pub fn upstream_error(kind: &'static str) {
     counter!("statecar_upstream_errors_total", "kind" => kind).increment(1);
@@ -254,6 +259,13 @@ pub fn client_connections(delta: i64) {
 /// A client was refused or disconnected for a reason of ours.
 pub fn client_rejected(reason: &'static str) {
     counter!("statecar_clients_rejected_total", "reason" => reason).increment(1);
+}
+
+/// A client was disconnected for holding too many unread reply bytes (`class`: normal or
+/// pubsub; `limit`: hard or soft).
+pub fn output_buffer_disconnect(class: &'static str, limit: &'static str) {
+    counter!("statecar_client_output_buffer_disconnects_total", "class" => class, "limit" => limit)
+        .increment(1);
 }
 
 /// A command was refused before reaching Redis.
@@ -387,6 +399,10 @@ pub fn install() -> Result<PrometheusHandle, String> {
         "statecar_upstream_errors_total",
         "Commands answered with an upstream error, by kind."
     );
+    describe_counter!(
+        "statecar_upstream_retries_total",
+        "Read-only commands sent again after their connection failed (upstream.retry_on_timeout)."
+    );
     describe_gauge!(
         "statecar_upstream_shared_connections",
         "Open shared (pipelined) upstream connections."
@@ -407,6 +423,10 @@ pub fn install() -> Result<PrometheusHandle, String> {
     describe_counter!(
         "statecar_clients_rejected_total",
         "Clients refused or disconnected by statecar, by reason."
+    );
+    describe_counter!(
+        "statecar_client_output_buffer_disconnects_total",
+        "Clients disconnected for unread replies over limits.*output_buffer*, by class and limit."
     );
     describe_counter!(
         "statecar_commands_rejected_total",
@@ -468,6 +488,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
         "statecar_auth_failures_total",
         "statecar_upstream_reconnects_total",
         "statecar_upstream_topology_changes_total",
+        "statecar_upstream_retries_total",
         "statecar_upstream_lease_waits_total",
         "statecar_versions_written_total",
         "statecar_versions_trimmed_total",
@@ -477,6 +498,12 @@ pub fn install() -> Result<PrometheusHandle, String> {
     }
     for reason in ["max_clients", "tls_handshake", "output_buffer"] {
         counter!("statecar_clients_rejected_total", "reason" => reason).absolute(0);
+    }
+    for class in ["normal", "pubsub"] {
+        for limit in ["hard", "soft"] {
+            counter!("statecar_client_output_buffer_disconnects_total", "class" => class, "limit" => limit)
+                .absolute(0);
+        }
     }
     for reason in ["noauth", "protocol_error", "denied"] {
         counter!("statecar_commands_rejected_total", "reason" => reason).absolute(0);

@@ -201,11 +201,15 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
     /// Queues a reply that several parts make up.
     async fn push_joined(&mut self, fut: Joined) -> Flow {
         let discard = self.take_discard();
+        let Some(room) = self.pending_room(1).await else {
+            return Flow::Stop;
+        };
         self.push(Out::Joined {
             fut,
             id: self.cur,
             started: self.read_at,
             discard,
+            room,
         })
         .await
     }

@@ -10,6 +10,7 @@
 mod cluster;
 mod local;
 pub mod pinned;
+pub mod retry;
 pub mod writer;
 
 use std::collections::HashSet;
@@ -21,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadHalf};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Auth;
@@ -125,6 +126,15 @@ pub struct Session<S> {
     pinned: Option<Pinned>,
     /// Subscriptions, mirrored so we know how many confirmations each command produces.
     subs: [HashSet<Bytes>; 3],
+    /// Commands on shared connections whose replies are not yet written (see `pending_room`).
+    pending: Arc<Semaphore>,
+    pending_max: usize,
+    /// Set when `upstream.retry_on_timeout` is on (see [`retry`]).
+    retry_gate: Option<Arc<retry::Gate>>,
+    /// Every command in the current batch only reads (so it may be retried).
+    batch_ro: bool,
+    /// The command being dispatched only reads.
+    next_ro: bool,
 }
 
 /// Serves one client until it leaves.
@@ -137,9 +147,10 @@ where
     let cfg = ctx.cfg.load_full();
     let (out_tx, out_rx) = mpsc::channel(cfg.max_pending_requests);
     let (closed_tx, closed_rx) = watch::channel(false);
-    let writer = tokio::spawn(writer::run(wr, out_rx, closed_tx, cfg.max_output_buffer));
+    let writer = tokio::spawn(writer::run(wr, out_rx, closed_tx, cfg.output_limits, id));
     let db = cfg.upstream.url.db;
     let authed = !ctx.auth.required();
+    let pending_max = cfg.max_pending_requests.clamp(1, 1 << 20);
     let mut s = Session {
         ctx,
         id,
@@ -169,6 +180,14 @@ where
         evalsha_in_flight: false,
         pinned: None,
         subs: Default::default(),
+        pending: Arc::new(Semaphore::new(pending_max)),
+        pending_max,
+        retry_gate: cfg
+            .upstream
+            .retry_on_timeout
+            .then(|| Arc::new(retry::Gate::default())),
+        batch_ro: true,
+        next_ro: false,
     };
     tracing::debug!(client = id, %peer, "client connected");
     s.run().await;
@@ -187,7 +206,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             loop {
                 match self.parser.next(&mut self.inbuf, &limits) {
                     Ok(Some(Parsed::Command(cmd))) => {
-                        if self.dispatch(cmd).await == Flow::Stop {
+                        if self.dispatch(cmd).await == Flow::Stop || self.out.is_closed() {
                             self.flush_batch().await;
                             return;
                         }
@@ -268,6 +287,21 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         if self.batch_n == 0 {
             return;
         }
+        // The writer is gone (client left or was disconnected): Redis must not be asked for
+        // replies nobody will read.
+        let room = match self.out.is_closed() {
+            true => None,
+            false => self.pending_room(self.batch_n).await,
+        };
+        let Some(room) = room else {
+            self.batch.clear();
+            self.batch_ids.clear();
+            self.batch_reshapes.clear();
+            self.batch_ends.clear();
+            self.batch_route = None;
+            self.batch_n = 0;
+            return;
+        };
         let route = self.batch_route.take();
         let conn = self.conn_for(route.as_ref());
         let (tx, rx) = oneshot::channel();
@@ -281,11 +315,14 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 up: self.ctx.upstream.clone(),
             })
         });
-        conn.send(Batch {
+        // Cluster batches are not retried: a redirect already re-sends what needs it.
+        let retryable = self.batch_ro && redirect.is_none();
+        let batch = Batch {
             bytes,
             replies: self.batch_n,
             tx,
-        });
+        };
+        let retry = retry::send(&conn, self.retry_gate.as_ref(), batch, retryable);
         self.batch_n = 0;
         let _ = self
             .out
@@ -296,8 +333,26 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 started: self.read_at,
                 discard: self.batch_discard,
                 redirect,
+                room,
+                retry,
             })
             .await;
+    }
+
+    /// Room for `n` more commands awaiting replies from a shared connection: a client has at
+    /// most `limits.max_pending_requests` of them, and waits (is not read from) beyond that,
+    /// so one that never reads its replies cannot queue unbounded work in Redis. None if the
+    /// client left while waiting.
+    async fn pending_room(&mut self, n: usize) -> Option<OwnedSemaphorePermit> {
+        if self.out.is_closed() {
+            return None;
+        }
+        let n = n.clamp(1, self.pending_max) as u32;
+        if let Ok(p) = self.pending.clone().try_acquire_many_owned(n) {
+            return Some(p);
+        }
+        let fut = self.pending.clone().acquire_many_owned(n);
+        self.wait(fut).await?.ok()
     }
 
     /// Adds a plain command to the batch for the shared connection.
@@ -317,6 +372,12 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             self.flush_batch().await;
         }
         self.batch_discard = discard;
+        if self.batch_n == 0 {
+            self.batch_ro = true;
+        }
+        let ro = std::mem::take(&mut self.next_ro);
+        // A state command is retried only if it went out as a plain read (not a script).
+        self.batch_ro &= ro && (reshape.is_none() || retry::read_only_raw(raw));
         if let Some(r) = reshape {
             self.batch_reshapes.push((self.batch_n as u16, r));
         }
@@ -377,6 +438,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         }
         let kind = command::classify(&cmd.args);
         self.cur = telemetry::command_id(&cmd.args[0]);
+        self.next_ro = false;
         if !self.authed
             && !matches!(
                 kind,
@@ -435,10 +497,14 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             .filter(|state| !state.is_empty())
             .and_then(|state| state.plan(&cmd));
         if let Some(plan) = plan {
+            self.next_ro = self.retry_gate.is_some() && retry::read_only(&cmd.args);
             return Box::pin(self.run_plan(plan)).await;
         }
         match kind {
-            Kind::Plain => self.forward(&cmd.raw).await,
+            Kind::Plain => {
+                self.next_ro = self.retry_gate.is_some() && retry::read_only(&cmd.args);
+                self.forward(&cmd.raw).await
+            }
             Kind::Blocking => Box::pin(self.blocking(cmd)).await,
             Kind::EndTransaction => {
                 let name = cmd.name();

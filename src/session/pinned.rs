@@ -278,7 +278,13 @@ async fn relay(
         let push = frame.first() == Some(&b'>');
         let message = subscribed != (0, 0) && is_resp2_message(&frame);
         if streaming || push || message {
-            if out.send(Out::Ready(frame)).await.is_err() {
+            // MONITOR output counts as a normal client's, as in Redis; messages as pub/sub.
+            let item = if push || message {
+                Out::Message(frame)
+            } else {
+                Out::Ready(frame)
+            };
+            if out.send(item).await.is_err() {
                 return RelayEnd::Failed;
             }
             continue;

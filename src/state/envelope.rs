@@ -841,4 +841,74 @@ mod tests {
             assert_eq!(e.to_string(), want);
         }
     }
+
+    #[test]
+    fn decoded_size_limit_is_inclusive() {
+        let value = agent_session_json(11, 5000);
+        for codec in Codec::ALL {
+            let enc = encode(&value, codec, 0, 1, 1);
+            assert!(
+                matches!(decode(&enc, value.len()), Ok(Decoded::State { .. })),
+                "{codec}: exactly at the limit"
+            );
+            let (r, count, _) = allocations(|| decode(&enc, value.len() - 1));
+            assert_eq!(
+                r,
+                Err(EnvelopeError::TooLarge {
+                    claimed: value.len() as u32,
+                    max: value.len() - 1
+                }),
+                "{codec}: one over"
+            );
+            assert_eq!(count, 0, "{codec}: allocated before refusing");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Whatever the header claims beyond the limit and whatever follows it, nothing is
+        /// allocated; within the limit, the allocation never exceeds the claim (plus decoder
+        /// state), however large the payload would inflate.
+        #[test]
+        fn claimed_sizes_bound_allocation(
+            codec in any_codec(),
+            max in 1usize..(1 << 16),
+            claimed in any::<u32>(),
+            payload in prop::collection::vec(any::<u8>(), 0..256),
+        ) {
+            let forged = forge(codec.id(), 0, claimed, 0, &payload);
+            let (r, count, largest) = allocations(|| decode(&forged, max));
+            if claimed as usize > max {
+                prop_assert_eq!(r, Err(EnvelopeError::TooLarge { claimed, max }));
+                prop_assert_eq!(count, 0);
+            } else {
+                if let Ok(Decoded::State { value, meta }) = &r {
+                    prop_assert_eq!(value.len(), claimed as usize);
+                    prop_assert_eq!(crc32fast::hash(value), meta.crc32);
+                }
+                prop_assert!(
+                    largest <= (claimed as usize).max(64 * 1024),
+                    "allocated {} for a claim of {}", largest, claimed
+                );
+            }
+        }
+
+        /// Bombs: a small payload that inflates far beyond the claim is cut off at the claim.
+        #[test]
+        fn bombs_are_cut_at_the_claimed_length(
+            codec in prop::sample::select(vec![Codec::Lz4, Codec::Zlib, Codec::Zstd]),
+            real in (1usize << 16)..(1 << 22),
+            claimed in 0u32..(1 << 15),
+        ) {
+            let zeros = vec![0u8; real];
+            let forged = forge(codec.id(), 0, claimed, 0, &codec.compress(&zeros));
+            let (r, _, largest) = allocations(|| decode(&forged, MAX));
+            prop_assert!(
+                matches!(r, Err(EnvelopeError::Decompress(CodecError::TooLong { .. }))),
+                "{:?}", r
+            );
+            prop_assert!(largest <= 64 * 1024 + claimed as usize, "allocated {}", largest);
+        }
+    }
 }
