@@ -379,7 +379,11 @@ impl Writer {
         if lim.soft > 0 && held > lim.soft {
             let now = Instant::now();
             let since = *self.soft_since.get_or_insert(now);
-            if now >= since + lim.soft_for {
+            // A soft time too large to add to a clock reading means "never".
+            if since
+                .checked_add(lim.soft_for)
+                .is_some_and(|end| now >= end)
+            {
                 return Some("soft");
             }
         } else {
@@ -390,7 +394,8 @@ impl Writer {
 
     /// When the soft limit will have been exceeded for long enough.
     fn soft_deadline(&self) -> Option<Instant> {
-        self.soft_since.map(|s| s + self.limit().soft_for)
+        self.soft_since
+            .and_then(|s| s.checked_add(self.limit().soft_for))
     }
 
     /// Turns a batch outcome into the bytes the client sees: the replies that arrived, then one
@@ -772,6 +777,12 @@ mod tests {
         // 0 disables both.
         w.limits = lim(0, 0, 0);
         assert_eq!(w.over_limit(), None);
+        // A soft time no clock can reach (u64::MAX seconds from the config) never trips, and
+        // never panics.
+        w.limits = lim(0, 40_000, u64::MAX);
+        w.soft_since = None;
+        assert_eq!(w.over_limit(), None);
+        assert_eq!(w.soft_deadline(), None);
     }
 
     #[test]
