@@ -338,8 +338,10 @@ fi
 # ---------------------------------------------------------------------------------------------
 step "statecar check-config on every rendered statecar.toml"
 BIN=
+# The newest build: a release binary left from an earlier benchmark must not stand in for the
+# code under test.
 for b in target/release/statecar target/debug/statecar; do
-  if [ -x "$b" ]; then BIN=$b; break; fi
+  if [ -x "$b" ] && { [ -z "$BIN" ] || [ "$b" -nt "$BIN" ]; }; then BIN=$b; fi
 done
 if [ -z "$BIN" ]; then
   skip "no target/release/statecar or target/debug/statecar: build one (cargo build) to check the rendered configs"
