@@ -744,9 +744,10 @@ impl Config {
         let tls = file.tls.as_ref().map(server_tls).transpose()?;
         let mut rules = Vec::new();
         for (i, r) in file.state.iter().enumerate() {
-            rules.push(Rule::from_config(i, r).map_err(|m| ConfigError::Invalid {
-                field: String::new(),
-                message: m,
+            // Rule errors read "state[i].field: what is wrong".
+            rules.push(Rule::from_config(i, r).map_err(|m| match m.split_once(": ") {
+                Some((field, message)) => invalid(field, message),
+                None => invalid(&format!("state[{i}]"), m),
             })?);
         }
         Ok(Config {
