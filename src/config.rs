@@ -745,10 +745,12 @@ impl Config {
         let mut rules = Vec::new();
         for (i, r) in file.state.iter().enumerate() {
             // Rule errors read "state[i].field: what is wrong".
-            rules.push(Rule::from_config(i, r).map_err(|m| match m.split_once(": ") {
-                Some((field, message)) => invalid(field, message),
-                None => invalid(&format!("state[{i}]"), m),
-            })?);
+            rules.push(
+                Rule::from_config(i, r).map_err(|m| match m.split_once(": ") {
+                    Some((field, message)) => invalid(field, message),
+                    None => invalid(&format!("state[{i}]"), m),
+                })?,
+            );
         }
         Ok(Config {
             listen,

@@ -8,26 +8,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn redis_pid(port: u16) -> String {
-    let out = Command::new("redis-cli")
-        .args(["-p", &port.to_string(), "INFO", "server"])
-        .output()
-        .expect("redis-cli");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("process_id:"))
-        .map(|p| p.trim().to_string())
-        .expect("process_id in INFO server")
-}
-
-fn signal(sig: &str, pid: &str) {
-    let st = Command::new("kill")
-        .args([sig, pid])
-        .status()
-        .expect("kill");
-    assert!(st.success(), "kill {sig} {pid}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_redis_gives_timeouts_then_recovers() {
     let redis = RedisServer::start();

@@ -17,16 +17,6 @@ fn poll(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn with_metrics(extra: &str) -> (RedisServer, Statecar, u16) {
-    let redis = RedisServer::start();
-    let mport = free_port();
-    let sc = Statecar::start(
-        redis.port(),
-        &format!("[metrics]\nlisten = \"127.0.0.1:{mport}\"\n{extra}"),
-    );
-    (redis, sc, mport)
-}
-
 const RULE: &str = "[[state]]\npattern = \"session:*\"\ncompression = \"lz4\"\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

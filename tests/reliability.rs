@@ -71,16 +71,6 @@ async fn metric(port: u16, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn with_metrics(extra: &str) -> (RedisServer, Statecar, u16) {
-    let redis = RedisServer::start();
-    let mport = free_port();
-    let sc = Statecar::start(
-        redis.port(),
-        &format!("[metrics]\nlisten = \"127.0.0.1:{mport}\"\n{extra}"),
-    );
-    (redis, sc, mport)
-}
-
 /// Samples statecar's RSS every 50 ms until stopped; returns the largest value seen.
 fn rss_sampler(pid: u32, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
     tokio::spawn(async move {
@@ -648,17 +638,8 @@ async fn clients_vanishing_mid_pipeline_and_mid_transaction_leave_nothing_behind
         sub.read().await,
         Frame::Array(vec![bulk("message"), bulk("v:news"), bulk("hello")])
     );
-    let out = std::process::Command::new(statecar_bin())
-        .arg("verify")
-        .arg("--config")
-        .arg(sc.dir().join("statecar.toml"))
-        .output()
-        .expect("statecar verify");
-    let report = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success() && report.contains(" 0 problems"),
-        "{report}"
-    );
+    let (ok, report) = statecar_verify(&sc);
+    assert!(ok && report.contains(" 0 problems"), "{report}");
 }
 
 /// One load client of the recovery test: pipelines of 10 commands (versioned state writes,
@@ -789,41 +770,15 @@ async fn recovery_after_redis_is_killed_under_mixed_load() {
             "client {c}: value {seq} older than the acknowledged {a}"
         );
     }
-    let out = std::process::Command::new(statecar_bin())
-        .arg("verify")
-        .arg("--config")
-        .arg(sc.dir().join("statecar.toml"))
-        .output()
-        .expect("statecar verify");
-    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (ok, report) = statecar_verify(&sc);
     assert!(
-        out.status.success() && report.contains(" 0 problems"),
+        ok && report.contains(" 0 problems"),
         "verify after the restart:\n{report}"
     );
     assert!(
         report.contains(&format!("{CLIENTS} state keys")),
         "{report}"
     );
-}
-
-fn redis_pid(port: u16) -> String {
-    let out = std::process::Command::new("redis-cli")
-        .args(["-p", &port.to_string(), "INFO", "server"])
-        .output()
-        .expect("redis-cli");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("process_id:"))
-        .map(|p| p.trim().to_string())
-        .expect("process_id in INFO server")
-}
-
-fn signal(sig: &str, pid: &str) {
-    let st = std::process::Command::new("kill")
-        .args([sig, pid])
-        .status()
-        .expect("kill");
-    assert!(st.success(), "kill {sig} {pid}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

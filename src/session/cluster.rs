@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 
-use super::writer::{Joined, Out};
+use super::writer::{Joined, JoinedOut, Out};
 use super::{Flow, Kind, ReplyMode, Session};
 use crate::command::Local;
 use crate::protocol::Command;
@@ -204,13 +204,13 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         let Some(room) = self.pending_room(1).await else {
             return Flow::Stop;
         };
-        self.push(Out::Joined {
+        self.push(Out::Joined(JoinedOut {
             fut,
             id: self.cur,
             started: self.read_at,
             discard,
             room,
-        })
+        }))
         .await
     }
 

@@ -326,7 +326,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         self.batch_n = 0;
         let _ = self
             .out
-            .send(Out::Batch {
+            .send(Out::Batch(writer::BatchOut {
                 rx,
                 ids: std::mem::take(&mut self.batch_ids),
                 reshapes: std::mem::take(&mut self.batch_reshapes),
@@ -335,7 +335,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 redirect,
                 room,
                 retry,
-            })
+            }))
             .await;
     }
 

@@ -156,6 +156,40 @@ async fn reshape_batch(
 /// A reply still being put together from several upstream replies (cluster fan-out).
 pub type Joined = std::pin::Pin<Box<dyn std::future::Future<Output = Bytes> + Send>>;
 
+/// A batch sent to a shared connection, whose replies the client is waiting for.
+pub struct BatchOut {
+    /// Where the replies arrive.
+    pub rx: oneshot::Receiver<BatchResult>,
+    /// Metric ids of the commands, in order.
+    pub ids: Vec<u16>,
+    /// State commands among them: index and reshaping.
+    pub reshapes: Vec<(u16, Box<Reshape>)>,
+    /// When the batch was read.
+    pub started: Instant,
+    /// `CLIENT REPLY OFF/SKIP`: consume but do not send.
+    pub discard: bool,
+    /// Cluster: how to follow redirects.
+    pub redirect: Option<Box<Redirectable>>,
+    /// The batch's place in `limits.max_pending_requests`, freed once it is answered.
+    pub room: OwnedSemaphorePermit,
+    /// How to send it again if its connection fails (`upstream.retry_on_timeout`).
+    pub retry: Option<Box<Retry>>,
+}
+
+/// One command whose reply several nodes make up (cluster split and fan-out).
+pub struct JoinedOut {
+    /// Produces the joined reply.
+    pub fut: Joined,
+    /// Metric id of the command.
+    pub id: u16,
+    /// When it was read.
+    pub started: Instant,
+    /// `CLIENT REPLY OFF/SKIP`.
+    pub discard: bool,
+    /// Its place in `limits.max_pending_requests`.
+    pub room: OwnedSemaphorePermit,
+}
+
 /// Something to send to the client, in order.
 pub enum Out {
     /// Bytes that are ready now.
@@ -164,37 +198,9 @@ pub enum Out {
     /// and from then on the client's output buffer is limited as a pub/sub client's.
     Message(Bytes),
     /// The replies of a batch on a shared connection.
-    Batch {
-        /// Where the replies arrive.
-        rx: oneshot::Receiver<BatchResult>,
-        /// Metric ids of the commands, in order.
-        ids: Vec<u16>,
-        /// State commands among them: index and reshaping.
-        reshapes: Vec<(u16, Box<Reshape>)>,
-        /// When the batch was read.
-        started: Instant,
-        /// `CLIENT REPLY OFF/SKIP`: consume but do not send.
-        discard: bool,
-        /// Cluster: how to follow redirects.
-        redirect: Option<Box<Redirectable>>,
-        /// The batch's place in `limits.max_pending_requests`, freed once it is answered.
-        room: OwnedSemaphorePermit,
-        /// How to send it again if its connection fails (`upstream.retry_on_timeout`).
-        retry: Option<Box<Retry>>,
-    },
+    Batch(BatchOut),
     /// One command answered by several nodes (cluster): the parts were sent already.
-    Joined {
-        /// Produces the joined reply.
-        fut: Joined,
-        /// Metric id of the command.
-        id: u16,
-        /// When it was read.
-        started: Instant,
-        /// `CLIENT REPLY OFF/SKIP`.
-        discard: bool,
-        /// Its place in `limits.max_pending_requests`.
-        room: OwnedSemaphorePermit,
-    },
+    Joined(JoinedOut),
     /// Signals when everything queued before it has been written.
     Barrier(oneshot::Sender<()>),
     /// Write what is queued, then close the connection.
@@ -297,38 +303,23 @@ impl OutQueue {
 /// The item at the head of the queue that the writer is waiting for.
 enum Front {
     None,
-    Batch {
-        rx: oneshot::Receiver<BatchResult>,
-        ids: Vec<u16>,
-        reshapes: Vec<(u16, Box<Reshape>)>,
-        started: Instant,
-        discard: bool,
-        redirect: Option<Box<Redirectable>>,
-        room: OwnedSemaphorePermit,
-        retry: Option<Box<Retry>>,
-    },
-    Joined {
-        fut: Joined,
-        id: u16,
-        started: Instant,
-        discard: bool,
-        room: OwnedSemaphorePermit,
-    },
+    Batch(BatchOut),
+    Joined(JoinedOut),
     Barrier(oneshot::Sender<()>),
     Close,
 }
 
 impl Front {
     fn waiting(&self) -> bool {
-        matches!(self, Front::Batch { .. } | Front::Joined { .. })
+        matches!(self, Front::Batch(_) | Front::Joined(_))
     }
 }
 
 /// Waits for the reply the front item is waiting for (never resolves otherwise).
 async fn front_reply(front: &mut Front) -> Option<BatchResult> {
     match front {
-        Front::Batch { rx, .. } => rx.await.ok(),
-        Front::Joined { fut, .. } => {
+        Front::Batch(b) => (&mut b.rx).await.ok(),
+        Front::Joined(JoinedOut { fut, .. }) => {
             let bytes = fut.as_mut().await;
             let errors = u128::from(matches!(bytes.first(), Some(b'-')));
             Some(Ok(Replies { bytes, errors }))
@@ -435,7 +426,7 @@ impl Writer {
         // the client then gets nothing for it, as before.
         let Some(r) = r else { return Front::None };
         match front {
-            Front::Batch {
+            Front::Batch(BatchOut {
                 ids,
                 mut reshapes,
                 started,
@@ -444,7 +435,7 @@ impl Writer {
                 room,
                 retry,
                 ..
-            } => {
+            }) => {
                 let r = match (r, retry) {
                     (Err(f), Some(retry))
                         if retry::retryable(&f.error) && f.received < ids.len() =>
@@ -469,7 +460,7 @@ impl Writer {
                                 if !discard {
                                     self.q.push(&f.partial);
                                 }
-                                return Front::Batch {
+                                return Front::Batch(BatchOut {
                                     rx,
                                     ids: rest.to_vec(),
                                     reshapes: later
@@ -481,7 +472,7 @@ impl Writer {
                                     redirect: None,
                                     room,
                                     retry: None,
-                                };
+                                });
                             }
                             None => Err(f),
                         }
@@ -503,13 +494,13 @@ impl Writer {
                 self.put_batch(r, &ids, discard);
                 drop(room);
             }
-            Front::Joined {
+            Front::Joined(JoinedOut {
                 id,
                 started,
                 discard,
                 room,
                 ..
-            } => {
+            }) => {
                 telemetry::round_trip(started.elapsed());
                 self.put_batch(r, &[id], discard);
                 drop(room);
@@ -531,38 +522,8 @@ impl Writer {
                 self.q.push(&b);
                 Front::None
             }
-            Out::Batch {
-                rx,
-                ids,
-                reshapes,
-                started,
-                discard,
-                redirect,
-                room,
-                retry,
-            } => Front::Batch {
-                rx,
-                ids,
-                reshapes,
-                started,
-                discard,
-                redirect,
-                room,
-                retry,
-            },
-            Out::Joined {
-                fut,
-                id,
-                started,
-                discard,
-                room,
-            } => Front::Joined {
-                fut,
-                id,
-                started,
-                discard,
-                room,
-            },
+            Out::Batch(b) => Front::Batch(b),
+            Out::Joined(j) => Front::Joined(j),
             Out::Barrier(tx) => Front::Barrier(tx),
             Out::Close => Front::Close,
         }
@@ -586,7 +547,7 @@ impl Writer {
                         Err(mpsc::error::TryRecvError::Empty) => break,
                         Err(mpsc::error::TryRecvError::Disconnected) => reader_gone = true,
                     },
-                    Front::Batch { rx, .. } => match rx.try_recv() {
+                    Front::Batch(b) => match b.rx.try_recv() {
                         Ok(r) => {
                             let f = std::mem::replace(&mut front, Front::None);
                             front = self.complete(f, Some(r)).await;

@@ -61,6 +61,39 @@ pub fn statecar_verify(sc: &Statecar) -> (bool, String) {
     )
 }
 
+/// The process id of the redis-server on `port` (from INFO server).
+pub fn redis_pid(port: u16) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "INFO", "server"])
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .map(|p| p.trim().to_string())
+        .expect("process_id in INFO server")
+}
+
+/// Sends `sig` (e.g. "-STOP") to process `pid` with kill(1).
+pub fn signal(sig: &str, pid: &str) {
+    let st = Command::new("kill")
+        .args([sig, pid])
+        .status()
+        .expect("kill");
+    assert!(st.success(), "kill {sig} {pid}");
+}
+
+/// A Redis and a statecar with its metrics listener on a free port (the third value).
+pub fn with_metrics(extra: &str) -> (RedisServer, Statecar, u16) {
+    let redis = RedisServer::start();
+    let mport = free_port();
+    let sc = Statecar::start(
+        redis.port(),
+        &format!("[metrics]\nlisten = \"127.0.0.1:{mport}\"\n{extra}"),
+    );
+    (redis, sc, mport)
+}
+
 /// A port nobody listens on right now (never 6379/6380).
 pub fn free_port() -> u16 {
     loop {
