@@ -143,6 +143,11 @@ async fn commands_route_split_and_fan_out_across_the_cluster() {
         c.cmd(&["EXEC"]).await,
         Frame::Array(vec![Frame::Simple("PONG".into()), ok(), int(1)])
     );
+    // RESET leaves a transaction that no key has pinned yet.
+    assert_eq!(c.cmd(&["MULTI"]).await, ok());
+    assert_eq!(c.cmd(&["RESET"]).await, Frame::Simple("RESET".into()));
+    assert_eq!(c.cmd(&["SET", "{u}r", "1"]).await, ok());
+    assert_eq!(c.cmd(&["DISCARD"]).await, err("ERR DISCARD without MULTI"));
     assert_eq!(c.cmd(&["WATCH", "{u}a"]).await, ok());
     assert_eq!(c.cmd(&["MULTI"]).await, ok());
     c.cmd(&["SET", "{u}a", "2"]).await;

@@ -279,6 +279,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         self.name = None;
         self.reply_mode = ReplyMode::On;
         self.authed = !self.ctx.auth.required();
+        self.deferred_multi = None;
         for s in &mut self.subs {
             s.clear();
         }
