@@ -8,7 +8,8 @@ Usage: benches/cluster_bench.py [--write [DOC]] [--no-build]
                  (default docs/BENCHMARKS.md)
   --no-build     use target/release/statecar as it is
 
-Environment: ROUNDS (3) measurements per case and target, medians reported; BENCH_REQUESTS
+Environment: BENCH_WORKERS (unset: statecar's default) sets [server] worker_threads;
+ROUNDS (3) measurements per case and target, medians reported; BENCH_REQUESTS
 (200000) requests per redis-benchmark run at pipeline 1 (x4 at pipeline 16); BENCH_CASES
 ("100:1:50,100:16:50,4096:1:50") as SIZE:PIPELINE:CLIENTS.
 
@@ -82,7 +83,7 @@ def main():
     cases = [tuple(int(x) for x in c.split(":"))
              for c in os.environ.get("BENCH_CASES", "100:1:50,100:16:50,4096:1:50").split(",")]
     cmdline = "benches/cluster_bench.py" + (" --write" if a.write else "")
-    for v in ("ROUNDS", "BENCH_REQUESTS", "BENCH_CASES"):
+    for v in ("ROUNDS", "BENCH_REQUESTS", "BENCH_CASES", "BENCH_WORKERS"):
         if v in os.environ:
             cmdline = f"{v}={os.environ[v]} {cmdline}"
     if not a.no_build:
@@ -121,6 +122,8 @@ def main():
             f.write(f'listen = "127.0.0.1:{sc_port}"\n[upstream]\nmode = "cluster"\n'
                     f'nodes = ["127.0.0.1:{ports[0]}", "127.0.0.1:{ports[1]}"]\n'
                     f'[log]\nlevel = "warn"\n')
+            if os.environ.get("BENCH_WORKERS"):
+                f.write(f'[server]\nworker_threads = {int(os.environ["BENCH_WORKERS"])}\n')
         procs.append(subprocess.Popen([binary, "--config", conf],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         wait_ping(sc_port, "statecar")
