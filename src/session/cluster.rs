@@ -297,6 +297,13 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         };
         self.flush_batch().await;
         let masters = self.ctx.upstream.topology().all();
+        if masters.len() as u64 > SCAN_NODES {
+            return self
+                .reply(reply::error(
+                    "ERR statecar: SCAN through more than 1024 cluster primaries is not supported",
+                ))
+                .await;
+        }
         let index = (cursor % SCAN_NODES) as usize;
         let Some(node) = masters.get(index).cloned() else {
             // The cluster shrank during the walk: the walk is over.

@@ -128,15 +128,12 @@ pub fn read_only(args: &[Bytes]) -> bool {
     let Some(name) = args.first() else {
         return false;
     };
-    if name.len() > 20 {
+    let mut buf = [0u8; 32];
+    let Some(n) = crate::command::upper(name, &mut buf) else {
         return false;
-    }
-    let mut buf = [0u8; 20];
-    for (d, s) in buf.iter_mut().zip(name.iter()) {
-        *d = s.to_ascii_uppercase();
-    }
+    };
     matches!(
-        &buf[..name.len()],
+        &buf[..n],
         b"GET"
             | b"MGET"
             | b"STRLEN"

@@ -278,6 +278,8 @@ pub struct Scripts {
     pub library_name: String,
     /// `FUNCTION LOAD <library>`, ready to send.
     pub function_load: Bytes,
+    /// `<library_name>_<name>` of each script, in `BODIES` order.
+    function_names: Vec<String>,
 }
 
 impl Default for Scripts {
@@ -299,7 +301,12 @@ impl Default for Scripts {
             &mut function_load,
             &[b"FUNCTION".as_slice(), b"LOAD", lib.as_bytes()],
         );
+        let function_names = BODIES
+            .iter()
+            .map(|(_, name, _)| format!("{library_name}_{name}"))
+            .collect();
         Scripts {
+            function_names,
             library_name,
             function_load: function_load.freeze(),
             write: Script::new(WRITE),
@@ -338,13 +345,13 @@ pub enum ScriptKind {
 impl Scripts {
     /// `FCALL statecar_<hash>_<name> nkeys keys... args...`
     pub fn fcall(&self, k: ScriptKind, keys: &[Bytes], args: &[Bytes]) -> Bytes {
+        // Names are built once: this runs for every state write.
         let name = BODIES
             .iter()
-            .find(|(kind, _, _)| *kind == k)
-            .map(|(_, n, _)| *n)
-            .unwrap_or("write");
-        let f = format!("{}_{name}", self.library_name);
-        self.get(k).build(f.as_bytes(), b"FCALL", keys, args)
+            .position(|(kind, _, _)| *kind == k)
+            .and_then(|i| self.function_names.get(i))
+            .map_or(&b""[..], |n| n.as_bytes());
+        self.get(k).build(name, b"FCALL", keys, args)
     }
 
     /// The script of a kind.

@@ -266,6 +266,17 @@ impl Upstream {
         self.primary().assign(key)
     }
 
+    /// A node with a fresh id, sharing this upstream's configuration and lease budget.
+    fn new_node(self: &Arc<Self>, addr: Addr) -> Arc<Node> {
+        Node::new(
+            self.next_id.fetch_add(1, Ordering::Relaxed),
+            addr,
+            Arc::downgrade(self),
+            self.cfg.clone(),
+            self.permits.clone(),
+        )
+    }
+
     /// Cluster: the node at `addr`, created on first sight (a MOVED can name a node before
     /// the slot map does).
     pub fn node(self: &Arc<Self>, addr: &Addr) -> Arc<Node> {
@@ -275,15 +286,7 @@ impl Upstream {
         };
         nodes
             .entry(addr.clone())
-            .or_insert_with(|| {
-                Node::new(
-                    self.next_id.fetch_add(1, Ordering::Relaxed),
-                    addr.clone(),
-                    Arc::downgrade(self),
-                    self.cfg.clone(),
-                    self.permits.clone(),
-                )
-            })
+            .or_insert_with(|| self.new_node(addr.clone()))
             .clone()
     }
 
@@ -350,13 +353,7 @@ impl Upstream {
         if old.primary.ep.addr == addr && !old.primary.is_retired() {
             return;
         }
-        let node = Node::new(
-            self.next_id.fetch_add(1, Ordering::Relaxed),
-            addr,
-            Arc::downgrade(self),
-            self.cfg.clone(),
-            self.permits.clone(),
-        );
+        let node = self.new_node(addr);
         self.topo.store(Arc::new(Topology {
             epoch: old.epoch + 1,
             primary: node.clone(),
