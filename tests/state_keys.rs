@@ -1418,10 +1418,9 @@ async fn concurrent_writers_get_gapless_versions() {
     };
     names.sort();
     let mut want: Vec<String> = (491..=500).map(|v| v.to_string()).collect();
-    want.extend(["last", "lo", "n"].map(String::from));
+    want.push("last".to_string());
     want.sort();
     assert_eq!(names, want);
-    assert_eq!(d.cmd(&["HGET", &hist("small:k"), "n"]).await, bulk("10"));
     let last = p.cmd(&["STATE.LOAD", "small:k", "VERSION", "500"]).await;
     assert!(written.contains(&as_bytes(&field(&last, "value"))));
     assert_eq!(p.cmd(&["GET", "small:k"]).await, field(&last, "value"));
@@ -1527,6 +1526,68 @@ fn check_load(
     assert_eq!(field(r, "codec"), bulk(codec), "{what}");
     assert_eq!(field(r, "checksum"), bulk(crc_hex(value)), "{what}");
     assert_eq!(field(r, "tags"), bulks(tags), "{what}");
+}
+
+async fn hkeys(d: &mut RawConn, key: &str) -> Vec<String> {
+    let mut names: Vec<String> = match d.cmd(&["HKEYS", key]).await {
+        Frame::Array(a) => a.iter().map(Frame::text).collect(),
+        other => panic!("{other:?}"),
+    };
+    names.sort();
+    names
+}
+
+/// A history from before the version window (with its `n`/`lo` counters) or with versions
+/// below the window (max_versions lowered): those versions are gone for every command at once,
+/// and the fields are removed at the next tidy (every 64th version).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_outside_the_window_are_gone_and_tidied_away() {
+    let (redis, sc) = start_pair(CONCURRENCY_RULES);
+    let mut p = RawConn::connect(sc.port()).await;
+    let mut d = RawConn::connect(redis.port()).await;
+    let h = hist("small:t");
+    let value = |i: u64| agent_session_json(i, 300);
+    for i in 1..=20 {
+        assert_eq!(p.cmd(&args!["SET", "small:t", value(i)]).await, ok());
+    }
+    // What older statecars or a larger max_versions leave behind.
+    let Frame::Bulk(old) = d.cmd(&["HGET", &h, "15"]).await else {
+        panic!("version 15 missing")
+    };
+    let mut hset: Vec<Vec<u8>> = args!["HSET", h.as_str(), "n", "10", "lo", "3", "t3", "x", "5"];
+    hset.push(old.clone());
+    hset.extend(args!["3"]);
+    hset.push(old);
+    assert_eq!(d.cmd(&hset).await, int(5));
+
+    let listed: Vec<i64> = version_entries(&p.cmd(&["STATE.VERSIONS", "small:t"]).await)
+        .iter()
+        .map(|e| as_int(&e["version"]))
+        .collect();
+    assert_eq!(listed, (11..=20).collect::<Vec<_>>());
+    assert_eq!(
+        p.cmd(&["STATE.LOAD", "small:t", "VERSION", "3"]).await,
+        Frame::NullBulk
+    );
+    assert_eq!(p.cmd(&["STATE.DELVERSION", "small:t", "5"]).await, int(0));
+    let r = p.cmd(&["STATE.ROLLBACK", "small:t", "3"]).await;
+    assert!(
+        r.is_error(),
+        "rollback to a version outside the window: {}",
+        show(&r)
+    );
+    let r = p.cmd(&["STATE.LOAD", "small:t", "VERSION", "12"]).await;
+    assert_eq!(field(&r, "value"), bulk(value(12)));
+
+    // Version 64 tidies: only `last` and the window 55..=64 remain.
+    for i in 21..=64 {
+        assert_eq!(p.cmd(&args!["SET", "small:t", value(i)]).await, ok());
+    }
+    let mut want: Vec<String> = (55..=64).map(|v| v.to_string()).collect();
+    want.push("last".into());
+    want.sort();
+    assert_eq!(hkeys(&mut d, &h).await, want);
+    assert_eq!(p.cmd(&["GET", "small:t"]).await, bulk(value(64)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

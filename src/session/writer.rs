@@ -113,41 +113,71 @@ async fn reshape_batch(
         Ok(replies) => (replies.bytes.clone(), usize::MAX),
         Err(f) => (f.partial.clone(), f.received),
     };
-    let mut frames = cluster::frames(&bytes);
     let mut errors = match &r {
         Ok(replies) => replies.errors,
         Err(_) => 0,
     };
-    for (i, mut reshape) in reshapes {
-        let i = i as usize;
-        if i >= received || i >= frames.len() {
-            continue;
+    // One pass over the reply frames: runs of frames that stay as they are become one slice,
+    // reshaped frames their own part; the parts are joined once at the end (or not at all when
+    // the whole batch is one reshaped reply, as for a lone state GET).
+    let limits = crate::upstream::connect::reply_limits();
+    let mut parts: Vec<Bytes> = Vec::with_capacity(2 * reshapes.len() + 1);
+    let mut reshapes = reshapes.into_iter().peekable();
+    let (mut pos, mut kept_from, mut i) = (0, 0, 0);
+    while pos < bytes.len() {
+        let mut s = crate::protocol::Scanner::default();
+        let n = match s.scan(&bytes[pos..], crate::protocol::Side::Reply, &limits) {
+            Ok(Some(n)) => n,
+            _ => bytes.len() - pos,
+        };
+        while reshapes.peek().is_some_and(|(j, _)| (*j as usize) < i) {
+            reshapes.next();
         }
-        if let (Some((_, node)), Some(key)) = (moved.iter().find(|(m, _)| *m == i), key) {
-            // Follow-ups (NOSCRIPT, previous version) go where the command ended up.
-            reshape.conn = Some(node.assign(key));
-        }
-        let out = reshape.apply(frames[i].clone()).await;
-        if i < 128 {
-            if matches!(out.first(), Some(b'-' | b'!')) {
-                errors |= 1 << i;
-            } else {
-                errors &= !(1 << i);
+        if i < received
+            && let Some((_, mut reshape)) = reshapes.next_if(|(j, _)| *j as usize == i)
+        {
+            if let (Some((_, node)), Some(key)) = (moved.iter().find(|(m, _)| *m == i), key) {
+                // Follow-ups (NOSCRIPT, previous version) go where the command ended up.
+                reshape.conn = Some(node.assign(key));
             }
+            let out = reshape.apply(bytes.slice(pos..pos + n)).await;
+            if i < 128 {
+                if matches!(out.first(), Some(b'-' | b'!')) {
+                    errors |= 1 << i;
+                } else {
+                    errors &= !(1 << i);
+                }
+            }
+            if kept_from < pos {
+                parts.push(bytes.slice(kept_from..pos));
+            }
+            parts.push(out);
+            kept_from = pos + n;
         }
-        frames[i] = out;
+        pos += n;
+        i += 1;
     }
-    let mut b = BytesMut::with_capacity(frames.iter().map(Bytes::len).sum());
-    for f in &frames {
-        b.extend_from_slice(f);
+    if kept_from < bytes.len() {
+        parts.push(bytes.slice(kept_from..));
     }
+    let joined = match parts.len() {
+        0 => Bytes::new(),
+        1 => parts.pop().unwrap_or_default(),
+        _ => {
+            let mut b = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+            for p in &parts {
+                b.extend_from_slice(p);
+            }
+            b.freeze()
+        }
+    };
     match r {
         Ok(_) => Ok(Replies {
-            bytes: b.freeze(),
+            bytes: joined,
             errors,
         }),
         Err(mut f) => {
-            f.partial = b.freeze();
+            f.partial = joined;
             Err(f)
         }
     }

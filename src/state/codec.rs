@@ -133,9 +133,23 @@ impl Codec {
     /// Allocates `original_len` bytes once and never more, whatever the payload claims; the
     /// caller must already have checked `original_len` against its configured maximum.
     pub fn decompress(self, payload: &[u8], original_len: usize) -> Result<Vec<u8>, CodecError> {
+        let mut out = vec![0u8; original_len];
+        self.decompress_into(payload, &mut out)?;
+        Ok(out)
+    }
+
+    /// Decompresses `payload` into `out`, which it must fill exactly.
+    ///
+    /// The reply path decodes straight into the buffer of the client's reply frame, after its
+    /// `$<len>\r\n` header, so a state GET costs one allocation and no copy of the value.
+    pub fn decompress_into(self, payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
+        let original_len = out.len();
         match self {
             Codec::None => match payload.len() {
-                n if n == original_len => Ok(payload.to_vec()),
+                n if n == original_len => {
+                    out.copy_from_slice(payload);
+                    Ok(())
+                }
                 n if n < original_len => Err(CodecError::TooShort {
                     codec: self.name(),
                     expected: original_len,
@@ -146,9 +160,9 @@ impl Codec {
                     count: n - original_len,
                 }),
             },
-            Codec::Lz4 => lz4_decompress(payload, original_len),
-            Codec::Zlib => inflate(payload, original_len),
-            Codec::Zstd => zstd_decompress(payload, original_len),
+            Codec::Lz4 => lz4_decompress(payload, out),
+            Codec::Zlib => inflate(payload, out),
+            Codec::Zstd => zstd_decompress(payload, out),
         }
     }
 }
@@ -159,11 +173,11 @@ impl std::fmt::Display for Codec {
     }
 }
 
-fn lz4_decompress(payload: &[u8], original_len: usize) -> Result<Vec<u8>, CodecError> {
+fn lz4_decompress(payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
     let codec = Codec::Lz4.name();
-    let mut out = vec![0u8; original_len];
-    match lz4_flex::block::decompress_into(payload, &mut out) {
-        Ok(n) if n == original_len => Ok(out),
+    let original_len = out.len();
+    match lz4_flex::block::decompress_into(payload, out) {
+        Ok(n) if n == original_len => Ok(()),
         Ok(n) => Err(CodecError::TooShort {
             codec,
             expected: original_len,
@@ -203,14 +217,14 @@ fn deflate(input: &[u8]) -> Option<Vec<u8>> {
     .flatten()
 }
 
-fn inflate(payload: &[u8], original_len: usize) -> Result<Vec<u8>, CodecError> {
+fn inflate(payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
     let codec = Codec::Zlib.name();
     with_context(
         &ZLIB_DECOMPRESS,
         || Some(flate2::Decompress::new(true)),
         |z| {
             z.reset(true);
-            inflate_with(z, payload, original_len)
+            inflate_with(z, payload, out)
         },
     )
     .unwrap_or_else(|| Err(corrupt_msg(codec, "no decoder")))
@@ -226,18 +240,18 @@ fn corrupt_msg(codec: &'static str, detail: &str) -> CodecError {
 fn inflate_with(
     z: &mut flate2::Decompress,
     payload: &[u8],
-    original_len: usize,
-) -> Result<Vec<u8>, CodecError> {
+    out: &mut [u8],
+) -> Result<(), CodecError> {
     let codec = Codec::Zlib.name();
+    let original_len = out.len();
     let corrupt = |e: flate2::DecompressError| CodecError::Corrupt {
         codec,
         detail: e.to_string(),
     };
-    let mut out = vec![0u8; original_len];
     // FlushDecompress::None, not Finish: miniz refuses to continue after a Finish call that ran
     // out of room, and the overflow probe below needs to continue.
     let status = z
-        .decompress(payload, &mut out, FlushDecompress::None)
+        .decompress(payload, out, FlushDecompress::None)
         .map_err(corrupt)?;
     // Totals never exceed the slice lengths handed in, so these conversions cannot saturate.
     let produced = usize::try_from(z.total_out()).unwrap_or(usize::MAX);
@@ -256,7 +270,7 @@ fn inflate_with(
                 count: payload.len().saturating_sub(consumed),
             });
         }
-        return Ok(out);
+        return Ok(());
     }
     if produced < original_len {
         // Input ran out before the stream's end marker.
@@ -281,7 +295,7 @@ fn inflate_with(
             expected: original_len,
         })
     } else if status == Status::StreamEnd && z.total_in() == payload.len() as u64 {
-        Ok(out)
+        Ok(())
     } else {
         Err(corrupt_msg(codec, "stream does not end"))
     }
@@ -335,8 +349,9 @@ fn zstd_compress(input: &[u8]) -> Option<Vec<u8>> {
     .flatten()
 }
 
-fn zstd_decompress(payload: &[u8], original_len: usize) -> Result<Vec<u8>, CodecError> {
+fn zstd_decompress(payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
     let codec = Codec::Zstd.name();
+    let original_len = out.len();
     // Frames normally record their content size; checking the first frame's rejects a lying
     // header or a bomb before any work (further frames, if any, are bounded by `out` below).
     match zstd_safe::get_frame_content_size(payload) {
@@ -351,7 +366,6 @@ fn zstd_decompress(payload: &[u8], original_len: usize) -> Result<Vec<u8>, Codec
     }
     // One-shot decoding writes straight into `out` and needs no window buffer, unlike the
     // streaming decoder, whose window size the frame header chooses (up to 128 MiB).
-    let mut out = vec![0u8; original_len];
     let result = with_context(&ZSTD_DCTX, zstd_safe::DCtx::try_create, |dctx| {
         dctx.decompress(&mut out[..], payload)
     })
@@ -373,7 +387,7 @@ fn zstd_decompress(payload: &[u8], original_len: usize) -> Result<Vec<u8>, Codec
             actual: produced,
         });
     }
-    Ok(out)
+    Ok(())
 }
 
 // zstd reports errors as the negated value of this enum (ZSTD_getErrorCode does the same

@@ -19,6 +19,8 @@
 //! without recomputing anything, and the version is stored twice (once inverted) so a damaged
 //! version is still detected.
 
+use bytes::{Bytes, BytesMut};
+
 use super::codec::{Codec, CodecError};
 
 /// First four bytes of every envelope. 0xE5 followed by ASCII is never valid UTF-8, so text
@@ -203,8 +205,46 @@ pub fn set_version(buf: &mut [u8], version: u32) {
 /// never hand the stored bytes to a client in that case. `original_len` is compared with
 /// `max_decoded` before anything is allocated.
 pub fn decode(stored: &[u8], max_decoded: usize) -> Result<Decoded, EnvelopeError> {
-    let Some(meta) = inspect(stored)? else {
+    let Some(meta) = checked_meta(stored, max_decoded)? else {
         return Ok(Decoded::Plain);
+    };
+    let mut value = vec![0u8; meta.original_len as usize];
+    payload_into(stored, &meta, &mut value)?;
+    Ok(Decoded::State { value, meta })
+}
+
+/// Like [`decode`], but gives the value as a whole RESP bulk string (`$<len>\r\n<value>\r\n`,
+/// the same in RESP2 and RESP3), ready for the client, with the value's length; `Ok(None)`
+/// means a plain value.
+///
+/// The value is decompressed straight into the reply frame, which a state GET then sends as it
+/// is: one allocation, and no copy of the value after decompression.
+pub fn decode_bulk(
+    stored: &[u8],
+    max_decoded: usize,
+) -> Result<Option<(Bytes, usize)>, EnvelopeError> {
+    let Some(meta) = checked_meta(stored, max_decoded)? else {
+        return Ok(None);
+    };
+    let n = meta.original_len as usize;
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(n).as_bytes();
+    let head = 1 + digits.len() + 2;
+    let mut buf = BytesMut::with_capacity(head + n + 2);
+    buf.extend_from_slice(b"$");
+    buf.extend_from_slice(digits);
+    buf.extend_from_slice(b"\r\n");
+    buf.resize(head + n, 0);
+    payload_into(stored, &meta, &mut buf[head..])?;
+    buf.extend_from_slice(b"\r\n");
+    Ok(Some((buf.freeze(), n)))
+}
+
+/// The verified header of an envelope whose claimed length is within `max_decoded` and whose
+/// payload is not obviously short; `None` for a plain value.
+fn checked_meta(stored: &[u8], max_decoded: usize) -> Result<Option<Meta>, EnvelopeError> {
+    let Some(meta) = inspect(stored)? else {
+        return Ok(None);
     };
     let original_len = meta.original_len as usize;
     if original_len > max_decoded {
@@ -213,22 +253,26 @@ pub fn decode(stored: &[u8], max_decoded: usize) -> Result<Decoded, EnvelopeErro
             max: max_decoded,
         });
     }
-    let payload = &stored[HEADER_LEN..];
-    if meta.codec == Codec::None && payload.len() < original_len {
+    if meta.codec == Codec::None && stored.len() - HEADER_LEN < original_len {
         return Err(EnvelopeError::Truncated {
             len: stored.len(),
             expected: HEADER_LEN + original_len,
         });
     }
-    let value = meta.codec.decompress(payload, original_len)?;
-    let computed = crc32fast::hash(&value);
+    Ok(Some(meta))
+}
+
+/// Decodes the payload into `out` (exactly the original length) and checks its CRC32.
+fn payload_into(stored: &[u8], meta: &Meta, out: &mut [u8]) -> Result<(), EnvelopeError> {
+    meta.codec.decompress_into(&stored[HEADER_LEN..], out)?;
+    let computed = crc32fast::hash(out);
     if computed != meta.crc32 {
         return Err(EnvelopeError::ChecksumMismatch {
             stored: meta.crc32,
             computed,
         });
     }
-    Ok(Decoded::State { value, meta })
+    Ok(())
 }
 
 /// Reads and verifies the header only (no decompression); `Ok(None)` means a plain value.

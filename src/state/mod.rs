@@ -137,6 +137,25 @@ impl StateEngine {
         }
     }
 
+    /// The fast path of [`StateEngine::decode`] for a reply: the stored value as the bulk
+    /// string frame the client gets (`reply` itself for a plain value). `None` when the value
+    /// fails verification, so the caller takes the slow path, which reports it.
+    pub fn decode_frame(&self, stored: &[u8], reply: &Bytes) -> Option<Bytes> {
+        match envelope::decode_bulk(stored, self.max_decoded) {
+            Ok(frame) => {
+                self.totals.reads.fetch_add(1, Ordering::Relaxed);
+                match frame {
+                    Some((frame, len)) => {
+                        crate::telemetry::state_read(stored.len(), len);
+                        Some(frame)
+                    }
+                    None => Some(reply.clone()),
+                }
+            }
+            Err(_) => None,
+        }
+    }
+
     /// The error a client gets for a damaged value.
     pub fn damaged_error(key: &[u8], e: &EnvelopeError) -> String {
         format!(

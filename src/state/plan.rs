@@ -83,6 +83,15 @@ enum Ttl {
     Keep,
 }
 
+/// How many version numbers the rule's history keeps (0 without versioning).
+fn window(rule: &Rule) -> u32 {
+    if rule.versioning {
+        rule.max_versions
+    } else {
+        0
+    }
+}
+
 impl StateEngine {
     fn plain_send(&self, raw: &Bytes, t: Transform) -> Option<Plan> {
         Some(Plan::Send {
@@ -562,7 +571,7 @@ impl StateEngine {
                 unwrap(self.script(
                     ScriptKind::Load,
                     vec![a[1].clone(), self.hist(rule, &a[1])],
-                    vec![version],
+                    vec![version, Bytes::from(window(rule).to_string())],
                     Transform::Load { key: a[1].clone() },
                 ))
             }
@@ -570,13 +579,14 @@ impl StateEngine {
                 if a.len() != 2 {
                     return arity();
                 }
-                if let Err(p) = need_versioned(&a[1]) {
-                    return p;
-                }
+                let rule = match need_versioned(&a[1]) {
+                    Ok(r) => r,
+                    Err(p) => return p,
+                };
                 unwrap(self.script(
                     ScriptKind::Versions,
                     vec![a[1].clone(), history_key(&a[1])],
-                    vec![],
+                    vec![Bytes::from(window(rule).to_string())],
                     Transform::Versions,
                 ))
             }
@@ -594,13 +604,13 @@ impl StateEngine {
                 let (kind, args, t) = if name == b"STATE.DELVERSION" {
                     (
                         ScriptKind::DelVersion,
-                        vec![a[2].clone()],
+                        vec![a[2].clone(), Bytes::from(window(rule).to_string())],
                         Transform::Passthrough,
                     )
                 } else {
                     (
                         ScriptKind::Rollback,
-                        vec![a[2].clone(), Bytes::from(rule.max_versions.to_string())],
+                        vec![a[2].clone(), Bytes::from(window(rule).to_string())],
                         Transform::Passthrough,
                     )
                 };

@@ -5,8 +5,16 @@
 //! take the same number or leave a gap. Redis runs a script atomically, so each operation is one
 //! script, sent with EVALSHA (falling back to EVAL on NOSCRIPT).
 //!
-//! History hash fields: `last` (last version number handed out), `lo` (lowest version that may
-//! still exist), `n` (versions stored), `<v>` (the envelope of version v), `t<v>` (its tags).
+//! History hash fields: `last` (last version number handed out), `<v>` (the envelope of
+//! version v), `t<v>` (its tags). The history keeps a *window*: the versions
+//! `last - max_versions + 1 ..= last`, minus any deleted with STATE.DELVERSION. Each write adds
+//! version v and removes version `v - max_versions` in the same step, so a write costs a fixed
+//! six Redis calls, however the history looks (per-call overhead inside a function is most of
+//! a state write's cost in Redis). Fields outside the window (left by a lowered max_versions,
+//! or the `n`/`lo` counters of statecar before 0.2) are invisible to every command and removed
+//! by [`PRELUDE`]'s `tidy` every 64th version (every max_versions-th when that is larger, so
+//! its HKEYS stays a small share of the writes).
+//!
 //! The key's own envelope carries its version number, stamped in place with SETRANGE after the
 //! SET; history entries keep the placeholder 0, since their field already names the version
 //! (copying a whole value inside Lua just to change 8 bytes was the write path's largest cost).
@@ -20,20 +28,26 @@ const PRELUDE: &str = r#"
 local function stamp(key, v)
   redis.call('SETRANGE', key, 28, struct.pack('>I4>I4', v, 4294967295 - v))
 end
+local function tidy(hist, last, maxv)
+  for _, f in ipairs(redis.call('HKEYS', hist)) do
+    local n = tonumber(f) or tonumber(string.match(f, '^t(%d+)$'))
+    if (n ~= nil and n <= last - maxv) or f == 'n' or f == 'lo' then
+      redis.call('HDEL', hist, f)
+    end
+  end
+end
 local function push_version(hist, env, maxv, tags)
   local v = redis.call('HINCRBY', hist, 'last', 1)
-  redis.call('HSET', hist, v, env)
-  if tags ~= nil and tags ~= '' then redis.call('HSET', hist, 't' .. v, tags) end
-  local n = redis.call('HINCRBY', hist, 'n', 1)
+  if tags ~= nil and tags ~= '' then
+    redis.call('HSET', hist, v, env, 't' .. v, tags)
+  else
+    redis.call('HSET', hist, v, env)
+  end
   local trimmed = 0
-  if n > maxv then
-    local lo = tonumber(redis.call('HGET', hist, 'lo') or '1')
-    while n > maxv and lo < v do
-      if redis.call('HDEL', hist, lo) == 1 then n = n - 1; trimmed = trimmed + 1 end
-      redis.call('HDEL', hist, 't' .. lo)
-      lo = lo + 1
-    end
-    redis.call('HSET', hist, 'lo', lo, 'n', n)
+  local old = v - maxv
+  if old > 0 then
+    if redis.call('HDEL', hist, old, 't' .. old) > 0 then trimmed = 1 end
+    if v % math.max(64, maxv) == 0 then tidy(hist, v, maxv) end
   end
   return v, trimmed
 end
@@ -138,14 +152,18 @@ if is_err(h) then return h end
 return {h, redis.call('STRLEN', KEYS[1])}
 "#;
 
-/// STATE.LOAD: ARGV[1] = version or ''. Returns {envelope, tags, pttl, version} or nil.
+/// STATE.LOAD: ARGV = {version or '', max_versions}. Returns {envelope, tags, pttl, version}
+/// or nil. A version outside the window is gone, even if `tidy` has not removed it yet.
 const LOAD: &str = r#"
 local env
 if ARGV[1] == '' then
   env = redis.pcall('GET', KEYS[1])
   if is_err(env) then return env end
 else
-  env = redis.call('HGET', KEYS[2], ARGV[1])
+  local last = tonumber(redis.call('HGET', KEYS[2], 'last') or '0')
+  if tonumber(ARGV[1]) > last - tonumber(ARGV[2]) then
+    env = redis.call('HGET', KEYS[2], ARGV[1])
+  end
 end
 if not env then return false end
 local ver = tonumber(ARGV[1]) or 0
@@ -155,10 +173,11 @@ if KEYS[2] ~= KEYS[1] then tags = redis.call('HGET', KEYS[2], 't' .. ver) or '' 
 return {env, tags, redis.call('PTTL', KEYS[1]), ver}
 "#;
 
-/// STATE.VERSIONS: {{v, header, stored length, tags}...}, current header.
+/// STATE.VERSIONS: ARGV = {max_versions}. Returns {{v, header, stored length, tags}...},
+/// current header.
 const VERSIONS: &str = r#"
 local last = tonumber(redis.call('HGET', KEYS[2], 'last') or '0')
-local lo = tonumber(redis.call('HGET', KEYS[2], 'lo') or '1')
+local lo = math.max(1, last - tonumber(ARGV[1]) + 1)
 local out = {}
 for v = lo, last do
   local env = redis.call('HGET', KEYS[2], v)
@@ -169,27 +188,30 @@ if is_err(cur) then cur = '' end
 return {out, cur}
 "#;
 
-/// STATE.DELVERSION: ARGV[1] = version. Refuses the version the key currently holds.
+/// STATE.DELVERSION: ARGV = {version, max_versions}. Refuses the version the key currently
+/// holds; a version outside the window is already gone (0).
 const DELVERSION: &str = r#"
 local v = tonumber(ARGV[1])
 local cur = redis.pcall('GETRANGE', KEYS[1], 0, 35)
 if not is_err(cur) and #cur >= 36 and struct.unpack('>I4', cur, 29) == v then
   return redis.error_reply('ERR version ' .. v .. ' is the current value of ' .. KEYS[1] .. '; roll back to another version first')
 end
+local last = tonumber(redis.call('HGET', KEYS[2], 'last') or '0')
+if v <= last - tonumber(ARGV[2]) then return 0 end
 local r = redis.call('HDEL', KEYS[2], v)
-if r == 1 then
-  redis.call('HINCRBY', KEYS[2], 'n', -1)
-  redis.call('HDEL', KEYS[2], 't' .. v)
-end
+if r == 1 then redis.call('HDEL', KEYS[2], 't' .. v) end
 return r
 "#;
 
 /// STATE.ROLLBACK: ARGV = {version, max_versions}. The old content becomes the newest version.
 const ROLLBACK: &str = r#"
-local env = redis.call('HGET', KEYS[2], ARGV[1])
+local maxv = tonumber(ARGV[2])
+local last = tonumber(redis.call('HGET', KEYS[2], 'last') or '0')
+local env
+if tonumber(ARGV[1]) > last - maxv then env = redis.call('HGET', KEYS[2], ARGV[1]) end
 if not env then return redis.error_reply('ERR no version ' .. ARGV[1] .. ' of ' .. KEYS[1]) end
 local tags = redis.call('HGET', KEYS[2], 't' .. ARGV[1]) or ''
-local v = push_version(KEYS[2], env, tonumber(ARGV[2]), tags)
+local v = push_version(KEYS[2], env, maxv, tags)
 redis.call('SET', KEYS[1], env, 'KEEPTTL')
 stamp(KEYS[1], v)
 sync_ttl(KEYS[1], KEYS[2])

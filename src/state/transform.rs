@@ -129,6 +129,22 @@ pub fn split_array(frame: &Bytes) -> Option<Vec<Bytes>> {
     Some(out)
 }
 
+/// The payload of a complete bulk string frame (`$<len>\r\n<payload>\r\n`), read without a
+/// general RESP parse: the frame of every state GET goes through here.
+fn bulk_payload(frame: &[u8]) -> Option<&[u8]> {
+    let rest = frame.strip_prefix(b"$")?;
+    let nl = memchr::memchr(b'\n', rest)?;
+    let digits = rest.get(..nl.checked_sub(1)?)?;
+    if digits.is_empty() || digits.len() > 12 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = digits
+        .iter()
+        .fold(0usize, |n, d| n * 10 + usize::from(d - b'0'));
+    let payload = rest.get(nl + 1..)?;
+    (payload.len() == n + 2 && payload.ends_with(b"\r\n")).then(|| &payload[..n])
+}
+
 fn is_error(frame: &[u8]) -> bool {
     matches!(frame.first(), Some(b'-') | Some(b'!'))
 }
@@ -254,6 +270,13 @@ pub struct Apply<'a> {
 impl Apply<'_> {
     /// Applies `p` to one reply frame.
     pub async fn run(&self, p: &Pending, reply: Bytes) -> Bytes {
+        // The common case, a state GET of an intact value, needs no parser and no follow-up.
+        if let Transform::Value { .. } = &p.transform
+            && let Some(stored) = bulk_payload(&reply)
+            && let Some(frame) = self.engine.decode_frame(stored, &reply)
+        {
+            return frame;
+        }
         if reply.starts_with(b"-ERR Function not found") {
             // Commands pipelined behind this one have run already, so re-running it now could
             // put it after a read of the same key that the client sent later. It did not run:
@@ -378,6 +401,11 @@ impl Apply<'_> {
     }
 
     async fn value(&self, key: &Bytes, reply: Bytes) -> Bytes {
+        if let Some(stored) = bulk_payload(&reply)
+            && let Some(frame) = self.engine.decode_frame(stored, &reply)
+        {
+            return frame;
+        }
         let Some(f) = decode_reply(&reply) else {
             return unexpected("GET");
         };
@@ -689,6 +717,19 @@ mod tests {
         assert_eq!(&redis_range(v, 10, 100)[..], b"string");
         assert_eq!(&redis_range(v, 5, 3)[..], b"");
         assert_eq!(&redis_range(b"", 0, -1)[..], b"");
+    }
+
+    #[test]
+    fn reads_bulk_payloads_without_a_parser() {
+        assert_eq!(bulk_payload(b"$3\r\nabc\r\n"), Some(&b"abc"[..]));
+        assert_eq!(bulk_payload(b"$0\r\n\r\n"), Some(&b""[..]));
+        assert_eq!(bulk_payload(b"$-1\r\n"), None);
+        assert_eq!(bulk_payload(b"$3\r\nabcd\r\n"), None);
+        assert_eq!(bulk_payload(b"$3\r\nab\r\n"), None);
+        assert_eq!(bulk_payload(b"$3\r\nabcXY"), None);
+        assert_eq!(bulk_payload(b"$\r\n\r\n"), None);
+        assert_eq!(bulk_payload(b"+OK\r\n"), None);
+        assert_eq!(bulk_payload(b"$99999999999999\r\nx\r\n"), None);
     }
 
     #[test]
