@@ -128,6 +128,51 @@ impl Codec {
         compressed.unwrap_or_else(|| input.to_vec())
     }
 
+    /// Appends `input` compressed to `out` when that is strictly smaller than `input`; returns
+    /// whether it did (otherwise `out` is left as it was).
+    ///
+    /// The envelope encoder compresses straight after its header this way. For LZ4 that also
+    /// reuses this thread's hash table: allocating and zeroing a fresh one per value was a
+    /// visible share of a 1 KiB state write.
+    pub fn compress_append(self, input: &[u8], out: &mut Vec<u8>) -> bool {
+        let start = out.len();
+        match self {
+            Codec::None => false,
+            Codec::Lz4 => {
+                out.resize(
+                    start + lz4_flex::block::get_maximum_output_size(input.len()),
+                    0,
+                );
+                let n = LZ4_TABLE.with(|t| match t.try_borrow_mut() {
+                    Ok(mut table) => lz4_flex::block::compress_into_with_table(
+                        input,
+                        &mut out[start..],
+                        &mut table,
+                    ),
+                    Err(_) => lz4_flex::block::compress_into(input, &mut out[start..]),
+                });
+                match n {
+                    Ok(n) if n < input.len() => {
+                        out.truncate(start + n);
+                        true
+                    }
+                    _ => {
+                        out.truncate(start);
+                        false
+                    }
+                }
+            }
+            Codec::Zlib | Codec::Zstd => {
+                let c = self.compress(input);
+                let smaller = c.len() < input.len();
+                if smaller {
+                    out.extend_from_slice(&c);
+                }
+                smaller
+            }
+        }
+    }
+
     /// Decompresses `payload`, which must decode to exactly `original_len` bytes.
     ///
     /// Allocates `original_len` bytes once and never more, whatever the payload claims; the
@@ -306,6 +351,8 @@ thread_local! {
     // miniz compressor made zlib on 1 KiB about 4x slower than a reused one). Each thread keeps
     // one context per codec and direction, resets it before use, and holds on to its memory
     // (a few MiB per thread at most).
+    static LZ4_TABLE: RefCell<lz4_flex::block::CompressTable> =
+        RefCell::new(lz4_flex::block::CompressTable::default());
     static ZLIB_COMPRESS: RefCell<Option<flate2::Compress>> = const { RefCell::new(None) };
     static ZLIB_DECOMPRESS: RefCell<Option<flate2::Decompress>> = const { RefCell::new(None) };
     static ZSTD_CCTX: RefCell<Option<zstd_safe::CCtx<'static>>> = const { RefCell::new(None) };

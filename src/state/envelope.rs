@@ -154,30 +154,29 @@ pub fn encode(
     timestamp_ms: u64,
     version: u32,
 ) -> Vec<u8> {
-    let compressed = if codec != Codec::None && value.len() >= min_size {
-        Some(codec.compress(value)).filter(|c| c.len() < value.len())
-    } else {
-        None
-    };
-    let (codec, payload) = match &compressed {
-        Some(c) => (codec, c.as_slice()),
-        None => (Codec::None, value),
-    };
     // Values over 4 GiB cannot be stored in Redis (512 MiB limit) and are rejected far earlier
     // by the proxy; saturating keeps this total and guarantees such a header never verifies.
     let original_len = u32::try_from(value.len()).unwrap_or(u32::MAX);
-
-    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
-    out.extend_from_slice(&SIGNATURE);
-    out.push(codec.id());
-    out.extend_from_slice(&0u16.to_be_bytes());
-    out.extend_from_slice(&timestamp_ms.to_be_bytes());
-    out.extend_from_slice(&original_len.to_be_bytes());
-    out.extend_from_slice(&crc32fast::hash(value).to_be_bytes());
+    let room = match codec {
+        Codec::Lz4 => lz4_flex::block::get_maximum_output_size(value.len()),
+        _ => value.len(),
+    };
+    let mut out = Vec::with_capacity(HEADER_LEN + room);
+    out.extend_from_slice(&[0; HEADER_LEN]);
+    let compressed =
+        codec != Codec::None && value.len() >= min_size && codec.compress_append(value, &mut out);
+    if !compressed {
+        out.extend_from_slice(value);
+    }
+    // The header, by the offsets of docs/FORMAT.md (flags, bytes 6..8, stay 0).
+    out[..5].copy_from_slice(&SIGNATURE);
+    out[5] = if compressed { codec } else { Codec::None }.id();
+    out[8..16].copy_from_slice(&timestamp_ms.to_be_bytes());
+    out[16..20].copy_from_slice(&original_len.to_be_bytes());
+    out[20..24].copy_from_slice(&crc32fast::hash(value).to_be_bytes());
     let header_crc = crc32fast::hash(&out[..HEADER_CRC_SPAN]);
-    out.extend_from_slice(&header_crc.to_be_bytes());
-    out.extend_from_slice(&version_patch(version));
-    out.extend_from_slice(payload);
+    out[HEADER_CRC_SPAN..VERSION_OFFSET].copy_from_slice(&header_crc.to_be_bytes());
+    out[VERSION_OFFSET..HEADER_LEN].copy_from_slice(&version_patch(version));
     out
 }
 

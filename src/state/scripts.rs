@@ -58,6 +58,28 @@ local function sync_ttl(key, hist)
   else redis.call('PEXPIRE', hist, t) end
 end
 local function is_err(r) return type(r) == 'table' and r.err ~= nil end
+local function store(key, hist, val, maxv, tmode, tval, tags)
+  local ver, trimmed = 0, 0
+  if maxv > 0 then ver, trimmed = push_version(hist, val, maxv, tags) end
+  if tmode == 'PX' or tmode == 'PXAT' then
+    redis.call('SET', key, val, tmode, tval)
+  elseif tmode == 'KEEPTTL' then
+    redis.call('SET', key, val, 'KEEPTTL')
+  else
+    redis.call('SET', key, val)
+  end
+  -- An absolute expiry in the past deletes the key at once: then there is nothing to stamp.
+  if maxv > 0 and (tmode ~= 'PXAT' or redis.call('EXISTS', key) == 1) then
+    stamp(key, ver)
+  end
+  if hist ~= key then
+    if tmode == 'PX' then redis.call('PEXPIRE', hist, tval)
+    elseif tmode == 'PXAT' then redis.call('PEXPIREAT', hist, tval)
+    elseif tmode == 'KEEPTTL' then sync_ttl(key, hist)
+    else redis.call('PERSIST', hist) end
+  end
+  return ver, trimmed
+end
 "#;
 
 /// Writes: SET (all options), SETNX, SETEX, PSETEX, GETSET, MSET, MSETNX, STATE.SAVE.
@@ -96,31 +118,10 @@ if expect ~= '' then
 end
 local ver, trimmed = 0, 0
 for i = 1, npairs do
-  local key, hist = KEYS[2 * i - 1], KEYS[2 * i]
   local b = 5 + 4 * (i - 1)
-  local val, maxv, tmode, tval = ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3], ARGV[b + 4]
-  if maxv > 0 then
-    local t
-    ver, t = push_version(hist, val, maxv, tags)
-    trimmed = trimmed + t
-  end
-  if tmode == 'PX' or tmode == 'PXAT' then
-    redis.call('SET', key, val, tmode, tval)
-  elseif tmode == 'KEEPTTL' then
-    redis.call('SET', key, val, 'KEEPTTL')
-  else
-    redis.call('SET', key, val)
-  end
-  -- An absolute expiry in the past deletes the key at once: then there is nothing to stamp.
-  if maxv > 0 and (tmode ~= 'PXAT' or redis.call('EXISTS', key) == 1) then
-    stamp(key, ver)
-  end
-  if hist ~= key then
-    if tmode == 'PX' then redis.call('PEXPIRE', hist, tval)
-    elseif tmode == 'PXAT' then redis.call('PEXPIREAT', hist, tval)
-    elseif tmode == 'KEEPTTL' then sync_ttl(key, hist)
-    else redis.call('PERSIST', hist) end
-  end
+  local v, t = store(KEYS[2 * i - 1], KEYS[2 * i], ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3], ARGV[b + 4], tags)
+  if v > 0 then ver = v end
+  trimmed = trimmed + t
 end
 if old == true then old = false end
 return {1, old, ver, trimmed}
