@@ -7,11 +7,6 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use statecar::config::{Config, FileConfig, Overrides};
 
-/// mimalloc instead of glibc malloc: the reply path allocates and frees a buffer per value,
-/// and glibc's free-list upkeep (`malloc_consolidate`) was about a tenth of a state GET's CPU.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// A Redis-protocol sidecar that compresses, checksums and versions configured state keys.
 #[derive(Parser, Debug)]
 #[command(name = "statecar", version)]

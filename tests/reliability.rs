@@ -184,8 +184,12 @@ async fn a_client_that_never_reads_is_cut_at_the_hard_limit_and_others_are_unaff
          slowest {slowest:?}",
         sent as f64 * 0.5
     );
+    // Typically +73 MB: the batch being written (up to 128 replies of 512 KB) is exempt. On a
+    // loaded machine the upstream connection may meanwhile be reading the next batch's replies
+    // into its buffer, which grows by doubling: +146 MB was seen once in seven runs. Without a
+    // limit this client would hold gigabytes.
     assert!(
-        growth_mb < 128.0,
+        growth_mb < 192.0,
         "statecar grew by {growth_mb:.1} MB while holding replies for a client that reads nothing"
     );
     // The proxy is still fine.
