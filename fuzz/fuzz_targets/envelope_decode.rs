@@ -1,7 +1,7 @@
 //! The stored format: arbitrary stored values, and forged envelopes (a valid header CRC around
 //! fuzzed codec ids, lengths, checksums and payloads, so the fuzzer gets past the header
 //! checks). decode must never panic, never return more than the limit, and never return bytes
-//! whose CRC32 or length differ from the header's.
+//! whose CRC32 or length differ from the header's; decode_bulk must agree with decode.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -12,7 +12,21 @@ const MAX: usize = 1 << 20;
 
 fn check(stored: &[u8], max: usize) {
     let inspected = envelope::inspect(stored);
-    match envelope::decode(stored, max) {
+    let decoded = envelope::decode(stored, max);
+    // The reply path's decoder (straight into a RESP bulk frame) must reach the same verdict
+    // and the same bytes.
+    match (&decoded, envelope::decode_bulk(stored, max)) {
+        (Ok(Decoded::State { value, .. }), Ok(Some((frame, n)))) => {
+            let head = format!("${}\r\n", value.len());
+            assert_eq!(n, value.len());
+            assert_eq!(&frame[..head.len()], head.as_bytes());
+            assert_eq!(&frame[head.len()..frame.len() - 2], &value[..]);
+            assert_eq!(&frame[frame.len() - 2..], b"\r\n");
+        }
+        (Ok(Decoded::Plain), Ok(None)) | (Err(_), Err(_)) => {}
+        _ => panic!("decode and decode_bulk disagree"),
+    }
+    match decoded {
         Ok(Decoded::State { value, meta }) => {
             assert!(value.len() <= max, "decoded past the limit");
             assert_eq!(value.len(), meta.original_len as usize);

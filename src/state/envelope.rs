@@ -447,6 +447,27 @@ mod tests {
         out
     }
 
+    /// The reply-frame decoder must agree with [`decode`] on every input: the same verdict,
+    /// and the same bytes inside `$<len>\r\n...\r\n`.
+    fn bulk_agrees(stored: &[u8]) -> Result<(), TestCaseError> {
+        match (decode(stored, MAX), decode_bulk(stored, MAX)) {
+            (Err(_), Err(_)) | (Ok(Decoded::Plain), Ok(None)) => Ok(()),
+            (Ok(Decoded::State { value, .. }), Ok(Some((frame, n)))) => {
+                let mut want = format!("${}\r\n", value.len()).into_bytes();
+                want.extend_from_slice(&value);
+                want.extend_from_slice(b"\r\n");
+                prop_assert_eq!(n, value.len());
+                prop_assert_eq!(&frame[..], &want[..]);
+                Ok(())
+            }
+            (a, b) => Err(TestCaseError::fail(format!(
+                "decode {:?} but decode_bulk {:?}",
+                a.map(|d| matches!(d, Decoded::Plain)),
+                b.map(|f| f.map(|f| f.1))
+            ))),
+        }
+    }
+
     fn decoded_value(stored: &[u8]) -> Vec<u8> {
         match decode(stored, MAX) {
             Ok(Decoded::State { value, .. }) => value,
@@ -469,6 +490,7 @@ mod tests {
             for &m in masks {
                 flipped[i] ^= m;
                 let r = decode(&flipped, MAX);
+                bulk_agrees(&flipped)?;
                 flipped[i] ^= m;
                 match r {
                     Err(_) => {}
@@ -523,6 +545,7 @@ mod tests {
             version in any::<u32>(),
         ) {
             let enc = encode(&value, codec, min_size, ts, version);
+            bulk_agrees(&enc)?;
             let meta = match decode(&enc, MAX) {
                 Ok(Decoded::State { value: v, meta }) => {
                     prop_assert_eq!(&v, &value);
@@ -553,6 +576,7 @@ mod tests {
         #[test]
         fn garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
             let _ = decode(&bytes, MAX);
+            bulk_agrees(&bytes)?;
             let _ = inspect(&bytes);
             // Garbage behind a valid signature and header CRC.
             for id in 0..=4u8 {
