@@ -47,9 +47,24 @@ pub enum ConfigError {
 
 fn invalid(field: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
-        field: field.to_string(),
-        message: message.into(),
+        field: escape_controls(field),
+        message: escape_controls(&message.into()),
     }
+}
+
+/// Errors quote the values they refuse, and a TOML string may hold a newline; escaping control
+/// characters keeps every configuration error on one line (what log collectors and the
+/// Kubernetes termination message expect).
+fn escape_controls(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The TOML file as written.
@@ -441,7 +456,7 @@ impl FileConfig {
                 field: if field == "." {
                     line_of(text, inner.span())
                 } else {
-                    field
+                    escape_controls(&field)
                 },
                 message: one_line(inner.message()),
             }
@@ -823,6 +838,19 @@ connect_timeout_ms = 2000
         assert_eq!(c.listen.port(), 6380);
         assert_eq!(c.upstream.max_connections, 8);
         assert_eq!(c.upstream.url.db, 0);
+    }
+
+    /// Found by the config_load fuzz target: a multi-line TOML string quoted back in an error.
+    #[test]
+    fn errors_quoting_a_multi_line_value_stay_on_one_line() {
+        let text = "listen = \"\"\"\"128\n[rruption on = \"previous_en = \"\"\"\n";
+        let e = build(text).unwrap_err().to_string();
+        assert!(!e.contains('\n'), "{e}");
+        assert!(e.contains("listen") && e.contains("128\\n[rruption"), "{e}");
+        let e = build("[upstream]\nurl = \"\"\"redis://a\nb:1\"\"\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains('\n') && e.contains("upstream.url"), "{e}");
     }
 
     #[test]

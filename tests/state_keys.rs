@@ -1411,12 +1411,7 @@ async fn concurrent_writers_get_gapless_versions() {
         "the last ten versions"
     );
     // The Redis side: ten versions plus the bookkeeping fields, nothing else.
-    let fields_in_redis = d.cmd(&["HKEYS", &hist("small:k")]).await;
-    let mut names: Vec<String> = match fields_in_redis {
-        Frame::Array(a) => a.iter().map(Frame::text).collect(),
-        other => panic!("{other:?}"),
-    };
-    names.sort();
+    let names = hkeys(&mut d, &hist("small:k")).await;
     let mut want: Vec<String> = (491..=500).map(|v| v.to_string()).collect();
     want.push("last".to_string());
     want.sort();

@@ -97,6 +97,7 @@ impl UpstreamUrl {
         if host.is_empty() {
             return Err("host is missing".into());
         }
+        check_host(&host)?;
         let port = if port.is_empty() {
             6379
         } else {
@@ -150,6 +151,18 @@ pub struct Addr {
     pub port: u16,
 }
 
+/// No DNS name or address holds whitespace or control characters; refusing them here gives a
+/// clear error at start instead of a failed lookup at the first connection.
+fn check_host(host: &str) -> Result<(), String> {
+    if host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "host \"{}\" contains whitespace or control characters",
+            host.escape_default()
+        ));
+    }
+    Ok(())
+}
+
 impl Addr {
     /// Parses `host:port` or `[v6]:port`; the port is required.
     pub fn parse(s: &str) -> Result<Addr, String> {
@@ -165,6 +178,7 @@ impl Addr {
         if host.is_empty() {
             return Err(format!("\"{s}\" has no host"));
         }
+        check_host(host)?;
         let port =
             port.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
                 format!("port \"{port}\" in \"{s}\" is not a number from 1 to 65535")
@@ -228,6 +242,9 @@ mod tests {
     #[test]
     fn rejects_bad_urls() {
         assert!(UpstreamUrl::parse("http://x").is_err());
+        assert!(UpstreamUrl::parse("redis://a\nb:1").is_err());
+        assert!(UpstreamUrl::parse("redis://a b").is_err());
+        assert!(Addr::parse("a\tb:6379").is_err());
         assert!(UpstreamUrl::parse("redis://h:99999").is_err());
         assert!(UpstreamUrl::parse("redis://h:1/x").is_err());
         assert!(UpstreamUrl::parse("redis://").is_err());
