@@ -138,11 +138,11 @@ fn bulk_payload(frame: &[u8]) -> Option<&[u8]> {
     if digits.is_empty() || digits.len() > 12 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let n = digits
-        .iter()
-        .fold(0usize, |n, d| n * 10 + usize::from(d - b'0'));
+    let n = digits.iter().try_fold(0usize, |n, d| {
+        n.checked_mul(10)?.checked_add(usize::from(d - b'0'))
+    })?;
     let payload = rest.get(nl + 1..)?;
-    (payload.len() == n + 2 && payload.ends_with(b"\r\n")).then(|| &payload[..n])
+    (payload.len() == n.checked_add(2)? && payload.ends_with(b"\r\n")).then(|| &payload[..n])
 }
 
 fn is_error(frame: &[u8]) -> bool {
@@ -270,12 +270,10 @@ pub struct Apply<'a> {
 impl Apply<'_> {
     /// Applies `p` to one reply frame.
     pub async fn run(&self, p: &Pending, reply: Bytes) -> Bytes {
-        // The common case, a state GET of an intact value, needs no parser and no follow-up.
-        if let Transform::Value { .. } = &p.transform
-            && let Some(stored) = bulk_payload(&reply)
-            && let Some(frame) = self.engine.decode_frame(stored, &reply)
-        {
-            return frame;
+        // The common case, a state GET: a plain read, so neither of the script cases below
+        // applies, and no boxed future for it.
+        if let Transform::Value { key } = &p.transform {
+            return self.value(key, reply).await;
         }
         if reply.starts_with(b"-ERR Function not found") {
             // Commands pipelined behind this one have run already, so re-running it now could
@@ -401,6 +399,7 @@ impl Apply<'_> {
     }
 
     async fn value(&self, key: &Bytes, reply: Bytes) -> Bytes {
+        // An intact value needs no parser; a damaged one goes the slow way, which reports it.
         if let Some(stored) = bulk_payload(&reply)
             && let Some(frame) = self.engine.decode_frame(stored, &reply)
         {
