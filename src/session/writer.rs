@@ -120,27 +120,21 @@ async fn reshape_batch(
     // One pass over the reply frames: runs of frames that stay as they are become one slice,
     // reshaped frames their own part; the parts are joined once at the end (or not at all when
     // the whole batch is one reshaped reply, as for a lone state GET).
-    let limits = crate::upstream::connect::reply_limits();
     let mut parts: Vec<Bytes> = Vec::with_capacity(2 * reshapes.len() + 1);
     let mut reshapes = reshapes.into_iter().peekable();
-    let (mut pos, mut kept_from, mut i) = (0, 0, 0);
-    while pos < bytes.len() {
-        let mut s = crate::protocol::Scanner::default();
-        let n = match s.scan(&bytes[pos..], crate::protocol::Side::Reply, &limits) {
-            Ok(Some(n)) => n,
-            _ => bytes.len() - pos,
-        };
-        while reshapes.peek().is_some_and(|(j, _)| (*j as usize) < i) {
-            reshapes.next();
+    let mut kept_from = 0;
+    for (i, frame) in cluster::frame_ranges(&bytes).enumerate() {
+        if i >= received {
+            // A failed batch: replies after the last one received stay as they are.
+            break;
         }
-        if i < received
-            && let Some((_, mut reshape)) = reshapes.next_if(|(j, _)| *j as usize == i)
-        {
+        // `reshapes` is in command order, so the next one is for this frame or a later one.
+        if let Some((_, mut reshape)) = reshapes.next_if(|(j, _)| *j as usize == i) {
             if let (Some((_, node)), Some(key)) = (moved.iter().find(|(m, _)| *m == i), key) {
                 // Follow-ups (NOSCRIPT, previous version) go where the command ended up.
                 reshape.conn = Some(node.assign(key));
             }
-            let out = reshape.apply(bytes.slice(pos..pos + n)).await;
+            let out = reshape.apply(bytes.slice(frame.clone())).await;
             if i < 128 {
                 if matches!(out.first(), Some(b'-' | b'!')) {
                     errors |= 1 << i;
@@ -148,14 +142,12 @@ async fn reshape_batch(
                     errors &= !(1 << i);
                 }
             }
-            if kept_from < pos {
-                parts.push(bytes.slice(kept_from..pos));
+            if kept_from < frame.start {
+                parts.push(bytes.slice(kept_from..frame.start));
             }
             parts.push(out);
-            kept_from = pos + n;
+            kept_from = frame.end;
         }
-        pos += n;
-        i += 1;
     }
     if kept_from < bytes.len() {
         parts.push(bytes.slice(kept_from..));

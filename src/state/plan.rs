@@ -131,11 +131,7 @@ impl StateEngine {
 
     fn write_pair(&self, rule: Option<&Rule>, key: &Bytes, value: &[u8], ttl: Ttl) -> [Bytes; 6] {
         let (hist, stored, maxv) = match rule {
-            Some(r) => (
-                self.hist(r, key),
-                self.encode(r, value),
-                if r.versioning { r.max_versions } else { 0 },
-            ),
+            Some(r) => (self.hist(r, key), self.encode(r, value), window(r)),
             None => (key.clone(), Bytes::copy_from_slice(value), 0),
         };
         let ttl = match (ttl, rule.and_then(|r| r.default_ttl_ms)) {

@@ -281,23 +281,27 @@ fn skip_first(both: &Bytes) -> Bytes {
 
 /// Splits a run of reply frames into frames.
 pub fn frames(bytes: &Bytes) -> Vec<Bytes> {
+    frame_ranges(bytes).map(|r| bytes.slice(r)).collect()
+}
+
+/// Where each reply frame in `bytes` lies; anything that does not scan as a whole frame is the
+/// last range.
+pub fn frame_ranges(bytes: &[u8]) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
     let limits = connect::reply_limits();
-    let mut out = Vec::new();
     let mut pos = 0;
-    while pos < bytes.len() {
-        let mut s = Scanner::default();
-        match s.scan(&bytes[pos..], crate::protocol::Side::Reply, &limits) {
-            Ok(Some(n)) => {
-                out.push(bytes.slice(pos..pos + n));
-                pos += n;
-            }
-            _ => {
-                out.push(bytes.slice(pos..));
-                break;
-            }
+    std::iter::from_fn(move || {
+        if pos >= bytes.len() {
+            return None;
         }
-    }
-    out
+        let mut s = Scanner::default();
+        let n = match s.scan(&bytes[pos..], crate::protocol::Side::Reply, &limits) {
+            Ok(Some(n)) => n,
+            _ => bytes.len() - pos,
+        };
+        let r = pos..pos + n;
+        pos += n;
+        Some(r)
+    })
 }
 
 #[cfg(test)]
