@@ -10,7 +10,7 @@ pub mod command;
 pub mod config;
 pub mod offline;
 pub mod protocol;
-pub mod reply;
+
 pub mod route;
 pub mod server;
 pub mod session;

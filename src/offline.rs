@@ -10,7 +10,7 @@ use redis_protocol::resp3::types::{BytesFrame, Resp3Frame};
 use tokio::io::AsyncWriteExt;
 
 use crate::config::{Config, Mode};
-use crate::protocol::{Scanner, encode_multibulk};
+use crate::protocol::{ReplyScanner, encode_multibulk};
 use crate::state::envelope::{self, Decoded, Meta};
 use crate::state::keys::{history_key, is_reserved};
 use crate::upstream::connect::{self, Stream, decode_reply, read_frame};
@@ -21,7 +21,7 @@ use crate::upstream::{PoolKey, UpstreamError, cluster, sentinel};
 struct Direct {
     stream: Stream,
     rbuf: BytesMut,
-    scanner: Scanner,
+    scanner: ReplyScanner,
     addr: String,
 }
 
@@ -80,7 +80,7 @@ impl Direct {
         Ok(Direct {
             stream: c.stream,
             rbuf: c.rbuf,
-            scanner: Scanner::default(),
+            scanner: ReplyScanner::default(),
             addr: node.to_string(),
         })
     }

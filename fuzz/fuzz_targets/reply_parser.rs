@@ -5,20 +5,20 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use statecar::protocol::{Limits, Scanner, Side};
-use statecar::upstream::connect::{ServerInfo, check_handshake_reply, decode_reply, reply_limits};
+use statecar::protocol::ReplyScanner;
+use statecar::upstream::connect::{ServerInfo, check_handshake_reply, decode_reply};
 
 /// Frame lengths found scanning `input` in `chunk`-byte growing prefixes (resuming each time),
 /// and whether it ended in an error.
-fn frames(input: &[u8], chunk: usize, limits: &Limits) -> (Vec<usize>, bool) {
-    let mut scanner = Scanner::default();
+fn frames(input: &[u8], chunk: usize) -> (Vec<usize>, bool) {
+    let mut scanner = ReplyScanner::default();
     let mut start = 0;
     let mut visible = 0;
     let mut out = Vec::new();
     while visible < input.len() {
         visible = (visible + chunk).min(input.len());
         loop {
-            match scanner.scan(&input[start..visible], Side::Reply, limits) {
+            match scanner.scan(&input[start..visible]) {
                 Ok(Some(len)) => {
                     assert!(len > 0 && start + len <= visible, "frame outside the input");
                     scanner.reset();
@@ -37,18 +37,8 @@ fuzz_target!(|data: &[u8]| {
     let Some((&knobs, input)) = data.split_first() else {
         return;
     };
-    let small = Limits {
-        max_bulk_len: 256,
-        max_multibulk_len: 16,
-        max_inline_len: 256,
-    };
-    let limits = if knobs & 0x80 != 0 {
-        reply_limits()
-    } else {
-        small
-    };
-    let whole = frames(input, input.len().max(1), &limits);
-    let pieces = frames(input, usize::from(knobs & 0x1f) + 1, &limits);
+    let whole = frames(input, input.len().max(1));
+    let pieces = frames(input, usize::from(knobs & 0x1f) + 1);
     assert_eq!(
         whole, pieces,
         "scanner result depends on how the input was split"

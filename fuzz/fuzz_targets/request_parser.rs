@@ -24,37 +24,38 @@ fn parse(input: &[u8], chunk: usize, limits: &Limits) -> (Vec<Vec<Vec<u8>>>, Opt
         buf.extend_from_slice(piece);
         loop {
             let before = buf.len();
+            let buf_before = buf.to_vec();
             let multibulk = buf.first() == Some(&b'*');
-            match parser.next(&mut buf, limits) {
+            match parser.next(&mut buf, limits, false) {
                 Ok(Some(Parsed::Command(cmd))) => {
                     assert!(buf.len() < before, "a command consumed nothing");
-                    assert!(!cmd.args.is_empty());
+                    assert!(cmd.argc() > 0);
                     if multibulk {
-                        assert!(cmd.args.len() <= limits.max_multibulk_len);
-                        for a in &cmd.args {
+                        assert!(cmd.argc() <= limits.max_multibulk_len);
+                        for a in cmd.args() {
                             assert!(a.len() <= limits.max_bulk_len, "bulk over the limit");
                         }
                     } else {
-                        // An inline command is bounded by its line, like Redis's.
-                        assert!(
-                            before - buf.len() <= limits.max_inline_len + 1,
-                            "line too long"
-                        );
+                        // An inline command is its line, up to and with the first '\n'.
+                        let nl = input_line_end(&buf_before);
+                        assert_eq!(Some(before - buf.len()), nl, "inline line length");
                     }
                     // The raw bytes forwarded upstream say exactly the same thing.
-                    let mut again = BytesMut::from(&cmd.raw[..]);
+                    let mut again = BytesMut::from(&cmd.raw()[..]);
                     let mut p2 = RequestParser::default();
                     let big = Limits {
                         max_bulk_len: usize::MAX >> 1,
                         max_multibulk_len: usize::MAX >> 1,
                         max_inline_len: usize::MAX >> 1,
                     };
-                    match p2.next(&mut again, &big) {
-                        Ok(Some(Parsed::Command(c2))) => assert_eq!(c2.args, cmd.args),
+                    match p2.next(&mut again, &big, false) {
+                        Ok(Some(Parsed::Command(c2))) => {
+                            assert!(c2.args().eq(cmd.args()), "re-parsed arguments differ")
+                        }
                         other => panic!("raw bytes of a command do not re-parse: {other:?}"),
                     }
                     assert!(again.is_empty(), "raw bytes longer than the command");
-                    out.push(cmd.args.iter().map(|a| a.to_vec()).collect());
+                    out.push(cmd.args().map(|a| a.to_vec()).collect());
                 }
                 Ok(Some(Parsed::Nothing)) => assert!(buf.len() < before, "nothing consumed"),
                 Ok(None) => break,
@@ -63,6 +64,11 @@ fn parse(input: &[u8], chunk: usize, limits: &Limits) -> (Vec<Vec<Vec<u8>>>, Opt
         }
     }
     (out, None)
+}
+
+/// Where an inline command's line ends (just past its '\n').
+fn input_line_end(buf: &[u8]) -> Option<usize> {
+    buf.iter().position(|&c| c == b'\n').map(|i| i + 1)
 }
 
 fuzz_target!(|data: &[u8]| {

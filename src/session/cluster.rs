@@ -14,9 +14,9 @@ use tokio::sync::oneshot;
 
 use super::writer::{Joined, JoinedOut, Out};
 use super::{Flow, Kind, ReplyMode, Session};
+use crate::command::Command;
 use crate::command::Local;
-use crate::protocol::Command;
-use crate::reply;
+use crate::protocol::reply;
 use crate::route::{self, CROSSSLOT, Merge, Route};
 use crate::state::plan::Plan;
 use crate::state::transform::split_array;
@@ -50,17 +50,17 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             if l != Local::State {
                 return None;
             }
-            let name = cmd.args[0].to_ascii_uppercase();
+            let name = cmd.name().to_ascii_uppercase();
             if name == b"STATE.LIST" {
                 return Some(self.cluster_scan(cmd, true).await);
             }
-            self.route = Some(match cmd.args.get(1) {
+            self.route = Some(match cmd.arg(1) {
                 Some(k) if name != b"STATE.STATS" => topo.node_for_slot(route::slot(k)).clone(),
                 _ => topo.primary.clone(),
             });
             return None;
         }
-        let r = route::route(&cmd.args);
+        let r = route::route(cmd);
         if self.deferred_multi.is_some() {
             return self.deferred_multi_command(kind, cmd, r).await;
         }
@@ -108,7 +108,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                         .await,
                 );
             }
-            (Kind::EndTransaction, _) if cmd.args[0].eq_ignore_ascii_case(b"DISCARD") => {
+            (Kind::EndTransaction, _) if cmd.name().eq_ignore_ascii_case(b"DISCARD") => {
                 self.deferred_multi = None;
                 return Some(self.reply(Bytes::from_static(reply::OK)).await);
             }
@@ -116,7 +116,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             (_, Route::Keyless) => {
                 // Answered now, as Redis would; it runs in the transaction once pinned.
                 if let Some(q) = self.deferred_multi.as_mut() {
-                    q.push(Command::from_args(cmd.args.iter().cloned()));
+                    q.push(cmd.clone());
                 }
                 return Some(self.reply(Bytes::from_static(b"+QUEUED\r\n")).await);
             }
@@ -130,7 +130,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             return Some(flow);
         }
         // MULTI and the keyless commands were answered already: their replies are dropped.
-        let multi = Command::from_args([Bytes::from_static(b"MULTI")]);
+        let multi = Command::from_args(["MULTI"]);
         let saved = self.reply_mode;
         self.reply_mode = ReplyMode::Skip;
         let f = Box::pin(self.dispatch_pinned(Kind::Multi, multi)).await;
@@ -139,7 +139,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         }
         for c in queued {
             self.reply_mode = ReplyMode::Skip;
-            let k = crate::command::classify(&c.args);
+            let k = c.kind();
             if Box::pin(self.dispatch_pinned(k, c)).await == Flow::Stop {
                 return Some(Flow::Stop);
             }
@@ -157,7 +157,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             .and_then(|s| s.plan(&cmd));
         let fast = self.ctx.upstream.functions();
         let (raw, reshape) = match plan.map(|p| self.script_plan(p, fast)) {
-            None => (cmd.raw, None),
+            None => (cmd.raw().clone(), None),
             Some(Plan::Send { raw, pending }) => {
                 let r = self.reshape(pending);
                 (raw, Some(r))
@@ -217,27 +217,28 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
     /// MGET, MSET, DEL, UNLINK, EXISTS, TOUCH over several slots: one command per slot, the
     /// replies joined in the client's order.
     async fn cluster_split(&mut self, cmd: &Command, merge: Merge, step: usize) -> Flow {
-        if !(cmd.args.len() - 1).is_multiple_of(step) {
+        if !(cmd.argc() - 1).is_multiple_of(step) {
             // Let Redis give its arity error for the malformed command.
             self.route = Some(self.ctx.upstream.primary());
-            return self.forward(&cmd.raw).await;
+            return self.forward(cmd.raw()).await;
         }
         self.flush_batch().await;
         let topo = self.ctx.upstream.topology();
-        let groups = route::group_by_slot(&cmd.args, step);
+        let groups = route::group_by_slot(cmd, step);
+        let all = cmd.args_bytes();
         let mut parts = Vec::with_capacity(groups.len());
         let mut positions = Vec::with_capacity(groups.len());
         for (slot, idx) in groups {
             let mut args = Vec::with_capacity(1 + idx.len() * step);
-            args.push(cmd.args[0].clone());
+            args.push(all[0].clone());
             for &i in &idx {
-                args.extend(cmd.args[i..i + step].iter().cloned());
+                args.extend(all[i..i + step].iter().cloned());
             }
             let node = topo.node_for_slot(slot).clone();
             parts.push(self.send_part(Command::from_args(args), node));
             positions.push(idx.iter().map(|i| (i - 1) / step).collect::<Vec<_>>());
         }
-        let total = (cmd.args.len() - 1) / step;
+        let total = (cmd.argc() - 1) / step;
         self.push_joined(Box::pin(async move {
             let mut replies = Vec::with_capacity(parts.len());
             for p in parts {
@@ -258,7 +259,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             let conn = self.shared_conn();
             let (tx, rx) = oneshot::channel();
             conn.send(Batch {
-                bytes: cmd.raw.clone(),
+                bytes: cmd.raw().clone(),
                 replies: 1,
                 tx,
             });
@@ -282,8 +283,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
     /// cursor the client sees carries which primary is being walked.
     async fn cluster_scan(&mut self, cmd: &Command, state_list: bool) -> Flow {
         let Some(cursor) = cmd
-            .args
-            .get(1)
+            .arg(1)
             .and_then(|c| std::str::from_utf8(c).ok())
             .and_then(|c| c.parse::<u64>().ok())
         else {
@@ -313,7 +313,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             ]);
             return self.reply(empty.encode(self.proto)).await;
         };
-        let mut args = cmd.args.clone();
+        let mut args = cmd.args_bytes();
         args[1] = Bytes::from((cursor / SCAN_NODES).to_string());
         let sub = Command::from_args(args);
         let (raw, reshape) = if state_list {
@@ -332,7 +332,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 }
             }
         } else {
-            (sub.raw, None)
+            (sub.raw().clone(), None)
         };
         self.route = Some(node);
         let conn = self.shared_conn();

@@ -6,9 +6,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::pinned::{Expect, NOT_COUNTED};
 use super::{Flow, ReplyMode, Session};
-use crate::command::Local;
-use crate::protocol::Command;
-use crate::reply::{self, Value};
+use crate::command::{Command, Local};
+use crate::protocol::reply::{self, Value};
 use crate::upstream::lease::Returned;
 
 fn parse_i64(b: &[u8]) -> Option<i64> {
@@ -51,9 +50,10 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
     }
 
     async fn auth(&mut self, cmd: &Command) -> Flow {
-        let (user, pass) = match cmd.args.len() {
-            2 => (None, &cmd.args[1]),
-            3 => (Some(&cmd.args[1][..]), &cmd.args[2]),
+        let args = cmd.args_bytes();
+        let (user, pass) = match args.len() {
+            2 => (None, &args[1]),
+            3 => (Some(&args[1][..]), &args[2]),
             _ => return self.reply(reply::wrong_arity("auth")).await,
         };
         if !self.ctx.auth.required() {
@@ -73,9 +73,10 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
     }
 
     async fn hello(&mut self, cmd: &Command) -> Flow {
+        let args = cmd.args_bytes();
         let mut proto = self.proto;
         let mut i = 1;
-        if let Some(v) = cmd.args.get(1) {
+        if let Some(v) = args.get(1) {
             match parse_i64(v) {
                 Some(2) => proto = 2,
                 Some(3) => proto = 3,
@@ -96,17 +97,17 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         }
         let mut auth: Option<(&Bytes, &Bytes)> = None;
         let mut setname: Option<&Bytes> = None;
-        while i < cmd.args.len() {
-            let opt = cmd.args[i].to_ascii_uppercase();
-            let more = cmd.args.len() - i - 1;
+        while i < args.len() {
+            let opt = args[i].to_ascii_uppercase();
+            let more = args.len() - i - 1;
             if opt == b"AUTH" && more >= 2 {
-                auth = Some((&cmd.args[i + 1], &cmd.args[i + 2]));
+                auth = Some((&args[i + 1], &args[i + 2]));
                 i += 3;
             } else if opt == b"SETNAME" && more >= 1 {
-                setname = Some(&cmd.args[i + 1]);
+                setname = Some(&args[i + 1]);
                 i += 2;
             } else {
-                let o = String::from_utf8_lossy(&cmd.args[i]).into_owned();
+                let o = String::from_utf8_lossy(&args[i]).into_owned();
                 return self
                     .reply(reply::error(&format!(
                         "ERR Syntax error in HELLO option '{o}'"
@@ -142,11 +143,9 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         if proto != self.proto {
             if self.pinned.is_some() {
                 // The dedicated connection must speak the new protocol too.
-                let raw = Command::from_args([
-                    Bytes::from_static(b"HELLO"),
-                    Bytes::from(proto.to_string()),
-                ])
-                .raw;
+                let raw = Command::from_args(["HELLO", &proto.to_string()])
+                    .raw()
+                    .clone();
                 let swallow = Expect::replies(1, true);
                 if let Some(p) = self.pinned.as_mut() {
                     p.dirty = true;
@@ -176,10 +175,10 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
     }
 
     async fn select(&mut self, cmd: &Command) -> Flow {
-        if cmd.args.len() != 2 {
+        if cmd.argc() != 2 {
             return self.reply(reply::wrong_arity("select")).await;
         }
-        let Some(n) = parse_i64(&cmd.args[1]) else {
+        let Some(n) = parse_i64(cmd.arg(1).unwrap_or_default()) else {
             return self
                 .reply(reply::error("ERR value is not an integer or out of range"))
                 .await;
@@ -211,7 +210,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 reshape: None,
                 cmd: NOT_COUNTED,
             };
-            if self.send_pinned(&cmd.raw, Some(e)).await == Flow::Stop {
+            if self.send_pinned(cmd.raw(), Some(e)).await == Flow::Stop {
                 return Flow::Stop;
             }
             return match self.wait(rx).await {
@@ -242,7 +241,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             Some(Ok(l)) => l,
         };
         let addr = pool.addr().to_string();
-        let work = lease.call(&cmd.raw, &addr);
+        let work = lease.call(cmd.raw(), &addr);
         match self.wait(work).await {
             None => {
                 pool.release(lease, Returned::Broken);
@@ -288,18 +287,19 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
     }
 
     async fn client(&mut self, cmd: Command) -> Flow {
-        let Some(sub) = cmd.args.get(1).map(|s| s.to_ascii_uppercase()) else {
+        let args = cmd.args_bytes();
+        let Some(sub) = args.get(1).map(|s| s.to_ascii_uppercase()) else {
             return self.reply(reply::wrong_arity("client")).await;
         };
         match sub.as_slice() {
             b"SETNAME" => {
-                if cmd.args.len() != 3 {
+                if args.len() != 3 {
                     return self.reply(reply::wrong_arity("client|setname")).await;
                 }
-                if let Some(e) = name_error(&cmd.args[2]) {
+                if let Some(e) = name_error(&args[2]) {
                     return self.reply(e).await;
                 }
-                self.name = (!cmd.args[2].is_empty()).then(|| cmd.args[2].clone());
+                self.name = (!args[2].is_empty()).then(|| args[2].clone());
                 self.reply(Bytes::from_static(reply::OK)).await
             }
             b"GETNAME" => {
@@ -311,14 +311,14 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 self.reply(b).await
             }
             b"SETINFO" => {
-                if cmd.args.len() != 4 {
+                if args.len() != 4 {
                     return self.reply(reply::wrong_arity("client|setinfo")).await;
                 }
                 self.reply(Bytes::from_static(reply::OK)).await
             }
             b"REPLY" => {
-                let mode = cmd.args.get(2).map(|m| m.to_ascii_uppercase());
-                match (cmd.args.len(), mode.as_deref()) {
+                let mode = args.get(2).map(|m| m.to_ascii_uppercase());
+                match (args.len(), mode.as_deref()) {
                     (3, Some(b"ON")) => {
                         self.reply_mode = ReplyMode::On;
                         self.reply(Bytes::from_static(reply::OK)).await
@@ -350,15 +350,15 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 }
                 let discard = self.take_discard();
                 let e = Expect::replies(1, discard);
-                self.send_pinned(&cmd.raw, Some(e)).await
+                self.send_pinned(cmd.raw(), Some(e)).await
             }
             _ => {
                 if self.pinned.is_some() {
                     let discard = self.take_discard();
                     let e = Expect::replies(1, discard);
-                    self.send_pinned(&cmd.raw, Some(e)).await
+                    self.send_pinned(cmd.raw(), Some(e)).await
                 } else {
-                    self.forward(&cmd.raw).await
+                    self.forward(cmd.raw()).await
                 }
             }
         }

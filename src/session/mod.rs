@@ -26,10 +26,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Auth;
-use crate::command::{self, Kind, Local, SubKind};
+use crate::command::{Command, Kind, Local, SubKind};
 use crate::config::Config;
-use crate::protocol::{Command, Parsed, RequestParser};
-use crate::reply;
+use crate::protocol::reply;
+use crate::protocol::{Parsed, RequestParser};
 use crate::state::StateEngine;
 use crate::state::plan::Plan;
 use crate::state::transform::{Pending, Reshape, Transform};
@@ -204,8 +204,9 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         loop {
             let limits = self.ctx.cfg.load().limits.clone();
             loop {
-                match self.parser.next(&mut self.inbuf, &limits) {
-                    Ok(Some(Parsed::Command(cmd))) => {
+                match self.parser.next(&mut self.inbuf, &limits, !self.authed) {
+                    Ok(Some(Parsed::Command(req))) => {
+                        let cmd = Command::new(req);
                         if self.dispatch(cmd).await == Flow::Stop || self.out.is_closed() {
                             self.flush_batch().await;
                             return;
@@ -217,10 +218,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                         crate::telemetry::command_rejected("protocol_error");
                         tracing::debug!(client = self.id, error = %e, "malformed input; closing");
                         self.flush_batch().await;
-                        let _ = self
-                            .out
-                            .send(Out::Ready(reply::error(&format!("ERR {e}"))))
-                            .await;
+                        let _ = self.out.send(Out::Ready(e.to_reply())).await;
                         let _ = self.out.send(Out::Close).await;
                         return;
                     }
@@ -436,8 +434,8 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 return Flow::Stop;
             }
         }
-        let kind = command::classify(&cmd.args);
-        self.cur = telemetry::command_id(&cmd.args[0]);
+        let kind = cmd.kind();
+        self.cur = telemetry::command_id(cmd.name());
         self.next_ro = false;
         if !self.authed
             && !matches!(
@@ -455,17 +453,17 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             let route = match kind {
                 Kind::Local(Local::State) => "state",
                 Kind::Local(_) => "local",
-                _ if cmd.args[1..].iter().any(|k| state.rule_for(k).is_some()) => "state",
+                _ if cmd.args().skip(1).any(|k| state.rule_for(k).is_some()) => "state",
                 _ if self.pinned.is_some() => "pinned",
                 Kind::Multi | Kind::Watch | Kind::Subscribe(_) | Kind::Monitor => "pinned",
                 Kind::Blocking => "leased",
                 _ => "plain",
             };
-            tracing::debug!(client = self.id, command = %cmd.name(), route, "route");
+            tracing::debug!(client = self.id, command = %cmd.full_name(), route, "route");
         }
         if self.denied(&cmd) {
             crate::telemetry::command_rejected("denied");
-            let name = String::from_utf8_lossy(&cmd.args[0]).to_lowercase();
+            let name = String::from_utf8_lossy(cmd.name()).to_lowercase();
             return self
                 .reply(reply::error(&format!(
                     "NOPERM statecar: the '{name}' command is disabled by configuration (security.deny_commands)"
@@ -485,7 +483,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             return self
                 .reply(reply::error(&format!(
                     "ERR {} is not supported through statecar",
-                    cmd.name()
+                    String::from_utf8_lossy(cmd.name()).to_ascii_uppercase()
                 )))
                 .await;
         }
@@ -497,17 +495,19 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             .filter(|state| !state.is_empty())
             .and_then(|state| state.plan(&cmd));
         if let Some(plan) = plan {
-            self.next_ro = self.retry_gate.is_some() && retry::read_only(&cmd.args);
+            self.next_ro = self.retry_gate.is_some() && retry::read_only(&cmd);
             return Box::pin(self.run_plan(plan)).await;
         }
         match kind {
-            Kind::Plain => {
-                self.next_ro = self.retry_gate.is_some() && retry::read_only(&cmd.args);
-                self.forward(&cmd.raw).await
+            Kind::Plain | Kind::BlockingWithOption => {
+                self.next_ro = self.retry_gate.is_some() && retry::read_only(&cmd);
+                self.forward(cmd.raw()).await
             }
-            Kind::Blocking => Box::pin(self.blocking(cmd)).await,
+            // SCRIPT KILL and FUNCTION KILL must reach Redis while a script keeps a shared
+            // connection busy: they go on a leased connection, like a blocking command.
+            Kind::Blocking | Kind::OutOfBand => Box::pin(self.blocking(cmd)).await,
             Kind::EndTransaction => {
-                let name = cmd.name();
+                let name = String::from_utf8_lossy(cmd.name()).to_ascii_uppercase();
                 self.reply(reply::error(&format!("ERR {name} without MULTI")))
                     .await
             }
@@ -530,8 +530,8 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             return false;
         }
         // Compared in place: this runs for every command once a deny-list is configured.
-        let name = &cmd.args[0];
-        let sub = cmd.args.get(1);
+        let name = cmd.name();
+        let sub = cmd.arg(1);
         cfg.deny_commands.iter().any(|d| {
             let d = d.as_bytes();
             match d.iter().position(|&c| c == b'|') {
@@ -608,8 +608,8 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
     }
 
     async fn dispatch_pinned(&mut self, kind: Kind, cmd: Command) -> Flow {
-        if self.subscribed_resp2() && !command::allowed_while_subscribed(&cmd.args) {
-            let name = String::from_utf8_lossy(&cmd.args[0]).to_lowercase();
+        if self.subscribed_resp2() && !cmd.allowed_while_subscribed() {
+            let name = cmd.full_name();
             return self
                 .reply(reply::error(&format!(
                     "ERR Can't execute '{name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"
@@ -676,14 +676,14 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 }
             }
         }
-        let exec = cmd.args[0].eq_ignore_ascii_case(b"EXEC");
+        let exec = cmd.name().eq_ignore_ascii_case(b"EXEC");
         if let Some((queued, poisoned)) = end_tx
             && exec
         {
             if poisoned {
                 // A command was refused by us at queue time: Redis would abort the whole
                 // transaction, so discard it upstream and say so.
-                let raw = Command::from_args([Bytes::from_static(b"DISCARD")]).raw;
+                let raw = Command::from_args(["DISCARD"]).raw().clone();
                 if self.send_pinned(&raw, Some(Expect::replies(1, true))).await == Flow::Stop {
                     return Flow::Stop;
                 }
@@ -710,20 +710,21 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         }
         match kind {
             Kind::Subscribe(k) | Kind::Unsubscribe(k)
-                if !(kind == Kind::Subscribe(k) && cmd.args.len() < 2) =>
+                if !(kind == Kind::Subscribe(k) && cmd.argc() < 2) =>
             {
                 let subscribe = matches!(kind, Kind::Subscribe(_));
-                let frames = self.track_subscriptions(k, subscribe, &cmd.args[1..]);
+                let names = cmd.args_bytes();
+                let frames = self.track_subscriptions(k, subscribe, &names[1..]);
                 if let Some(p) = self.pinned.as_mut() {
                     p.sticky = true;
                     p.dirty = true;
                 }
                 // In RESP3 the confirmations are pushes, which the relay forwards on its own.
                 let e = (self.proto == 2).then(|| Expect::replies(frames, discard));
-                self.send_pinned(&cmd.raw, e).await
+                self.send_pinned(cmd.raw(), e).await
             }
             _ => {
-                if self.send_pinned(&cmd.raw, Some(expect)).await == Flow::Stop {
+                if self.send_pinned(cmd.raw(), Some(expect)).await == Flow::Stop {
                     return Flow::Stop;
                 }
                 if unpin_after {
@@ -862,7 +863,8 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                     Bytes::from_static(b"0"),
                     Bytes::from(msg),
                 ])
-                .raw;
+                .raw()
+                .clone();
                 if let Some(p) = self.pinned.as_mut() {
                     p.queued.push(None);
                 }
@@ -925,8 +927,8 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             SubKind::Pattern => "punsubscribe",
             SubKind::Shard => "sunsubscribe",
         };
-        let names: Vec<reply::Value> = if cmd.args.len() > 1 {
-            cmd.args[1..]
+        let names: Vec<reply::Value> = if cmd.argc() > 1 {
+            cmd.args_bytes()[1..]
                 .iter()
                 .map(|a| reply::Value::Bulk(a.clone()))
                 .collect()
@@ -954,7 +956,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             Some(Ok(l)) => l,
         };
         let addr = pool.addr().to_string();
-        let work = lease.call(&cmd.raw, &addr);
+        let work = lease.call(cmd.raw(), &addr);
         let r = self.wait(work).await;
         match r {
             // The client left while blocked: the command is still pending in Redis, so the

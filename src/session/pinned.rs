@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::writer::Out;
-use crate::protocol::Scanner;
+use crate::protocol::ReplyScanner;
 use crate::state::transform::Reshape;
 use crate::upstream::UpstreamError;
 use crate::upstream::connect::{Stream, decode_reply, read_frame};
@@ -251,7 +251,7 @@ async fn relay(
     addr: String,
     ep: Arc<Endpoint>,
 ) -> RelayEnd {
-    let mut scanner = Scanner::default();
+    let mut scanner = ReplyScanner::default();
     let mut head: Option<Expect> = None;
     let mut streaming = false;
     let mut subscribed = (0i64, 0i64);

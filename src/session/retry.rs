@@ -11,10 +11,12 @@
 
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::oneshot;
 
-use crate::protocol::{Limits, Scanner, Side};
+use crate::command::Command;
+use crate::command::spec::READONLY;
+use crate::protocol::{Limits, Parsed, RequestParser};
 use crate::upstream::UpstreamError;
 use crate::upstream::conn::{Batch, BatchResult, SharedConn};
 
@@ -90,161 +92,66 @@ impl Retry {
     }
 }
 
-fn request_limits() -> Limits {
-    Limits {
+/// Our own upstream bytes, split back into commands (they are well-formed multibulks).
+fn parse_one(bytes: &[u8], at: usize) -> Option<(Command, usize)> {
+    let mut buf = BytesMut::from(&bytes[at..]);
+    let before = buf.len();
+    let limits = Limits {
         max_bulk_len: usize::MAX >> 1,
         max_multibulk_len: usize::MAX >> 1,
         max_inline_len: usize::MAX >> 1,
+    };
+    match RequestParser::default().next(&mut buf, &limits, false) {
+        Ok(Some(Parsed::Command(r))) => Some((Command::new(r), before - buf.len())),
+        _ => None,
     }
 }
 
 /// The bytes after the first `n` commands of a batch (commands are RESP multibulks).
 fn skip_commands(bytes: &Bytes, n: usize) -> Option<Bytes> {
-    let limits = request_limits();
     let mut at = 0;
     for _ in 0..n {
-        let mut s = Scanner::default();
-        at += s.scan(&bytes[at..], Side::Request, &limits).ok()??;
+        at += parse_one(bytes, at)?.1;
     }
     Some(bytes.slice(at..))
 }
 
 fn count_commands(bytes: &[u8]) -> Option<usize> {
-    let limits = request_limits();
     let mut at = 0;
     let mut n = 0;
     while at < bytes.len() {
-        let mut s = Scanner::default();
-        at += s.scan(&bytes[at..], Side::Request, &limits).ok()??;
+        at += parse_one(bytes, at)?.1;
         n += 1;
     }
     Some(n)
 }
 
-/// Commands that only read: running one twice answers the same question twice and changes
-/// nothing. Anything not listed (writes, scripts, admin commands, unknown commands) is never
-/// retried.
-pub fn read_only(args: &[Bytes]) -> bool {
-    let Some(name) = args.first() else {
-        return false;
-    };
-    let mut buf = [0u8; 32];
-    let Some(n) = crate::command::upper(name, &mut buf) else {
-        return false;
-    };
-    matches!(
-        &buf[..n],
-        b"GET"
-            | b"MGET"
-            | b"STRLEN"
-            | b"GETRANGE"
-            | b"SUBSTR"
-            | b"LCS"
-            | b"EXISTS"
-            | b"TYPE"
-            | b"TTL"
-            | b"PTTL"
-            | b"EXPIRETIME"
-            | b"PEXPIRETIME"
-            | b"DBSIZE"
-            | b"RANDOMKEY"
-            | b"SCAN"
-            | b"KEYS"
-            | b"DUMP"
-            | b"PING"
-            | b"ECHO"
-            | b"TIME"
-            | b"GETBIT"
-            | b"BITCOUNT"
-            | b"BITPOS"
-            | b"BITFIELD_RO"
-            | b"HGET"
-            | b"HMGET"
-            | b"HGETALL"
-            | b"HKEYS"
-            | b"HVALS"
-            | b"HLEN"
-            | b"HEXISTS"
-            | b"HSTRLEN"
-            | b"HSCAN"
-            | b"HRANDFIELD"
-            | b"LINDEX"
-            | b"LLEN"
-            | b"LRANGE"
-            | b"LPOS"
-            | b"SCARD"
-            | b"SISMEMBER"
-            | b"SMISMEMBER"
-            | b"SMEMBERS"
-            | b"SRANDMEMBER"
-            | b"SSCAN"
-            | b"SINTER"
-            | b"SINTERCARD"
-            | b"SUNION"
-            | b"SDIFF"
-            | b"ZCARD"
-            | b"ZCOUNT"
-            | b"ZLEXCOUNT"
-            | b"ZSCORE"
-            | b"ZMSCORE"
-            | b"ZRANK"
-            | b"ZREVRANK"
-            | b"ZRANGE"
-            | b"ZRANGEBYSCORE"
-            | b"ZRANGEBYLEX"
-            | b"ZREVRANGE"
-            | b"ZREVRANGEBYSCORE"
-            | b"ZREVRANGEBYLEX"
-            | b"ZRANDMEMBER"
-            | b"ZSCAN"
-            | b"ZINTER"
-            | b"ZINTERCARD"
-            | b"ZUNION"
-            | b"ZDIFF"
-            | b"XRANGE"
-            | b"XREVRANGE"
-            | b"XLEN"
-            | b"PFCOUNT"
-            | b"GEOPOS"
-            | b"GEODIST"
-            | b"GEOHASH"
-            | b"GEOSEARCH"
-            | b"GEORADIUS_RO"
-            | b"GEORADIUSBYMEMBER_RO"
-            | b"SORT_RO"
-    )
+/// Commands that only read (Redis's `readonly` flag): running one twice answers the same
+/// question twice and changes nothing. Anything else (writes, scripts, admin commands,
+/// unknown commands) is never retried.
+pub fn read_only(cmd: &Command) -> bool {
+    cmd.entry().has(READONLY) && !cmd.entry().is_unknown()
 }
 
 /// [`read_only`] for an already encoded command (a state plan's upstream command).
 pub fn read_only_raw(raw: &[u8]) -> bool {
-    let limits = request_limits();
-    let mut s = Scanner::default();
-    let Ok(Some(len)) = s.scan(raw, Side::Request, &limits) else {
-        return false;
-    };
-    if len != raw.len() {
-        return false;
+    match parse_one(raw, 0) {
+        Some((cmd, len)) => len == raw.len() && read_only(&cmd),
+        None => false,
     }
-    // `*N\r\n$L\r\nNAME\r\n`: the name is the first bulk string.
-    let mut lines = raw.split(|&b| b == b'\n');
-    let (_, _, name) = (lines.next(), lines.next(), lines.next());
-    name.map(|n| n.strip_suffix(b"\r").unwrap_or(n))
-        .is_some_and(|n| read_only(&[Bytes::copy_from_slice(n)]))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Command;
 
     fn raw(args: &[&str]) -> Bytes {
-        Command::from_args(args.iter().map(|a| Bytes::from(a.to_string()))).raw
+        Command::from_args(args).raw().clone()
     }
 
     #[test]
     fn only_reads_qualify() {
-        let args =
-            |a: &[&str]| -> Vec<Bytes> { a.iter().map(|s| Bytes::from(s.to_string())).collect() };
+        let args = |a: &[&str]| Command::from_args(a);
         assert!(read_only(&args(&["get", "k"])));
         assert!(read_only(&args(&["MGET", "a", "b"])));
         assert!(read_only(&args(&["ZrangeByScore", "z", "0", "1"])));
@@ -266,10 +173,10 @@ mod tests {
             "CLIENT",
             "DEL",
             "",
+            "nosuch",
         ] {
             assert!(!read_only(&args(&[w, "k"])), "{w}");
         }
-        assert!(!read_only(&[]));
         assert!(read_only_raw(&raw(&["GET", "s:1"])));
         assert!(!read_only_raw(&raw(&["EVALSHA", "abc", "1", "s:1"])));
         assert!(!read_only_raw(&Bytes::from_static(b"*1\r\n$3\r\nGE")));

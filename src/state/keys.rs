@@ -6,19 +6,13 @@
 
 use bytes::{Bytes, BytesMut};
 
+use crate::route::hash_tag;
+
 /// Prefix of every key statecar itself creates. Client commands never see these through
 /// STATE.LIST; SCAN and KEYS show them, as they are ordinary Redis keys.
 pub const RESERVED_PREFIX: &[u8] = b"__statecar:";
 
 const HISTORY_PREFIX: &[u8] = b"__statecar:h:";
-
-/// The hash tag Redis Cluster would use for `key`: the bytes between the first `{` and the
-/// first `}` after it, when that is non-empty.
-pub fn hash_tag(key: &[u8]) -> Option<&[u8]> {
-    let open = key.iter().position(|&c| c == b'{')?;
-    let close = key[open + 1..].iter().position(|&c| c == b'}')?;
-    (close > 0).then(|| &key[open + 1..open + 1 + close])
-}
 
 /// The history hash for `key`.
 pub fn history_key(key: &[u8]) -> Bytes {

@@ -11,8 +11,9 @@ use super::rules::Rule;
 use super::scripts::ScriptKind;
 use super::transform::{Pending, ScriptCall, Transform, WriteShape, encode_tags};
 use super::{StateEngine, show_key};
-use crate::protocol::{Command, encode_multibulk};
-use crate::reply::{error, wrong_arity};
+use crate::command::Command;
+use crate::protocol::encode_multibulk;
+use crate::protocol::reply::{error, wrong_arity};
 
 /// What to do with a command.
 #[derive(Debug)]
@@ -192,8 +193,13 @@ impl StateEngine {
 
     /// Plans `cmd`; `None` means it touches no state key and goes through untouched.
     pub fn plan(&self, cmd: &Command) -> Option<Plan> {
-        let name = upper(cmd.args.first()?);
-        let a = &cmd.args;
+        // The command table says which commands can involve a state key at all.
+        if !cmd.entry().state {
+            return None;
+        }
+        let args = cmd.args_bytes();
+        let a = &args;
+        let name = upper(a.first()?);
         let rule_of = |i: usize| a.get(i).and_then(|k| self.rule_for(k));
         match name.as_slice() {
             b"GET" => {
@@ -201,7 +207,7 @@ impl StateEngine {
                 if a.len() != 2 {
                     return None;
                 }
-                self.plain_send(&cmd.raw, Transform::Value { key: a[1].clone() })
+                self.plain_send(cmd.raw(), Transform::Value { key: a[1].clone() })
             }
             b"MGET" => {
                 let keys: Vec<Option<Bytes>> = a[1..]
@@ -211,7 +217,7 @@ impl StateEngine {
                 if keys.iter().all(Option::is_none) {
                     return None;
                 }
-                self.plain_send(&cmd.raw, Transform::Values { keys })
+                self.plain_send(cmd.raw(), Transform::Values { keys })
             }
             b"GETRANGE" | b"SUBSTR" => {
                 rule_of(1)?;
@@ -259,7 +265,7 @@ impl StateEngine {
                     Transform::Value { key },
                 )
             }
-            b"SET" => self.plan_set(cmd),
+            b"SET" => self.plan_set(a),
             b"SETNX" | b"GETSET" => {
                 let rule = rule_of(1)?;
                 if a.len() != 3 {
@@ -395,8 +401,7 @@ impl StateEngine {
     /// SET with Redis's option rules: repeats of the same option are allowed (the last expiry
     /// wins), conflicting ones are a syntax error, and numbers are checked only after every
     /// option has parsed.
-    fn plan_set(&self, cmd: &Command) -> Option<Plan> {
-        let a = &cmd.args;
+    fn plan_set(&self, a: &[Bytes]) -> Option<Plan> {
         let rule = a.get(1).and_then(|k| self.rule_for(k))?;
         if a.len() < 3 {
             return None;
@@ -449,8 +454,9 @@ impl StateEngine {
 
     /// Plans a STATE.* command.
     pub fn plan_state(&self, cmd: &Command) -> Plan {
-        let name = upper(&cmd.args[0]);
-        let a = &cmd.args;
+        let args = cmd.args_bytes();
+        let a = &args;
+        let name = upper(&a[0]);
         let lname = String::from_utf8_lossy(&name).to_lowercase();
         let arity = || Plan::Reject(wrong_arity(&lname));
         let need_rule = |k: &Bytes| -> Result<&Rule, Plan> {

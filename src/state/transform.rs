@@ -13,10 +13,10 @@ use super::keys::history_key;
 use super::rules::OnCorruption;
 use super::scripts::ScriptKind;
 use super::{ReadValue, StateEngine, show_key};
-use crate::protocol::{Scanner, Side, encode_multibulk};
-use crate::reply::{Value, error};
+use crate::protocol::encode_multibulk;
+use crate::protocol::reply::{Value, error};
 use crate::upstream::conn::{SharedConn, call};
-use crate::upstream::connect::{decode_reply, reply_limits};
+use crate::upstream::connect::decode_reply;
 
 /// What the reply of a state write becomes for the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,46 +104,9 @@ pub struct ScriptCall {
     pub args: Vec<Bytes>,
 }
 
-/// Splits an array reply into its element frames; None if it is not an array.
-pub fn split_array(frame: &Bytes) -> Option<Vec<Bytes>> {
-    if !matches!(frame.first(), Some(b'*')) {
-        return None;
-    }
-    let nl = memchr::memchr(b'\n', frame)?;
-    let n: i64 = std::str::from_utf8(&frame[1..nl.saturating_sub(1)])
-        .ok()?
-        .parse()
-        .ok()?;
-    if n < 0 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(n as usize);
-    let mut pos = nl + 1;
-    let limits = reply_limits();
-    for _ in 0..n {
-        let mut s = Scanner::default();
-        let len = s.scan(&frame[pos..], Side::Reply, &limits).ok()??;
-        out.push(frame.slice(pos..pos + len));
-        pos += len;
-    }
-    Some(out)
-}
+pub use crate::protocol::frames::split_array;
 
-/// The payload of a complete bulk string frame (`$<len>\r\n<payload>\r\n`), read without a
-/// general RESP parse: the frame of every state GET goes through here.
-fn bulk_payload(frame: &[u8]) -> Option<&[u8]> {
-    let rest = frame.strip_prefix(b"$")?;
-    let nl = memchr::memchr(b'\n', rest)?;
-    let digits = rest.get(..nl.checked_sub(1)?)?;
-    if digits.is_empty() || digits.len() > 12 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let n = digits.iter().try_fold(0usize, |n, d| {
-        n.checked_mul(10)?.checked_add(usize::from(d - b'0'))
-    })?;
-    let payload = rest.get(nl + 1..)?;
-    (payload.len() == n.checked_add(2)? && payload.ends_with(b"\r\n")).then(|| &payload[..n])
-}
+use crate::protocol::frames::bulk_payload;
 
 fn is_error(frame: &[u8]) -> bool {
     matches!(frame.first(), Some(b'-') | Some(b'!'))
@@ -480,8 +443,8 @@ impl Apply<'_> {
             crate::telemetry::version_written(data.get(3).and_then(int_of).unwrap_or(0));
         }
         match shape {
-            WriteShape::Ok => Bytes::from_static(crate::reply::OK),
-            WriteShape::OkOrNil if done == 1 => Bytes::from_static(crate::reply::OK),
+            WriteShape::Ok => Bytes::from_static(crate::protocol::reply::OK),
+            WriteShape::OkOrNil if done == 1 => Bytes::from_static(crate::protocol::reply::OK),
             WriteShape::OkOrNil => Value::Null.encode(self.proto),
             WriteShape::Int => Value::Int(done).encode(self.proto),
             WriteShape::Version => Value::Int(version).encode(self.proto),

@@ -17,7 +17,7 @@ use super::node::Node;
 use super::url::Addr;
 use super::{PoolKey, Upstream, UpstreamError};
 use crate::config::UpstreamConfig;
-use crate::protocol::{Scanner, encode_multibulk};
+use crate::protocol::{ReplyScanner, encode_multibulk};
 use crate::route::SLOTS;
 
 /// How often the slot map is reloaded when nothing asks for it.
@@ -86,7 +86,7 @@ pub async fn load_slots(
             .write_all(&out)
             .await
             .map_err(|e| UpstreamError::io(&name, &e))?;
-        let mut scanner = Scanner::default();
+        let mut scanner = ReplyScanner::default();
         read_frame(&mut c.stream, &mut c.rbuf, &mut scanner, &name).await
     };
     let frame = tokio::time::timeout(Duration::from_millis(cfg.timeout_ms), work)
@@ -270,39 +270,8 @@ pub async fn follow(
     (reply, from)
 }
 
-/// The second of two reply frames (the reply after ASKING's `+OK`).
-fn skip_first(both: &Bytes) -> Bytes {
-    let mut s = Scanner::default();
-    match s.scan(both, crate::protocol::Side::Reply, &connect::reply_limits()) {
-        Ok(Some(n)) => both.slice(n..),
-        _ => both.clone(),
-    }
-}
-
-/// Splits a run of reply frames into frames.
-pub fn frames(bytes: &Bytes) -> Vec<Bytes> {
-    frame_ranges(bytes).map(|r| bytes.slice(r)).collect()
-}
-
-/// Where each reply frame in `bytes` lies; anything that does not scan as a whole frame is the
-/// last range.
-pub fn frame_ranges(bytes: &[u8]) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
-    let limits = connect::reply_limits();
-    let mut pos = 0;
-    std::iter::from_fn(move || {
-        if pos >= bytes.len() {
-            return None;
-        }
-        let mut s = Scanner::default();
-        let n = match s.scan(&bytes[pos..], crate::protocol::Side::Reply, &limits) {
-            Ok(Some(n)) => n,
-            _ => bytes.len() - pos,
-        };
-        let r = pos..pos + n;
-        pos += n;
-        Some(r)
-    })
-}
+use crate::protocol::frames::skip_first;
+pub use crate::protocol::frames::{frame_ranges, frames};
 
 #[cfg(test)]
 mod tests {

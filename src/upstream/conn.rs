@@ -13,10 +13,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::connect::{self, reply_limits};
+use super::connect;
 use super::node::Endpoint;
 use super::{PoolKey, Upstream, UpstreamError};
-use crate::protocol::{Scanner, Side};
+use crate::protocol::ReplyScanner;
 use crate::telemetry;
 
 /// Write buffer size above which we stop taking new batches until Redis has read some.
@@ -167,7 +167,7 @@ async fn run(
                     inflight: VecDeque::new(),
                     rbuf: c.rbuf,
                     wbuf: BytesMut::with_capacity(16 * 1024),
-                    scanner: Scanner::default(),
+                    scanner: ReplyScanner::default(),
                     consumed: 0,
                 };
                 telemetry::upstream_connections(1);
@@ -232,7 +232,7 @@ struct Serving {
     inflight: VecDeque<InFlight>,
     rbuf: BytesMut,
     wbuf: BytesMut,
-    scanner: Scanner,
+    scanner: ReplyScanner,
     /// Bytes of `rbuf` holding complete replies of the head batch.
     consumed: usize,
 }
@@ -314,19 +314,18 @@ impl Serving {
 
     /// Hands every complete batch its replies.
     fn deliver(&mut self) -> Result<(), UpstreamError> {
-        let limits = reply_limits();
         loop {
             let start = self.consumed;
             if start >= self.rbuf.len() {
                 return Ok(());
             }
-            let Some(len) = self
-                .scanner
-                .scan(&self.rbuf[start..], Side::Reply, &limits)
-                .map_err(|e| UpstreamError::Protocol {
-                    addr: self.addr.clone(),
-                    detail: e.to_string(),
-                })?
+            let Some(len) =
+                self.scanner
+                    .scan(&self.rbuf[start..])
+                    .map_err(|e| UpstreamError::Protocol {
+                        addr: self.addr.clone(),
+                        detail: e.to_string(),
+                    })?
             else {
                 return Ok(());
             };

@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use super::url::Addr;
 use super::{PoolKey, UpstreamError};
 use crate::config::UpstreamConfig;
-use crate::protocol::{Limits, Scanner, Side, encode_multibulk};
+use crate::protocol::{ReplyScanner, encode_multibulk};
 
 /// A byte stream to Redis; an enum so that TLS can join TCP without a trait object.
 #[derive(Debug)]
@@ -99,32 +99,18 @@ impl AsyncWrite for Stream {
     }
 }
 
-/// Limits for what Redis sends back: Redis is trusted, so only absurd lengths are refused.
-pub fn reply_limits() -> Limits {
-    Limits {
-        max_bulk_len: i64::MAX as usize,
-        max_multibulk_len: i64::MAX as usize,
-        max_inline_len: usize::MAX,
-    }
-}
-
 /// Reads one whole reply frame from `stream`, buffering in `rbuf`.
 pub async fn read_frame<S: AsyncRead + Unpin>(
     stream: &mut S,
     rbuf: &mut BytesMut,
-    scanner: &mut Scanner,
+    scanner: &mut ReplyScanner,
     addr: &str,
 ) -> Result<Bytes, UpstreamError> {
-    let limits = reply_limits();
     loop {
-        if let Some(len) =
-            scanner
-                .scan(rbuf, Side::Reply, &limits)
-                .map_err(|e| UpstreamError::Protocol {
-                    addr: addr.to_string(),
-                    detail: e.to_string(),
-                })?
-        {
+        if let Some(len) = scanner.scan(rbuf).map_err(|e| UpstreamError::Protocol {
+            addr: addr.to_string(),
+            detail: e.to_string(),
+        })? {
             scanner.reset();
             return Ok(rbuf.split_to(len).freeze());
         }
@@ -143,19 +129,7 @@ pub async fn read_frame<S: AsyncRead + Unpin>(
     }
 }
 
-/// Parses a complete reply frame with redis-protocol into a RESP3 frame (RESP3's types include
-/// RESP2's). RESP2 is tried first when the frame starts like RESP2: most connections speak it,
-/// and the RESP3 parser rejects RESP2's `$-1`/`*-1` nulls only after building an error.
-pub fn decode_reply(frame: &Bytes) -> Option<BytesFrame> {
-    let resp2_first = matches!(frame.first(), Some(b'+' | b'-' | b':' | b'$' | b'*'));
-    if resp2_first && let Ok(Some((f, _))) = redis_protocol::resp2::decode::decode_bytes(frame) {
-        return Some(f.into_resp3());
-    }
-    match redis_protocol::resp3::decode::complete::decode_bytes(frame) {
-        Ok(Some((f, _))) => Some(f),
-        _ => None,
-    }
-}
+pub use crate::protocol::frames::decode as decode_reply;
 
 /// What the handshake learned about the server.
 #[derive(Debug, Clone, Default)]
@@ -321,7 +295,7 @@ async fn connect_inner(
         .await
         .map_err(|e| tls_refusal(UpstreamError::io(addr, &e)))?;
     let mut rbuf = BytesMut::with_capacity(4096);
-    let mut scanner = Scanner::default();
+    let mut scanner = ReplyScanner::default();
     let mut info = ServerInfo::default();
     for step in 0..n {
         let frame = read_frame(&mut stream, &mut rbuf, &mut scanner, addr)

@@ -18,7 +18,7 @@ use super::connect::{self, Stream, check_handshake_reply, handshake_commands, re
 use super::node::Endpoint;
 use super::{PoolKey, Upstream, UpstreamError};
 use crate::config::UpstreamConfig;
-use crate::protocol::{Scanner, encode_multibulk};
+use crate::protocol::{ReplyScanner, encode_multibulk};
 use crate::telemetry;
 
 /// A dedicated connection, open and on the right db and protocol.
@@ -68,7 +68,7 @@ impl Lease {
             .write_all(raw)
             .await
             .map_err(|e| UpstreamError::io(addr, &e))?;
-        let mut scanner = Scanner::default();
+        let mut scanner = ReplyScanner::default();
         read_frame(
             &mut self.conn.stream,
             &mut self.conn.rbuf,
@@ -210,7 +210,7 @@ impl LeasePool {
                 .write_all(&out)
                 .await
                 .map_err(|e| UpstreamError::io(&addr, &e))?;
-            let mut scanner = Scanner::default();
+            let mut scanner = ReplyScanner::default();
             let mut rbuf = std::mem::take(&mut conn.rbuf);
             let first = read_frame(&mut conn.stream, &mut rbuf, &mut scanner, &addr).await?;
             if first.as_ref() != b"+RESET\r\n" {

@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use super::Upstream;
 use super::connect::{decode_reply, read_frame};
 use super::url::Addr;
-use crate::protocol::{Scanner, encode_multibulk};
+use crate::protocol::{ReplyScanner, encode_multibulk};
 
 /// How long one subscription is trusted before the address is asked again.
 const RECHECK: Duration = Duration::from_secs(5);
@@ -59,7 +59,7 @@ pub async fn follow(
 struct Conn {
     stream: TcpStream,
     rbuf: BytesMut,
-    scanner: Scanner,
+    scanner: ReplyScanner,
     name: String,
 }
 
@@ -73,7 +73,7 @@ impl Conn {
         let mut c = Conn {
             stream,
             rbuf: BytesMut::new(),
-            scanner: Scanner::default(),
+            scanner: ReplyScanner::default(),
             name: sentinel.to_string(),
         };
         if let Some(p) = password {
