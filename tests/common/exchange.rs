@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::{Frame, RawConn, RedisServer, Statecar};
+
 /// Silence after which a server that has not closed is taken to be waiting for more input.
 pub const IDLE: Duration = Duration::from_millis(200);
 
@@ -197,4 +199,32 @@ async fn compare(
             format!("\n      redis, second run: {again:?}")
         }
     ))
+}
+
+/// Redis directly, and statecar in front of a second Redis started the same way.
+pub struct Sides {
+    pub direct: RedisServer,
+    pub upstream: RedisServer,
+    pub sc: Statecar,
+}
+
+impl Sides {
+    /// `redis_args` apply to the direct Redis; statecar's upstream is a plain one.
+    pub fn start(redis_args: &[&str], statecar_toml: &str) -> Sides {
+        let direct = RedisServer::start_with(redis_args);
+        let upstream = RedisServer::start();
+        let sc = Statecar::start(upstream.port(), statecar_toml);
+        Sides {
+            direct,
+            upstream,
+            sc,
+        }
+    }
+
+    /// statecar is alive and serves a new client.
+    pub async fn assert_still_serving(&mut self) {
+        assert!(self.sc.is_running(), "statecar died");
+        let mut c = RawConn::connect(self.sc.port()).await;
+        assert_eq!(c.cmd(&["PING"]).await, Frame::Simple("PONG".into()));
+    }
 }
