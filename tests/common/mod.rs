@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod exchange;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
