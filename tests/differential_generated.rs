@@ -59,17 +59,20 @@ const NUM_TOKENS: &[&str] = &[
     "123456789012345678901",
 ];
 
-/// How a header line ends.
-const ENDS: &[&[u8]] = &[b"\n", b"\r", b"\rX", b"", b"\0\r\n", b" \r\n", b"\r\r\n"];
+/// How a header line ends. (No NUL before a line end: Redis stalls on those and statecar
+/// answers instead, a documented deviation tested in differential_protocol.rs.)
+const ENDS: &[&[u8]] = &[b"\n", b"\r", b"\rX", b"", b" \r\n", b"\r\r\n"];
 /// What follows bulk data instead of CRLF.
 const TRAILERS: &[&[u8]] = &[b"XY", b"\n\n", b"\r", b"", b"\r\n\r\n", b"\n"];
 /// Lines that are empty for Redis.
 const BLANKS: &[&[u8]] = &[b"\r\n", b"\n", b"   \r\n", b"\t\n"];
-/// Type bytes other than '$'.
-const KINDS: &[u8] = b":+*-x \n\r\xff\0";
-/// Argument values; `@K@` becomes the case's own key.
+/// Type bytes other than '$' (not NUL: see ENDS).
+const KINDS: &[u8] = b":+*-x \n\r\xff";
+/// Argument values; `@K@` becomes the case's own key. (No NUL: a damaged header can make a
+/// value parse as an inline line, where a NUL is the documented deviation; the fixed corpus
+/// covers NUL bytes in bulk data.)
 const VALUES: &[&str] = &[
-    "howdy", "", "a b", "x\r\ny", "\0", "*1", "$4", "\"q\"", "'", "@K@", "-ERR x",
+    "howdy", "", "a b", "x\r\ny", "*1", "$4", "\"q\"", "'", "@K@", "-ERR x",
 ];
 /// Commands: a name and argument slots (`@K@` is the key, `@V@` a value).
 const COMMANDS: &[&[&str]] = &[
@@ -243,7 +246,6 @@ fn inline() -> impl Strategy<Value = Piece> {
             5 => Just(&b"\n"[..]),
             1 => Just(&b"\r\r\n"[..]),
             1 => Just(&b" \r\n"[..]),
-            1 => Just(&b"\0\r\n"[..]),
             1 => Just(&b"\r"[..]),
         ]
         .prop_map(Lit::from),

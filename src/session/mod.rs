@@ -437,12 +437,11 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         let kind = cmd.kind();
         self.cur = telemetry::command_id(cmd.name());
         self.next_ro = false;
-        if !self.authed
-            && !matches!(
-                kind,
-                Kind::Local(Local::Auth | Local::Hello | Local::Quit | Local::Reset)
-            )
-        {
+        if !self.authed && !cmd.entry().has(crate::command::spec::NO_AUTH) {
+            // Redis checks the name and the arity before authentication.
+            if let Some(e) = cmd.rejection() {
+                return self.reply(e).await;
+            }
             crate::telemetry::command_rejected("noauth");
             return self
                 .reply(reply::error("NOAUTH Authentication required."))
