@@ -136,6 +136,7 @@ const COMMANDS: &[&str] = &[
     "STATE.DELVERSION",
     "STATE.ROLLBACK",
     "STATE.STATS",
+    "STATE.RULE",
 ];
 
 /// Index of a command name (any case) in the metric table; 0 is "other".
