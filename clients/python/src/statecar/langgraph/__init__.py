@@ -1,0 +1,16 @@
+"""LangGraph checkpoint savers through statecar, on plain Redis (no modules).
+
+    from statecar.langgraph import StatecarSaver, AsyncStatecarSaver
+
+    with StatecarSaver.from_conn_string("redis://localhost:6380") as saver:
+        graph = builder.compile(checkpointer=saver)
+
+Each thread's checkpoints (per namespace) are the versions of one statecar state key, so statecar
+compresses and checksums every checkpoint and keeps them as one bounded history (the rule's
+``max_versions``): consecutive checkpoints, which repeat almost everything, cost what statecar's
+history makes them cost rather than a full copy each.
+"""
+
+from .saver import AsyncStatecarSaver, StatecarSaver
+
+__all__ = ["AsyncStatecarSaver", "StatecarSaver"]
