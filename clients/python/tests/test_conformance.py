@@ -32,7 +32,7 @@ def registered(kind: str, url: str):
 
 @pytest.mark.parametrize("kind", ["StatecarSaver", "AsyncStatecarSaver"])
 async def test_langgraph_checkpoint_conformance(statecar_url, kind):
-    report = await validate(registered(kind, statecar_url), progress=ProgressCallbacks.verbose())
+    report = await validate(registered(kind, statecar_url), progress=ProgressCallbacks.default())
     report.print_report()
     failures = {name: r.failures for name, r in report.results.items() if r.failures}
     assert report.passed_all_base(), failures

@@ -11,6 +11,14 @@ compresses and checksums every checkpoint and keeps them as one bounded history 
 history makes them cost rather than a full copy each.
 """
 
+try:
+    import langgraph.checkpoint.base  # noqa: F401
+except ImportError as e:  # pragma: no cover - depends on what is installed
+    raise ImportError(
+        f"statecar.langgraph needs LangGraph's checkpoint package ({e}): "
+        "pip install 'statecar[langgraph]' (or pip install langgraph-checkpoint)"
+    ) from e
+
 from .saver import AsyncStatecarSaver, StatecarSaver
 
 __all__ = ["AsyncStatecarSaver", "StatecarSaver"]
