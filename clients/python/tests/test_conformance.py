@@ -12,27 +12,29 @@ from langgraph.checkpoint.conformance.report import ProgressCallbacks
 from statecar.langgraph import AsyncStatecarSaver, StatecarSaver
 
 
-def registered(kind: str, url: str):
+def registered(kind: str, url: str, protocol: int):
+    name = f"{kind} (RESP{protocol})"
     if kind == "AsyncStatecarSaver":
 
-        @checkpointer_test(name=kind)
+        @checkpointer_test(name=name)
         async def factory():
-            async with AsyncStatecarSaver.from_conn_string(url) as saver:
+            async with AsyncStatecarSaver.from_conn_string(url, protocol=protocol) as saver:
                 yield saver
 
     else:
 
-        @checkpointer_test(name=kind)
+        @checkpointer_test(name=name)
         async def factory():
-            with StatecarSaver.from_conn_string(url) as saver:
+            with StatecarSaver.from_conn_string(url, protocol=protocol) as saver:
                 yield saver
 
     return factory
 
 
+@pytest.mark.parametrize("protocol", [2, 3])
 @pytest.mark.parametrize("kind", ["StatecarSaver", "AsyncStatecarSaver"])
-async def test_langgraph_checkpoint_conformance(statecar_url, kind):
-    report = await validate(registered(kind, statecar_url), progress=ProgressCallbacks.default())
+async def test_langgraph_checkpoint_conformance(statecar_url, kind, protocol):
+    report = await validate(registered(kind, statecar_url, protocol), progress=ProgressCallbacks.default())
     report.print_report()
     failures = {name: r.failures for name, r in report.results.items() if r.failures}
     assert report.passed_all_base(), failures

@@ -235,3 +235,16 @@ default_ttl_s = 60
                 pass
 
     asyncio.run(main())
+
+
+def test_with_allowlist_clones_use_their_own_serializer(statecar_url):
+    from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+
+    strict = JsonPlusSerializer(allowed_msgpack_modules=None)
+    with StatecarSaver.from_conn_string(statecar_url, serde=strict) as saver:
+        clone = saver.with_allowlist([("some.module", "SomeClass")])
+        assert clone is not saver
+        assert clone._core.serde is clone.serde and saver._core.serde is saver.serde
+        config = generate_config(tid())
+        stored = clone.put(config, generate_checkpoint(channel_values={"k": "v"}), generate_metadata(), {"k": 1})
+        assert saver.get_tuple(stored).checkpoint["channel_values"] == {"k": "v"}

@@ -238,15 +238,22 @@ def test_not_a_state_key_error_maps(statecar_url):
     assert isinstance(err, NotAStateKeyError) and "'nothing:here' is not a state key" in str(err)
 
 
-def test_resp3_clients_get_the_same_results(statecar_url):
-    with RedisStatePersistence(statecar_url, redis_options={"protocol": 3}) as p3:
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_resp2_and_resp3_clients_get_the_same_results(statecar_url, protocol):
+    with RedisStatePersistence(statecar_url, redis_options={"protocol": protocol}) as p3:
         state_id = sid()
         p3.save_with_metadata({"resp": 3}, state_id, tags=["r3"])
         p3.save_with_metadata({"resp": 33}, state_id)
         state, md = p3.load_with_metadata(state_id)
         assert state == {"resp": 33} and md.version == 2
-        assert [v.version for v in p3.list_versions(state_id)] == [1, 2]
+        versions = p3.list_versions(state_id)
+        assert [v.version for v in versions] == [1, 2] and versions[0].tags == ["r3"]
+        assert p3.rollback(state_id, 1) == 3
+        assert p3.delete_version(state_id, 2) is True
+        assert state_id in p3.list_states("s-*")
         assert p3.get_stats()["redis_info"]["used_memory"] > 0
+        with pytest.raises(VersionConflictError):
+            p3.save_with_metadata({}, state_id, version=1)
 
 
 def test_asyncio_twin(statecar_url):

@@ -7,7 +7,7 @@ statecar (redis-py or redis.asyncio).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
@@ -109,6 +109,12 @@ class StatecarSaver(BaseCheckpointSaver[int]):
                 raise from_redis(e) from e
             self.rule = self._core.check_rule(_url_of(self.conn), reply)
         return self.rule
+
+    def with_allowlist(self, extra_allowlist: Collection[tuple[str, ...]]) -> StatecarSaver:
+        clone = super().with_allowlist(extra_allowlist)
+        if clone is not self:
+            clone._core = clone._core.with_serde(clone.serde)
+        return clone
 
     def state_key(self, thread_id: str, checkpoint_ns: str = "") -> str:
         """The statecar state key whose versions are the thread's checkpoints in this namespace
@@ -304,6 +310,12 @@ class AsyncStatecarSaver(BaseCheckpointSaver[int]):
                 raise from_redis(e) from e
             self.rule = self._core.check_rule(_url_of(self.conn), reply)
         return self.rule
+
+    def with_allowlist(self, extra_allowlist: Collection[tuple[str, ...]]) -> AsyncStatecarSaver:
+        clone = super().with_allowlist(extra_allowlist)
+        if clone is not self:
+            clone._core = clone._core.with_serde(clone.serde)
+        return clone
 
     def state_key(self, thread_id: str, checkpoint_ns: str = "") -> str:
         """See :meth:`StatecarSaver.state_key`."""

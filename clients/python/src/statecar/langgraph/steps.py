@@ -13,6 +13,7 @@ reading them, and ``STATE.LOAD key VERSION n`` reads one.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -154,6 +155,12 @@ class Core:
         self.serde = serde
         self.keys = keys
         self.sweep_every = 64
+
+    def with_serde(self, serde: SerializerProtocol) -> Core:
+        """The same operations with another serializer (for ``with_allowlist`` clones)."""
+        clone = copy.copy(self)
+        clone.serde = serde
+        return clone
 
     # ------------------------------------------------------------------------------------------
     # setup
