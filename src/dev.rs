@@ -238,7 +238,8 @@ pub fn start_redis(data_dir: &Path, configured: &str) -> Result<DevRedis, DevErr
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let parent = std::process::id() as libc::pid_t;
-        // SAFETY: only async-signal-safe calls (setpgid, prctl, getppid) between fork and exec.
+        // SAFETY: between fork and exec only async-signal-safe calls (setpgid, prctl, getppid)
+        // and errors that do not allocate.
         unsafe {
             cmd.pre_exec(move || {
                 libc::setpgid(0, 0);
@@ -248,7 +249,7 @@ pub fn start_redis(data_dir: &Path, configured: &str) -> Result<DevRedis, DevErr
                 // statecar may have died before the prctl took effect: then nobody would
                 // signal this child, so do not start it.
                 if libc::getppid() != parent {
-                    return Err(std::io::Error::other("statecar exited during start"));
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
                 }
                 Ok(())
             });
