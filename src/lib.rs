@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod command;
 pub mod config;
+pub mod dev;
 pub mod offline;
 pub mod protocol;
 

@@ -45,6 +45,14 @@ struct Cli {
 enum Cmd {
     /// Run the proxy (the default).
     Run,
+    /// Run the proxy for development: in front of the configured upstream if it answers,
+    /// otherwise in front of a private redis-server that statecar starts on a free port (with
+    /// its data in --data-dir) and stops when it exits.
+    Dev {
+        /// Where the private redis-server keeps its data and log.
+        #[arg(long, env = "STATECAR_DEV_DATA_DIR", default_value = ".statecar-dev")]
+        data_dir: PathBuf,
+    },
     /// Validate the configuration and exit.
     CheckConfig,
     /// Read a state key straight from Redis (no proxy), verify it and print it: the value's
@@ -115,36 +123,72 @@ fn main() -> ExitCode {
         Cmd::Verify { pattern } => {
             offline(|| async move { statecar::offline::verify(&cfg, pattern.as_deref()).await })
         }
-        Cmd::Run => {
-            // One thread by default, like twemproxy: a sidecar shares its node with the app (and
-            // often Redis), and one thread saves every cross-thread wake-up per command.
-            let mut rt = if cfg.worker_threads == 1 {
-                tokio::runtime::Builder::new_current_thread()
+        Cmd::Run => serve(cfg, &cli, None),
+        Cmd::Dev { data_dir } => {
+            let dev = if statecar::dev::upstream_reachable(&cfg) {
+                None
             } else {
-                let mut b = tokio::runtime::Builder::new_multi_thread();
-                if cfg.worker_threads > 1 {
-                    b.worker_threads(cfg.worker_threads);
-                }
-                b
-            };
-            rt.enable_all();
-            let rt = match rt.build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("statecar: cannot start runtime: {e}");
-                    return ExitCode::FAILURE;
+                // Spawned here, on the main thread, which lives as long as the process: the
+                // child's PDEATHSIG follows the thread that forked it.
+                match statecar::dev::start_redis(&data_dir, &cfg.upstream.url.redacted()) {
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        eprintln!("statecar: {e}");
+                        return ExitCode::FAILURE;
+                    }
                 }
             };
-            let path = cli.config.clone();
-            let o = overrides(&cli);
-            let reload: statecar::Reloader = Box::new(move || load_from(path.as_ref(), &o));
-            match rt.block_on(statecar::run(Arc::new(cfg), Some(reload))) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("statecar: {e}");
-                    ExitCode::FAILURE
-                }
+            let mut cfg = cfg;
+            let port = dev.as_ref().map(|d| d.port());
+            if let Some(p) = port {
+                statecar::dev::point_at(&mut cfg, p);
             }
+            print!("{}", statecar::dev::banner(&cfg, dev.as_ref()));
+            let code = serve(cfg, &cli, port);
+            if let Some(d) = dev {
+                d.stop();
+            }
+            code
+        }
+    }
+}
+
+/// Runs the proxy until SIGTERM/SIGINT. In dev mode (`dev_port`) every reloaded configuration is
+/// pointed at the private Redis again.
+fn serve(cfg: Config, cli: &Cli, dev_port: Option<u16>) -> ExitCode {
+    // One thread by default, like twemproxy: a sidecar shares its node with the app (and
+    // often Redis), and one thread saves every cross-thread wake-up per command.
+    let mut rt = if cfg.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if cfg.worker_threads > 1 {
+            b.worker_threads(cfg.worker_threads);
+        }
+        b
+    };
+    rt.enable_all();
+    let rt = match rt.build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("statecar: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let path = cli.config.clone();
+    let o = overrides(cli);
+    let reload: statecar::Reloader = Box::new(move || {
+        let mut c = load_from(path.as_ref(), &o)?;
+        if let Some(p) = dev_port {
+            statecar::dev::point_at(&mut c, p);
+        }
+        Ok(c)
+    });
+    match rt.block_on(statecar::run(Arc::new(cfg), Some(reload))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("statecar: {e}");
+            ExitCode::FAILURE
         }
     }
 }

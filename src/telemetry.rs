@@ -136,6 +136,7 @@ const COMMANDS: &[&str] = &[
     "STATE.DELVERSION",
     "STATE.ROLLBACK",
     "STATE.STATS",
+    "STATE.RULE",
 ];
 
 /// Index of a command name (any case) in the metric table; 0 is "other".
@@ -582,8 +583,12 @@ pub async fn serve_http(listener: TcpListener, handle: PrometheusHandle, upstrea
 pub fn init_logging(level: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour codes only for a person at a terminal: not in files, pipes or log collectors.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = if json {
         b.json().try_init()

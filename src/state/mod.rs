@@ -6,6 +6,7 @@ pub mod codec;
 pub mod envelope;
 pub mod keys;
 pub mod plan;
+mod rule_info;
 pub mod rules;
 pub mod sample;
 pub mod scripts;

@@ -670,6 +670,7 @@ impl StateEngine {
                     }),
                 }
             }
+            b"STATE.RULE" => self.plan_rule(cmd),
             b"STATE.STATS" => {
                 if a.len() != 1 {
                     return arity();

@@ -82,6 +82,8 @@ pub enum Transform {
     Exec(Vec<Option<Transform>>),
     /// A script whose reply is the client's reply (DEL, EXPIRE, ...).
     Passthrough,
+    /// An answer statecar knows itself (STATE.RULE); the upstream command only keeps its place.
+    Fixed(Value),
 }
 
 /// A transform plus what is needed to re-send its script with EVAL if Redis lost it.
@@ -293,6 +295,7 @@ impl Apply<'_> {
                 Transform::List => self.list(reply),
                 Transform::Stats => self.stats(reply),
                 Transform::Exec(items) => self.exec(items, reply).await,
+                Transform::Fixed(v) => v.encode(self.proto),
             }
         })
     }
