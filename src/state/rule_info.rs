@@ -15,8 +15,9 @@ use super::StateEngine;
 use super::plan::Plan;
 use super::rules::Rule;
 use super::transform::{Pending, Transform};
-use crate::protocol::{Command, encode_multibulk};
-use crate::reply::{Value, wrong_arity};
+use crate::command::Command;
+use crate::protocol::encode_multibulk;
+use crate::protocol::reply::{Value, wrong_arity};
 
 /// The reply for `rule`: a map in RESP3, a flat array in RESP2 (as STATE.LOAD).
 fn describe(rule: &Rule) -> Value {
@@ -49,10 +50,10 @@ impl StateEngine {
     /// Plans `STATE.RULE key`: the rule that matches the key, or nil when none does (the key is
     /// passed through untouched, as statecar's own `__statecar:` keys always are).
     pub(super) fn plan_rule(&self, cmd: &Command) -> Plan {
-        if cmd.args.len() != 2 {
+        if cmd.argc() != 2 {
             return Plan::Reject(wrong_arity("state.rule"));
         }
-        let answer = self.rule_for(&cmd.args[1]).map_or(Value::Null, describe);
+        let answer = self.rule_for(cmd.arg(1).unwrap_or_default()).map_or(Value::Null, describe);
         let mut raw = BytesMut::new();
         encode_multibulk(&mut raw, &[&b"PING"[..]]);
         Plan::Send {
