@@ -276,12 +276,7 @@ async fn redis_down_gives_clear_errors_then_recovers() {
     let sc = Statecar::start(redis.port(), "[upstream]\nconnect_timeout_ms = 1000\n");
     tokio::task::block_in_place(|| redis.kill());
     let mut a = RawConn::connect(sc.port()).await;
-    for c in [
-        &["GET", "k"][..],
-        &["SET", "k", "v"],
-        &["BLPOP", "q", "1"],
-        &["MULTI"],
-    ] {
+    for c in [&["GET", "k"][..], &["SET", "k", "v"], &["BLPOP", "q", "1"]] {
         let r = a.cmd(c).await;
         let e = r
             .error_text()
@@ -292,6 +287,23 @@ async fn redis_down_gives_clear_errors_then_recovers() {
             "the error names the upstream: {e}"
         );
     }
+    // A transaction that cannot get its connection fails as a whole, at EXEC (issue 12:
+    // nothing queued after MULTI may run outside it), with the same clear error.
+    assert_eq!(a.cmd(&["MULTI"]).await, ok());
+    assert_eq!(
+        a.cmd(&["SET", "k", "v"]).await,
+        Frame::Simple("QUEUED".into())
+    );
+    let r = a.cmd(&["EXEC"]).await;
+    let e = r
+        .error_text()
+        .unwrap_or_else(|| panic!("EXEC with Redis down: {r:?}"));
+    assert!(e.starts_with("EXECABORT"), "EXEC: {e}");
+    assert!(e.contains("upstream"), "EXEC: {e}");
+    assert!(
+        e.contains(&redis.port().to_string()),
+        "the error names the upstream: {e}"
+    );
     tokio::task::block_in_place(|| redis.restart());
     eventually("statecar reconnects", async || {
         a.cmd(&["PING"]).await == Frame::Simple("PONG".into())

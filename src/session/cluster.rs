@@ -12,9 +12,11 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 
-use super::writer::{Joined, JoinedOut, Out};
-use super::{Flow, Kind, ReplyMode, Session};
+use super::client::ReplyMode;
+use super::pipeline::{Item, Joined, JoinedOut};
+use super::{Flow, Session};
 use crate::command::Command;
+use crate::command::Kind;
 use crate::command::Local;
 use crate::protocol::reply;
 use crate::route::{self, CROSSSLOT, Merge, Route};
@@ -32,12 +34,7 @@ fn error_frame(b: &[u8]) -> bool {
 }
 
 impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
-    /// Whether the upstream is a cluster.
-    pub(super) fn cluster(&self) -> bool {
-        self.ctx.upstream.is_cluster()
-    }
-
-    /// Routes a command in cluster mode: sets `self.route` and returns None to let normal
+    /// Routes a command in cluster mode: sets `self.links.route` and returns None to let normal
     /// dispatch continue, or handles the command and returns its flow.
     pub(super) async fn route_cluster(&mut self, kind: Kind, cmd: &Command) -> Option<Flow> {
         if self.pinned.is_some() {
@@ -54,24 +51,25 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             if name == b"STATE.LIST" {
                 return Some(self.cluster_scan(cmd, true).await);
             }
-            self.route = Some(match cmd.arg(1) {
+            self.links.route = Some(match cmd.arg(1) {
                 Some(k) if name != b"STATE.STATS" => topo.node_for_slot(route::slot(k)).clone(),
                 _ => topo.primary.clone(),
             });
             return None;
         }
         let r = route::route(cmd);
-        if self.deferred_multi.is_some() {
+        if self.tx.deferred.is_some() {
             return self.deferred_multi_command(kind, cmd, r).await;
         }
         match (kind, r) {
             (Kind::Multi, _) => {
-                self.deferred_multi = Some(Vec::new());
+                self.tx.deferred = Some(Vec::new());
                 Some(self.reply(Bytes::from_static(reply::OK)).await)
             }
             (_, Route::Keyless) => {
-                self.route = Some(
-                    self.batch_route
+                self.links.route = Some(
+                    self.gather
+                        .route
                         .clone()
                         .filter(|n| !n.is_retired())
                         .unwrap_or_else(|| topo.primary.clone()),
@@ -79,7 +77,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 None
             }
             (_, Route::Slot(s)) => {
-                self.route = Some(topo.node_for_slot(s).clone());
+                self.links.route = Some(topo.node_for_slot(s).clone());
                 None
             }
             (_, Route::CrossSlot) => Some(self.reply(reply::error(CROSSSLOT)).await),
@@ -109,13 +107,13 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 );
             }
             (Kind::EndTransaction, _) if cmd.name().eq_ignore_ascii_case(b"DISCARD") => {
-                self.deferred_multi = None;
+                self.tx.deferred = None;
                 return Some(self.reply(Bytes::from_static(reply::OK)).await);
             }
             (Kind::EndTransaction, _) => topo.primary.clone(),
             (_, Route::Keyless) => {
                 // Answered now, as Redis would; it runs in the transaction once pinned.
-                if let Some(q) = self.deferred_multi.as_mut() {
+                if let Some(q) = self.tx.deferred.as_mut() {
                     q.push(cmd.clone());
                 }
                 return Some(self.reply(Bytes::from_static(b"+QUEUED\r\n")).await);
@@ -124,34 +122,36 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             // Redis itself refuses what cannot run in one slot, and aborts the EXEC.
             _ => topo.primary.clone(),
         };
-        let queued = self.deferred_multi.take().unwrap_or_default();
-        self.route = Some(node);
-        if let Some(flow) = Box::pin(self.pin()).await {
-            return Some(flow);
+        let queued = self.tx.deferred.take().unwrap_or_default();
+        self.links.route = Some(node);
+        match Box::pin(self.pin()).await {
+            Err(None) => return Some(Flow::Stop),
+            Err(Some(e)) => return Some(self.reply(Bytes::from(e.to_resp())).await),
+            Ok(()) => {}
         }
         // MULTI and the keyless commands were answered already: their replies are dropped.
         let multi = Command::from_args(["MULTI"]);
-        let saved = self.reply_mode;
-        self.reply_mode = ReplyMode::Skip;
+        let saved = self.client.reply_mode;
+        self.client.reply_mode = ReplyMode::Skip;
         let f = Box::pin(self.dispatch_pinned(Kind::Multi, multi)).await;
         if f == Flow::Stop {
             return Some(f);
         }
         for c in queued {
-            self.reply_mode = ReplyMode::Skip;
+            self.client.reply_mode = ReplyMode::Skip;
             let k = c.kind();
             if Box::pin(self.dispatch_pinned(k, c)).await == Flow::Stop {
                 return Some(Flow::Stop);
             }
         }
-        self.reply_mode = saved;
+        self.client.reply_mode = saved;
         None
     }
 
     /// Sends one single-slot command (state-planned if it touches state keys) to its node and
     /// returns the future of its final reply (redirects followed, state values decoded).
     fn send_part(&mut self, cmd: Command, node: Arc<Node>) -> Joined {
-        self.route = Some(node.clone());
+        self.links.route = Some(node.clone());
         let plan = Some(self.ctx.state.load())
             .filter(|s| !s.is_empty())
             .and_then(|s| s.plan(&cmd));
@@ -177,7 +177,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             tx,
         });
         let up = self.ctx.upstream.clone();
-        let key = self.key();
+        let key = self.client.key();
         Box::pin(async move {
             let reply = match rx.await {
                 Ok(Ok(r)) => r.bytes,
@@ -200,18 +200,15 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
 
     /// Queues a reply that several parts make up.
     async fn push_joined(&mut self, fut: Joined) -> Flow {
-        let discard = self.take_discard();
-        let Some(room) = self.pending_room(1).await else {
-            return Flow::Stop;
-        };
-        self.push(Out::Joined(JoinedOut {
+        let discard = self.client.take_discard();
+        self.flush_batch().await;
+        self.pipeline.push(Item::Joined(JoinedOut {
             fut,
-            id: self.cur,
-            started: self.read_at,
+            id: self.cur.metric,
+            started: self.cur.read_at,
             discard,
-            room,
-        }))
-        .await
+        }));
+        Flow::Continue
     }
 
     /// MGET, MSET, DEL, UNLINK, EXISTS, TOUCH over several slots: one command per slot, the
@@ -219,7 +216,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
     async fn cluster_split(&mut self, cmd: &Command, merge: Merge, step: usize) -> Flow {
         if !(cmd.argc() - 1).is_multiple_of(step) {
             // Let Redis give its arity error for the malformed command.
-            self.route = Some(self.ctx.upstream.primary());
+            self.links.route = Some(self.ctx.upstream.primary());
             return self.forward(cmd.raw()).await;
         }
         self.flush_batch().await;
@@ -255,7 +252,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         let topo = self.ctx.upstream.topology();
         let mut parts = Vec::new();
         for node in topo.all() {
-            self.route = Some(node.clone());
+            self.links.route = Some(node.clone());
             let conn = self.shared_conn();
             let (tx, rx) = oneshot::channel();
             conn.send(Batch {
@@ -289,7 +286,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         else {
             if state_list {
                 // The planner gives the arity and cursor errors.
-                self.route = Some(self.ctx.upstream.primary());
+                self.links.route = Some(self.ctx.upstream.primary());
                 let plan = self.ctx.state.load().plan_state(cmd);
                 return self.run_plan(plan).await;
             }
@@ -311,7 +308,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 reply::Value::Bulk(Bytes::from_static(b"0")),
                 reply::Value::Array(Vec::new()),
             ]);
-            return self.reply(empty.encode(self.proto)).await;
+            return self.reply(empty.encode(self.client.proto)).await;
         };
         let mut args = cmd.args_bytes();
         args[1] = Bytes::from((cursor / SCAN_NODES).to_string());
@@ -319,7 +316,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         let (raw, reshape) = if state_list {
             match self.ctx.state.load().plan_state(&sub) {
                 Plan::Send { raw, pending } => {
-                    self.route = Some(node.clone());
+                    self.links.route = Some(node.clone());
                     (raw, Some(self.reshape(pending)))
                 }
                 Plan::Reject(e) | Plan::Fail(e) => return self.reply(e).await,
@@ -334,7 +331,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         } else {
             (sub.raw().clone(), None)
         };
-        self.route = Some(node);
+        self.links.route = Some(node);
         let conn = self.shared_conn();
         let (tx, rx) = oneshot::channel();
         conn.send(Batch {

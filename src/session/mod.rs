@@ -1,54 +1,66 @@
-//! One client connection: commands in, routed, replies out in order.
+//! One client connection, served by one task: commands in, routed, replies out in order.
 //!
-//! The reader half (this module) parses commands and routes each one: plain commands are
-//! gathered into a batch for the client's shared upstream connection; commands that change
-//! connection state or block go to a leased connection; a few are answered here. The writer half
-//! ([`writer`]) sends replies back in command order. Whenever a client's commands move from one
-//! upstream connection to another, the reader first waits until everything sent on the old one
-//! has been answered (a barrier), so Redis always executes a client's commands in its order.
+//! The task reads the client's bytes, parses each command once ([`crate::protocol`]), looks it
+//! up once ([`crate::command`]) and dispatches it ([`dispatch`]): plain commands are gathered
+//! into a batch for the client's shared upstream connection ([`gather`], [`links`]); commands
+//! that change connection state or block go to a dedicated connection ([`pinned`]); a few are
+//! answered here ([`local`]). Every command leaves an item in the [`pipeline`], which hands
+//! replies to the [`output`] buffer in command order; the same task writes them to the socket.
+//!
+//! Whenever a client's commands move from one upstream connection to another, the session first
+//! waits until everything sent on the old one has been answered (a barrier), so Redis always
+//! executes a client's commands in the client's order. While it waits it keeps writing replies
+//! and reading (a bounded amount of) input, so no client can stall itself.
 
+mod client;
 mod cluster;
+mod dedicated;
+mod dispatch;
+mod gather;
+mod links;
 mod local;
+mod output;
 pub mod pinned;
+mod pipeline;
+mod reshape;
 pub mod retry;
-pub mod writer;
+mod state_plan;
+mod subscriptions;
+mod transaction;
 
-use std::collections::HashSet;
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::Arc;
-
-use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadHalf};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Auth;
-use crate::command::{Command, Kind, Local, SubKind};
+use crate::command::Command;
 use crate::config::Config;
-use crate::protocol::reply;
 use crate::protocol::{Parsed, RequestParser};
 use crate::state::StateEngine;
-use crate::state::plan::Plan;
-use crate::state::transform::{Pending, Reshape, Transform};
 use crate::telemetry;
-use crate::upstream::conn::{Batch, SharedConn};
-use crate::upstream::lease::Returned;
-use crate::upstream::node::Node;
-use crate::upstream::{PoolKey, Upstream};
-use pinned::{Expect, NOT_COUNTED, Pinned};
-use tokio::time::Instant;
-use writer::Out;
+use crate::upstream::Upstream;
+use crate::upstream::conn::Batch;
+use client::ClientState;
+use gather::Gather;
+use links::Links;
+use output::{MAX_SLICES, Output};
+use pinned::{Pinned, Relayed};
+use pipeline::{BatchOut, Item, Pipeline};
+use subscriptions::Subscriptions;
+use transaction::Transaction;
 
-/// A batch is sent once it holds this many commands or bytes, to bound per-item memory.
-const BATCH_MAX_COMMANDS: usize = 128;
-const BATCH_MAX_BYTES: usize = 256 * 1024;
-/// `conns` key of the primary's connections (no node id is this large).
-const PRIMARY: u64 = u64::MAX;
 /// Input buffered while the session waits (barrier, blocking command) before it stops reading.
 const MAX_BUFFER_WHILE_WAITING: usize = 1024 * 1024;
+/// How long closing a connection may take (a TLS close_notify to a client that reads nothing).
+const SHUTDOWN_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Everything sessions share.
 pub struct Ctx {
@@ -71,70 +83,70 @@ pub struct Ctx {
 pub enum Flow {
     /// Next command.
     Continue,
-    /// Close the connection (after the queued replies).
+    /// Stop reading; close once what is queued is written.
     Stop,
 }
 
-/// `CLIENT REPLY` mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ReplyMode {
-    On,
-    Off,
-    Skip,
+/// The command being dispatched.
+struct Current {
+    /// Its metric id.
+    metric: u16,
+    /// When the input it came in was read.
+    read_at: Instant,
+    /// It only reads (so its batch may be retried).
+    read_only: bool,
+    /// A state script went out as EVALSHA and its reply is not handled yet: nothing may
+    /// overtake it (a NOSCRIPT is answered by re-sending it as EVAL).
+    evalsha_in_flight: bool,
 }
 
-/// One client's connection state.
-pub struct Session<S> {
-    ctx: Arc<Ctx>,
-    id: u64,
+/// The client's socket and the bytes read from it.
+struct ClientIo<S> {
     rd: ReadHalf<S>,
+    wr: WriteHalf<S>,
     inbuf: BytesMut,
     parser: RequestParser,
-    out: mpsc::Sender<Out>,
-    closed: watch::Receiver<bool>,
-    /// RESP version the client speaks.
-    proto: u8,
-    db: u32,
-    name: Option<Bytes>,
-    authed: bool,
-    reply_mode: ReplyMode,
-    /// Shared connections this client uses, by node id (`PRIMARY` for the standalone or
-    /// Sentinel server) and pool key; dropped when the topology epoch changes.
-    conns: Vec<(u64, PoolKey, SharedConn)>,
-    epoch: u64,
-    /// Cluster: the node the command being dispatched goes to (`None`: the primary).
-    route: Option<Arc<Node>>,
-    batch: BytesMut,
-    batch_n: usize,
-    batch_ids: Vec<u16>,
-    /// State commands in the batch: their index and how to reshape their replies.
-    batch_reshapes: Vec<(u16, Box<Reshape>)>,
-    batch_discard: bool,
-    /// Cluster: the node the gathered batch goes to, and where each command in it ends (to
-    /// re-send one that Redis redirected).
-    batch_route: Option<Arc<Node>>,
-    batch_ends: Vec<u32>,
-    /// Cluster: MULTI was answered but no connection is pinned until a key picks the node;
-    /// keyless commands queued meanwhile.
-    deferred_multi: Option<Vec<Command>>,
-    /// Metric id of the command being dispatched.
-    cur: u16,
-    /// When the input being processed was read.
-    read_at: Instant,
-    /// A state script was sent by SHA and its reply has not been handled yet.
-    evalsha_in_flight: bool,
+    /// The client closed its side.
+    eof: bool,
+    /// The client is to be disconnected now, without writing what is queued (output buffer
+    /// over its limit, a write failed).
+    gone: bool,
+}
+
+/// One client.
+pub struct Session<S> {
+    ctx: Arc<Ctx>,
+    io: ClientIo<S>,
+    client: ClientState,
+    pipeline: Pipeline,
+    out: Output,
+    gather: Gather,
+    links: Links,
     pinned: Option<Pinned>,
-    /// Subscriptions, mirrored so we know how many confirmations each command produces.
-    subs: [HashSet<Bytes>; 3],
-    /// Commands on shared connections whose replies are not yet written (see `pending_room`).
-    pending: Arc<Semaphore>,
-    pending_max: usize,
+    /// Replies and pushes from the dedicated connection's relay (kept after unpinning until
+    /// the relay has handed over everything).
+    relay: Option<mpsc::Receiver<Relayed>>,
+    tx: Transaction,
+    subs: Subscriptions,
+    cur: Current,
     /// Set when `upstream.retry_on_timeout` is on (see [`retry`]).
     retry_gate: Option<Arc<retry::Gate>>,
-    /// Every command in the current batch only reads (so it may be retried).
-    batch_ro: bool,
-    /// The command being dispatched only reads.
-    next_ro: bool,
+}
+
+/// Something that happened while the session waited.
+enum Event {
+    /// The front of the pipeline may be complete.
+    Replied,
+    /// The socket took some bytes.
+    Wrote(std::io::Result<usize>),
+    /// The client sent some bytes (0: it closed its side).
+    Read(std::io::Result<usize>),
+    /// The relay had something.
+    Relay(Option<Relayed>),
+    /// The output buffer's soft-limit time may have run out.
+    SoftDeadline,
+    /// SIGTERM: finish what was read, then close.
+    Drain,
 }
 
 /// Serves one client until it leaves.
@@ -145,212 +157,311 @@ where
     let id = ctx.next_id.fetch_add(1, Ordering::Relaxed);
     let (rd, wr) = tokio::io::split(stream);
     let cfg = ctx.cfg.load_full();
-    let (out_tx, out_rx) = mpsc::channel(cfg.max_pending_requests);
-    let (closed_tx, closed_rx) = watch::channel(false);
-    let writer = tokio::spawn(writer::run(wr, out_rx, closed_tx, cfg.output_limits, id));
-    let db = cfg.upstream.url.db;
     let authed = !ctx.auth.required();
-    let pending_max = cfg.max_pending_requests.clamp(1, 1 << 20);
     let mut s = Session {
-        ctx,
-        id,
-        rd,
-        inbuf: BytesMut::with_capacity(1024),
-        parser: RequestParser::default(),
-        out: out_tx,
-        closed: closed_rx,
-        proto: 2,
-        db,
-        name: None,
-        authed,
-        reply_mode: ReplyMode::On,
-        conns: Vec::new(),
-        epoch: 0,
-        route: None,
-        batch: BytesMut::new(),
-        batch_n: 0,
-        batch_ids: Vec::new(),
-        batch_reshapes: Vec::new(),
-        batch_discard: false,
-        batch_route: None,
-        batch_ends: Vec::new(),
-        deferred_multi: None,
-        cur: 0,
-        read_at: Instant::now(),
-        evalsha_in_flight: false,
+        io: ClientIo {
+            rd,
+            wr,
+            inbuf: BytesMut::with_capacity(1024),
+            parser: RequestParser::default(),
+            eof: false,
+            gone: false,
+        },
+        client: ClientState::new(id, cfg.upstream.url.db, authed),
+        pipeline: Pipeline::default(),
+        out: Output::new(cfg.output_limits),
+        gather: Gather::default(),
+        links: Links::default(),
         pinned: None,
-        subs: Default::default(),
-        pending: Arc::new(Semaphore::new(pending_max)),
-        pending_max,
+        relay: None,
+        tx: Transaction::default(),
+        subs: Subscriptions::default(),
+        cur: Current {
+            metric: 0,
+            read_at: Instant::now(),
+            read_only: false,
+            evalsha_in_flight: false,
+        },
         retry_gate: cfg
             .upstream
             .retry_on_timeout
             .then(|| Arc::new(retry::Gate::default())),
-        batch_ro: true,
-        next_ro: false,
+        ctx,
     };
     tracing::debug!(client = id, %peer, "client connected");
     s.run().await;
     if let Some(p) = s.pinned.take() {
         p.abandon();
     }
-    drop(s);
-    let _ = writer.await;
+    let _ = tokio::time::timeout(SHUTDOWN_LIMIT, s.io.wr.shutdown()).await;
     tracing::debug!(client = id, "client disconnected");
 }
 
 impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
     async fn run(&mut self) {
         loop {
-            let limits = self.ctx.cfg.load().limits.clone();
-            loop {
-                match self.parser.next(&mut self.inbuf, &limits, !self.authed) {
-                    Ok(Some(Parsed::Command(req))) => {
-                        let cmd = Command::new(req);
-                        if self.dispatch(cmd).await == Flow::Stop || self.out.is_closed() {
-                            self.flush_batch().await;
-                            return;
-                        }
-                    }
-                    Ok(Some(Parsed::Nothing)) => {}
-                    Ok(None) => break,
-                    Err(e) => {
-                        crate::telemetry::command_rejected("protocol_error");
-                        tracing::debug!(client = self.id, error = %e, "malformed input; closing");
-                        self.flush_batch().await;
-                        let _ = self.out.send(Out::Ready(e.to_reply())).await;
-                        let _ = self.out.send(Out::Close).await;
-                        return;
-                    }
-                }
+            if self.io.gone {
+                return;
+            }
+            if !self.client.closing {
+                self.dispatch_input().await;
             }
             self.flush_batch().await;
-            if self.inbuf.is_empty() && self.inbuf.capacity() > 64 * 1024 {
-                self.inbuf = BytesMut::with_capacity(1024);
-            } else if self.inbuf.capacity() - self.inbuf.len() < 512 {
-                self.inbuf.reserve(16 * 1024);
+            if !self.settle().await {
+                return;
             }
-            tokio::select! {
-                r = self.rd.read_buf(&mut self.inbuf) => match r {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => self.read_at = Instant::now(),
-                },
-                _ = self.closed.changed() => return,
-                _ = self.ctx.drain.cancelled() => return,
+            if self.client.closing && self.pipeline.is_empty() && self.out.q.is_empty() {
+                return;
+            }
+            let read = !self.client.closing && self.input_room();
+            let ev = self.next_event(read).await;
+            if !self.handle(ev) {
+                return;
             }
         }
     }
 
-    /// The pool key for this client's current db and protocol.
-    fn key(&self) -> PoolKey {
-        PoolKey {
-            db: self.db,
-            proto: self.proto,
+    /// Parses and dispatches every complete command in the input buffer.
+    async fn dispatch_input(&mut self) {
+        let limits = self.ctx.cfg.load().limits.clone();
+        while !self.client.closing && !self.io.gone {
+            let unauthenticated = !self.client.authed;
+            match self
+                .io
+                .parser
+                .next(&mut self.io.inbuf, &limits, unauthenticated)
+            {
+                Ok(Some(Parsed::Command(req))) => {
+                    if self.dispatch(Command::new(req)).await == Flow::Stop {
+                        self.client.closing = true;
+                    }
+                }
+                Ok(Some(Parsed::Nothing)) => {}
+                Ok(None) => break,
+                Err(e) => {
+                    telemetry::command_rejected("protocol_error");
+                    tracing::debug!(client = self.client.id, error = %e, "malformed input; closing");
+                    self.flush_batch().await;
+                    self.pipeline.push(Item::Ready(e.to_reply()));
+                    self.client.closing = true;
+                }
+            }
+        }
+        if self.io.inbuf.is_empty() && self.io.inbuf.capacity() > 64 * 1024 {
+            self.io.inbuf = BytesMut::with_capacity(1024);
         }
     }
 
-    /// Whether this command's reply is to be dropped (`CLIENT REPLY OFF/SKIP`).
-    fn take_discard(&mut self) -> bool {
-        match self.reply_mode {
-            ReplyMode::On => false,
-            ReplyMode::Off => true,
-            ReplyMode::Skip => {
-                self.reply_mode = ReplyMode::On;
+    /// Whether to read more input now: not while the client has `limits.max_pending_requests`
+    /// commands awaiting replies (one that never reads its replies cannot queue unbounded work
+    /// in Redis).
+    fn input_room(&self) -> bool {
+        self.pipeline.outstanding() < self.ctx.cfg.load().max_pending_requests.max(1)
+    }
+
+    /// Moves finished replies to the output buffer and writes what the socket takes at once.
+    /// False if the client must be disconnected (output buffer over its limit).
+    async fn settle(&mut self) -> bool {
+        if self.io.gone {
+            return false;
+        }
+        self.pipeline.settle(&mut self.out.q).await;
+        if let Some(which) = self.out.over_limit() {
+            self.out.report_disconnect(self.client.id, which);
+            self.io.gone = true;
+            return false;
+        }
+        true
+    }
+
+    /// Waits for the next thing to happen. Cancel-safe: every branch either takes nothing or
+    /// returns what it took in the event.
+    async fn next_event(&mut self, read: bool) -> Event {
+        if self.io.inbuf.capacity() - self.io.inbuf.len() < 512 {
+            let want = self.io.parser.pending_bulk().unwrap_or(0);
+            self.io.inbuf.reserve(want.clamp(16 * 1024, 1 << 20));
+        }
+        let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+        let n = self.out.q.slices(&mut slices);
+        let deadline = self.out.soft_deadline();
+        let draining = self.client.closing;
+        tokio::select! {
+            biased;
+            _ = self.pipeline.front_ready() => Event::Replied,
+            r = self.io.wr.write_vectored(&slices[..n]), if n > 0 => Event::Wrote(r),
+            r = recv_relay(&mut self.relay) => Event::Relay(r),
+            r = self.io.rd.read_buf(&mut self.io.inbuf), if read => Event::Read(r),
+            _ = sleep_until(deadline), if deadline.is_some() => Event::SoftDeadline,
+            _ = self.ctx.drain.cancelled(), if !draining => Event::Drain,
+        }
+    }
+
+    /// Applies an event; false when the client is gone.
+    fn handle(&mut self, ev: Event) -> bool {
+        match ev {
+            Event::Replied | Event::SoftDeadline => true,
+            Event::Wrote(Ok(0)) | Event::Wrote(Err(_)) => {
+                self.io.gone = true;
+                false
+            }
+            Event::Wrote(Ok(n)) => {
+                self.out.q.advance(n);
+                true
+            }
+            // The client closed its side: what it already sent is still answered (a client that
+            // half-closes after its last command reads the replies), then the session ends.
+            Event::Read(Ok(0)) => {
+                self.io.eof = true;
+                self.client.closing = true;
+                true
+            }
+            Event::Read(Err(_)) => {
+                self.io.gone = true;
+                false
+            }
+            Event::Read(Ok(_)) => {
+                self.cur.read_at = Instant::now();
+                true
+            }
+            Event::Relay(Some(Relayed::Reply(b))) => {
+                self.pipeline.relayed(b, &mut self.out.q);
+                true
+            }
+            Event::Relay(Some(Relayed::Push(b))) => {
+                self.out.pubsub();
+                self.out.q.push(&b);
+                true
+            }
+            Event::Relay(Some(Relayed::Stream(b))) => {
+                self.out.q.push(&b);
+                true
+            }
+            Event::Relay(Some(Relayed::Closed)) => {
+                self.client.closing = true;
+                true
+            }
+            Event::Relay(None) => {
+                self.relay = None;
+                true
+            }
+            Event::Drain => {
+                self.client.closing = true;
                 true
             }
         }
     }
 
-    /// Queues a locally produced reply (respecting `CLIENT REPLY`).
+    /// Waits for `fut` while the client's replies keep flowing; None if the client went away.
+    async fn wait<T>(&mut self, fut: impl std::future::Future<Output = T>) -> Option<T> {
+        tokio::pin!(fut);
+        loop {
+            if !self.settle().await {
+                return None;
+            }
+            let room = self.io.inbuf.len() < MAX_BUFFER_WHILE_WAITING && !self.client.closing;
+            let ev = tokio::select! {
+                biased;
+                v = &mut fut => return Some(v),
+                ev = self.next_event(room) => ev,
+            };
+            // A client that hung up while waiting (blocked in BLPOP, say) is gone: what it
+            // waits for is abandoned.
+            if !self.handle(ev) || self.io.eof {
+                return None;
+            }
+        }
+    }
+
+    /// Waits until every reply queued so far has reached the output buffer: the next command
+    /// may go elsewhere. False if the client went away meanwhile.
+    async fn barrier(&mut self) -> bool {
+        self.flush_batch().await;
+        loop {
+            if !self.settle().await {
+                return false;
+            }
+            if self.pipeline.is_empty() {
+                return true;
+            }
+            let room = self.io.inbuf.len() < MAX_BUFFER_WHILE_WAITING && !self.client.closing;
+            let ev = self.next_event(room).await;
+            if !self.handle(ev) || self.io.eof {
+                return false;
+            }
+        }
+    }
+
+    /// Queues a reply made here (respecting `CLIENT REPLY`), in its place among the others.
     async fn reply(&mut self, b: impl Into<Bytes>) -> Flow {
         let b = b.into();
-        telemetry::command(self.cur, b.first() == Some(&b'-'));
-        if self.take_discard() {
+        telemetry::command(self.cur.metric, b.first() == Some(&b'-'));
+        if self.client.take_discard() {
             return Flow::Continue;
         }
         self.flush_batch().await;
-        self.push(Out::Ready(b)).await
+        self.pipeline.push(Item::Ready(b));
+        Flow::Continue
     }
 
-    async fn push(&mut self, o: Out) -> Flow {
-        if self.out.send(o).await.is_err() {
-            Flow::Stop
-        } else {
-            Flow::Continue
-        }
-    }
-
-    /// Sends the gathered plain commands to the shared connection.
+    /// Sends the gathered commands to the shared connection.
     async fn flush_batch(&mut self) {
-        if self.batch_n == 0 {
+        if self.gather.is_empty() {
             return;
         }
-        // The writer is gone (client left or was disconnected): Redis must not be asked for
-        // replies nobody will read.
-        let room = match self.out.is_closed() {
-            true => None,
-            false => self.pending_room(self.batch_n).await,
-        };
-        let Some(room) = room else {
-            self.batch.clear();
-            self.batch_ids.clear();
-            self.batch_reshapes.clear();
-            self.batch_ends.clear();
-            self.batch_route = None;
-            self.batch_n = 0;
-            return;
-        };
-        let route = self.batch_route.take();
-        let conn = self.conn_for(route.as_ref());
+        let n = self.gather.len();
+        let max = self.ctx.cfg.load().max_pending_requests.max(1);
+        // Room for `n` more commands awaiting replies; one batch may always go.
+        while self.pipeline.outstanding() > 0 && self.pipeline.outstanding() + n > max {
+            if !self.settle().await {
+                self.gather.clear();
+                return;
+            }
+            if self.pipeline.outstanding() + n <= max {
+                break;
+            }
+            let ev = self.next_event(false).await;
+            if !self.handle(ev) {
+                self.gather.clear();
+                return;
+            }
+        }
+        let route = self.gather.route.take();
+        let conn = self
+            .links
+            .conn(&self.ctx.upstream, route.as_ref(), self.client.key());
         let (tx, rx) = oneshot::channel();
-        let bytes = self.batch.split().freeze();
+        let bytes = self.gather.bytes.split().freeze();
         let redirect = route.map(|node| {
-            Box::new(writer::Redirectable {
+            Box::new(reshape::Redirectable {
                 cmds: bytes.clone(),
-                ends: std::mem::take(&mut self.batch_ends),
+                ends: std::mem::take(&mut self.gather.ends),
                 node,
-                key: self.key(),
+                key: self.client.key(),
                 up: self.ctx.upstream.clone(),
             })
         });
         // Cluster batches are not retried: a redirect already re-sends what needs it.
-        let retryable = self.batch_ro && redirect.is_none();
-        let batch = Batch {
-            bytes,
-            replies: self.batch_n,
-            tx,
-        };
-        let retry = retry::send(&conn, self.retry_gate.as_ref(), batch, retryable);
-        self.batch_n = 0;
-        let _ = self
-            .out
-            .send(Out::Batch(writer::BatchOut {
-                rx,
-                ids: std::mem::take(&mut self.batch_ids),
-                reshapes: std::mem::take(&mut self.batch_reshapes),
-                started: self.read_at,
-                discard: self.batch_discard,
-                redirect,
-                room,
-                retry,
-            }))
-            .await;
-    }
-
-    /// Room for `n` more commands awaiting replies from a shared connection: a client has at
-    /// most `limits.max_pending_requests` of them, and waits (is not read from) beyond that,
-    /// so one that never reads its replies cannot queue unbounded work in Redis. None if the
-    /// client left while waiting.
-    async fn pending_room(&mut self, n: usize) -> Option<OwnedSemaphorePermit> {
-        if self.out.is_closed() {
-            return None;
-        }
-        let n = n.clamp(1, self.pending_max) as u32;
-        if let Ok(p) = self.pending.clone().try_acquire_many_owned(n) {
-            return Some(p);
-        }
-        let fut = self.pending.clone().acquire_many_owned(n);
-        self.wait(fut).await?.ok()
+        let retryable = self.gather.read_only && redirect.is_none();
+        let retry = retry::send(
+            &conn,
+            self.retry_gate.as_ref(),
+            Batch {
+                bytes,
+                replies: n,
+                tx,
+            },
+            retryable,
+        );
+        self.pipeline.push(Item::Batch(BatchOut {
+            rx,
+            done: None,
+            ids: std::mem::take(&mut self.gather.ids),
+            reshapes: std::mem::take(&mut self.gather.reshapes),
+            started: self.cur.read_at,
+            discard: self.gather.discard,
+            redirect,
+            retry,
+        }));
     }
 
     /// Adds a plain command to the batch for the shared connection.
@@ -359,619 +470,48 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
     }
 
     /// Adds a command to the batch; `reshape` turns its reply into what the client expects
-    /// (state keys), so state and plain commands share one upstream batch and one reply slice.
-    async fn forward_with(&mut self, raw: &[u8], reshape: Option<Box<Reshape>>) -> Flow {
-        let discard = self.take_discard();
-        let other_node = match (&self.route, &self.batch_route) {
+    /// (state keys), so state and plain commands share one upstream batch.
+    async fn forward_with(
+        &mut self,
+        raw: &[u8],
+        reshape: Option<Box<crate::state::transform::Reshape>>,
+    ) -> Flow {
+        let discard = self.client.take_discard();
+        let other_node = match (&self.links.route, &self.gather.route) {
             (Some(a), Some(b)) => a.id != b.id,
             _ => false,
         };
-        if self.batch_n > 0 && (discard != self.batch_discard || other_node) {
+        if !self.gather.is_empty() && (discard != self.gather.discard || other_node) {
             self.flush_batch().await;
         }
-        self.batch_discard = discard;
-        if self.batch_n == 0 {
-            self.batch_ro = true;
+        self.gather.discard = discard;
+        if self.gather.is_empty()
+            && let Some(node) = &self.links.route
+        {
+            self.gather.route = Some(node.clone());
         }
-        let ro = std::mem::take(&mut self.next_ro);
+        let ro = std::mem::take(&mut self.cur.read_only);
         // A state command is retried only if it went out as a plain read (not a script).
-        self.batch_ro &= ro && (reshape.is_none() || retry::read_only_raw(raw));
-        if let Some(r) = reshape {
-            self.batch_reshapes.push((self.batch_n as u16, r));
-        }
-        self.batch.extend_from_slice(raw);
-        self.batch_n += 1;
-        self.batch_ids.push(self.cur);
-        if let Some(node) = &self.route {
-            // Cluster: remember the node and where this command ends, for redirects.
-            if self.batch_route.is_none() {
-                self.batch_route = Some(node.clone());
-            }
-            self.batch_ends.push(self.batch.len() as u32);
-        }
-        if self.batch_n >= BATCH_MAX_COMMANDS || self.batch.len() >= BATCH_MAX_BYTES {
+        let ro = ro && (reshape.is_none() || retry::read_only_raw(raw));
+        self.gather.add(raw, self.cur.metric, reshape, ro);
+        if self.gather.full() {
             self.flush_batch().await;
         }
         Flow::Continue
     }
+}
 
-    /// Waits for `fut` while still watching the client: returns None if it went away.
-    async fn wait<T>(&mut self, fut: impl std::future::Future<Output = T>) -> Option<T> {
-        tokio::pin!(fut);
-        loop {
-            let room = self.inbuf.len() < MAX_BUFFER_WHILE_WAITING;
-            if self.inbuf.capacity() - self.inbuf.len() < 1024 {
-                self.inbuf.reserve(16 * 1024);
-            }
-            tokio::select! {
-                biased;
-                v = &mut fut => return Some(v),
-                r = self.rd.read_buf(&mut self.inbuf), if room => match r {
-                    Ok(0) | Err(_) => return None,
-                    Ok(_) => {}
-                },
-                _ = self.closed.changed() => return None,
-            }
-        }
+/// The relay's next item, or never when there is no relay.
+async fn recv_relay(relay: &mut Option<mpsc::Receiver<Relayed>>) -> Option<Relayed> {
+    match relay {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
+}
 
-    /// Waits until every reply queued so far is written: the next command may go elsewhere.
-    async fn barrier(&mut self) -> bool {
-        self.flush_batch().await;
-        let (tx, rx) = oneshot::channel();
-        if self.push(Out::Barrier(tx)).await == Flow::Stop {
-            return false;
-        }
-        matches!(self.wait(rx).await, Some(Ok(())))
-    }
-
-    async fn dispatch(&mut self, cmd: Command) -> Flow {
-        if self.evalsha_in_flight {
-            // The previous state write went out as EVALSHA; if Redis lost the script it is
-            // re-sent as EVAL, and nothing of ours may overtake it.
-            self.evalsha_in_flight = false;
-            if !Box::pin(self.barrier()).await {
-                return Flow::Stop;
-            }
-        }
-        let kind = cmd.kind();
-        self.cur = telemetry::command_id(cmd.name());
-        self.next_ro = false;
-        if !self.authed && !cmd.entry().has(crate::command::spec::NO_AUTH) {
-            // Redis checks the name and the arity before authentication.
-            if let Some(e) = cmd.rejection() {
-                return self.reply(e).await;
-            }
-            crate::telemetry::command_rejected("noauth");
-            return self
-                .reply(reply::error("NOAUTH Authentication required."))
-                .await;
-        }
-        if tracing::enabled!(tracing::Level::DEBUG) {
-            let state = self.ctx.state.load();
-            let route = match kind {
-                Kind::Local(Local::State) => "state",
-                Kind::Local(_) => "local",
-                _ if cmd.args().skip(1).any(|k| state.rule_for(k).is_some()) => "state",
-                _ if self.pinned.is_some() => "pinned",
-                Kind::Multi | Kind::Watch | Kind::Subscribe(_) | Kind::Monitor => "pinned",
-                Kind::Blocking => "leased",
-                _ => "plain",
-            };
-            tracing::debug!(client = self.id, command = %cmd.full_name(), route, "route");
-        }
-        if self.denied(&cmd) {
-            crate::telemetry::command_rejected("denied");
-            let name = String::from_utf8_lossy(cmd.name()).to_lowercase();
-            return self
-                .reply(reply::error(&format!(
-                    "NOPERM statecar: the '{name}' command is disabled by configuration (security.deny_commands)"
-                )))
-                .await;
-        }
-        if self.cluster()
-            && let Some(flow) = Box::pin(self.route_cluster(kind, &cmd)).await
-        {
-            return flow;
-        }
-        // Rare paths are boxed: an idle client's future is as large as its largest await.
-        if let Kind::Local(l) = kind {
-            return Box::pin(self.local(l, cmd)).await;
-        }
-        if kind == Kind::Refused {
-            return self
-                .reply(reply::error(&format!(
-                    "ERR {} is not supported through statecar",
-                    String::from_utf8_lossy(cmd.name()).to_ascii_uppercase()
-                )))
-                .await;
-        }
-        if self.pinned.is_some() {
-            return Box::pin(self.dispatch_pinned(kind, cmd)).await;
-        }
-        let plan = (kind == Kind::Plain)
-            .then(|| self.ctx.state.load())
-            .filter(|state| !state.is_empty())
-            .and_then(|state| state.plan(&cmd));
-        if let Some(plan) = plan {
-            self.next_ro = self.retry_gate.is_some() && retry::read_only(&cmd);
-            return Box::pin(self.run_plan(plan)).await;
-        }
-        match kind {
-            Kind::Plain | Kind::BlockingWithOption => {
-                self.next_ro = self.retry_gate.is_some() && retry::read_only(&cmd);
-                self.forward(cmd.raw()).await
-            }
-            // SCRIPT KILL and FUNCTION KILL must reach Redis while a script keeps a shared
-            // connection busy: they go on a leased connection, like a blocking command.
-            Kind::Blocking | Kind::OutOfBand => Box::pin(self.blocking(cmd)).await,
-            Kind::EndTransaction => {
-                let name = String::from_utf8_lossy(cmd.name()).to_ascii_uppercase();
-                self.reply(reply::error(&format!("ERR {name} without MULTI")))
-                    .await
-            }
-            Kind::Unwatch => self.reply(Bytes::from_static(reply::OK)).await,
-            Kind::Unsubscribe(k) => Box::pin(self.unsubscribe_unpinned(k, &cmd)).await,
-            Kind::Multi | Kind::Watch | Kind::Subscribe(_) | Kind::Monitor => {
-                if let Some(flow) = Box::pin(self.pin()).await {
-                    return flow;
-                }
-                Box::pin(self.dispatch_pinned(kind, cmd)).await
-            }
-            Kind::Local(_) | Kind::Refused => Flow::Continue,
-        }
-    }
-
-    /// Whether `security.deny_commands` forbids this command (by name, or `NAME|SUB`).
-    fn denied(&self, cmd: &Command) -> bool {
-        let cfg = self.ctx.cfg.load();
-        if cfg.deny_commands.is_empty() {
-            return false;
-        }
-        // Compared in place: this runs for every command once a deny-list is configured.
-        let name = cmd.name();
-        let sub = cmd.arg(1);
-        cfg.deny_commands.iter().any(|d| {
-            let d = d.as_bytes();
-            match d.iter().position(|&c| c == b'|') {
-                None => d.eq_ignore_ascii_case(name),
-                Some(bar) => {
-                    d[..bar].eq_ignore_ascii_case(name)
-                        && sub.is_some_and(|s| d[bar + 1..].eq_ignore_ascii_case(s))
-                }
-            }
-        })
-    }
-
-    /// Leases a dedicated connection for this client; `Some(flow)` if that failed.
-    async fn pin(&mut self) -> Option<Flow> {
-        if !self.barrier().await {
-            return Some(Flow::Stop);
-        }
-        let pool = self.node().leases().clone();
-        let key = self.key();
-        match self.wait(pool.acquire(key)).await {
-            None => Some(Flow::Stop),
-            Some(Err(e)) => Some(self.reply(Bytes::from(e.to_resp())).await),
-            Some(Ok(lease)) => {
-                let addr = pool.addr().to_string();
-                self.pinned = Some(Pinned::start(lease, pool, self.out.clone(), addr));
-                None
-            }
-        }
-    }
-
-    /// Gives the dedicated connection back once the client no longer needs it.
-    async fn maybe_unpin(&mut self) -> Flow {
-        let done = matches!(&self.pinned, Some(p) if !p.in_multi && !p.watching && !p.sticky);
-        if !done {
-            return Flow::Continue;
-        }
-        let Some(p) = self.pinned.take() else {
-            return Flow::Continue;
-        };
-        match self.wait(p.finish()).await {
-            Some(Ok(())) => Flow::Continue,
-            _ => Flow::Stop,
-        }
-    }
-
-    /// Sends a command on the pinned connection.
-    async fn send_pinned(&mut self, raw: &[u8], mut expect: Option<Expect>) -> Flow {
-        if let Some(Expect::Replies {
-            cmd,
-            swallow: false,
-            ..
-        }) = &mut expect
-            && *cmd == NOT_COUNTED
-        {
-            *cmd = self.cur;
-        }
-        let Some(p) = self.pinned.as_mut() else {
-            return Flow::Stop;
-        };
-        if p.is_broken() {
-            return Flow::Stop;
-        }
-        match p.send(raw, expect).await {
-            Ok(()) => Flow::Continue,
-            Err(e) => {
-                tracing::debug!(client = self.id, error = %e, "dedicated connection write failed");
-                Flow::Stop
-            }
-        }
-    }
-
-    fn subscribed_resp2(&self) -> bool {
-        self.proto == 2 && self.subs.iter().any(|s| !s.is_empty())
-    }
-
-    async fn dispatch_pinned(&mut self, kind: Kind, cmd: Command) -> Flow {
-        if self.subscribed_resp2() && !cmd.allowed_while_subscribed() {
-            let name = cmd.full_name();
-            return self
-                .reply(reply::error(&format!(
-                    "ERR Can't execute '{name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"
-                )))
-                .await;
-        }
-        let plan = matches!(kind, Kind::Plain | Kind::Blocking)
-            .then(|| self.ctx.state.load())
-            .filter(|state| !state.is_empty())
-            .and_then(|state| state.plan(&cmd));
-        if let Some(plan) = plan {
-            return self.run_plan_pinned(plan).await;
-        }
-        let discard = self.take_discard();
-        let mut expect = Expect::replies(1, discard);
-        let mut unpin_after = false;
-        let mut end_tx = None;
-        {
-            let Some(p) = self.pinned.as_mut() else {
-                return Flow::Stop;
-            };
-            match kind {
-                Kind::Multi => {
-                    if !p.in_multi {
-                        p.queued.clear();
-                        p.poisoned = false;
-                    }
-                    p.in_multi = true;
-                }
-                Kind::EndTransaction if p.in_multi => {
-                    end_tx = Some((std::mem::take(&mut p.queued), p.poisoned));
-                    p.in_multi = false;
-                    p.watching = false;
-                    unpin_after = true;
-                }
-                Kind::EndTransaction => {}
-                Kind::Watch => {
-                    if !p.in_multi {
-                        p.watching = true;
-                    }
-                }
-                Kind::Unwatch => {
-                    if !p.in_multi {
-                        p.watching = false;
-                        unpin_after = true;
-                    }
-                }
-                Kind::Monitor => {
-                    p.sticky = true;
-                    p.dirty = true;
-                    expect = Expect::Replies {
-                        frames: 1,
-                        swallow: discard,
-                        then_stream: true,
-                        notify: None,
-                        reshape: None,
-                        cmd: NOT_COUNTED,
-                    };
-                }
-                _ => {
-                    if p.in_multi {
-                        p.queued.push(None);
-                    }
-                }
-            }
-        }
-        let exec = cmd.name().eq_ignore_ascii_case(b"EXEC");
-        if let Some((queued, poisoned)) = end_tx
-            && exec
-        {
-            if poisoned {
-                // A command was refused by us at queue time: Redis would abort the whole
-                // transaction, so discard it upstream and say so.
-                let raw = Command::from_args(["DISCARD"]).raw().clone();
-                if self.send_pinned(&raw, Some(Expect::replies(1, true))).await == Flow::Stop {
-                    return Flow::Stop;
-                }
-                let e = reply::error("EXECABORT Transaction discarded because of previous errors.");
-                if !discard && self.push(Out::Ready(e)).await == Flow::Stop {
-                    return Flow::Stop;
-                }
-                return self.maybe_unpin().await;
-            }
-            if queued.iter().any(Option::is_some) {
-                let reshape = self.reshape(Box::new(Pending {
-                    transform: Transform::Exec(queued),
-                    retry: None,
-                }));
-                expect = Expect::Replies {
-                    frames: 1,
-                    swallow: discard,
-                    then_stream: false,
-                    notify: None,
-                    reshape: Some(reshape),
-                    cmd: NOT_COUNTED,
-                };
-            }
-        }
-        match kind {
-            Kind::Subscribe(k) | Kind::Unsubscribe(k)
-                if !(kind == Kind::Subscribe(k) && cmd.argc() < 2) =>
-            {
-                let subscribe = matches!(kind, Kind::Subscribe(_));
-                let names = cmd.args_bytes();
-                let frames = self.track_subscriptions(k, subscribe, &names[1..]);
-                if let Some(p) = self.pinned.as_mut() {
-                    p.sticky = true;
-                    p.dirty = true;
-                }
-                // In RESP3 the confirmations are pushes, which the relay forwards on its own.
-                let e = (self.proto == 2).then(|| Expect::replies(frames, discard));
-                self.send_pinned(cmd.raw(), e).await
-            }
-            _ => {
-                if self.send_pinned(cmd.raw(), Some(expect)).await == Flow::Stop {
-                    return Flow::Stop;
-                }
-                if unpin_after {
-                    return self.maybe_unpin().await;
-                }
-                Flow::Continue
-            }
-        }
-    }
-
-    /// Binds a transform to this session's engine, protocol and shared connection.
-    fn reshape(&mut self, pending: Box<Pending>) -> Box<Reshape> {
-        Box::new(Reshape {
-            pending,
-            engine: self.ctx.state.load_full(),
-            proto: self.proto,
-            conn: Some(self.shared_conn()),
-        })
-    }
-
-    /// The client's shared connection to the routed node for its current db and protocol.
-    fn shared_conn(&mut self) -> SharedConn {
-        let route = self.route.clone();
-        self.conn_for(route.as_ref())
-    }
-
-    /// The client's shared connection to `node` (`None`: the primary). A client keeps the
-    /// connection it was given so its commands reach Redis in order.
-    fn conn_for(&mut self, node: Option<&Arc<Node>>) -> SharedConn {
-        let key = self.key();
-        let epoch = self.ctx.upstream.epoch();
-        if epoch != self.epoch {
-            self.conns.clear();
-            self.epoch = epoch;
-        }
-        // A node retired since it was routed to: its replacement answers, or redirects.
-        let node = node.filter(|n| !n.is_retired());
-        let id = node.map_or(PRIMARY, |n| n.id);
-        if let Some((_, _, c)) = self.conns.iter().find(|(i, k, _)| *i == id && *k == key) {
-            return c.clone();
-        }
-        let c = match node {
-            Some(n) => n.assign(key),
-            None => self.ctx.upstream.assign(key),
-        };
-        self.conns.push((id, key, c.clone()));
-        c
-    }
-
-    /// The node the current command goes to.
-    fn node(&self) -> Arc<Node> {
-        match &self.route {
-            Some(n) if !n.is_retired() => n.clone(),
-            _ => self.ctx.upstream.primary(),
-        }
-    }
-
-    /// Turns a script plan into an upstream command.
-    ///
-    /// With Redis 7 it is an FCALL of statecar's function library, which needs no script body
-    /// and survives SCRIPT FLUSH, so it pipelines like any command. Without functions, EVALSHA
-    /// saves sending the script body, but a NOSCRIPT reply (after a SCRIPT FLUSH) can only be
-    /// retried safely if nothing of this client's runs in between; so EVALSHA is used only when
-    /// the client has nothing else queued (the next command then waits for the reply), and EVAL
-    /// otherwise. Inside MULTI (`allow_fast` false) it is always EVAL: an error there would only
-    /// surface at EXEC.
-    fn script_plan(&mut self, plan: Plan, allow_fast: bool) -> Plan {
-        let Plan::Script { call, transform } = plan else {
-            return plan;
-        };
-        let state = self.ctx.state.load();
-        let script = state.scripts.get(call.script);
-        if allow_fast && self.ctx.upstream.functions() {
-            Plan::Send {
-                raw: state.scripts.fcall(call.script, &call.keys, &call.args),
-                pending: Box::new(Pending {
-                    transform,
-                    retry: Some(call),
-                }),
-            }
-        } else if allow_fast && self.inbuf.is_empty() {
-            self.evalsha_in_flight = true;
-            Plan::Send {
-                raw: script.evalsha(&call.keys, &call.args),
-                pending: Box::new(Pending {
-                    transform,
-                    retry: Some(call),
-                }),
-            }
-        } else {
-            Plan::Send {
-                raw: script.eval(&call.keys, &call.args),
-                pending: Box::new(Pending {
-                    transform,
-                    retry: None,
-                }),
-            }
-        }
-    }
-
-    /// Runs a state plan on the shared connection, in its place in the pipeline.
-    async fn run_plan(&mut self, plan: Plan) -> Flow {
-        match self.script_plan(plan, true) {
-            Plan::Reject(e) | Plan::Fail(e) => self.reply(e).await,
-            Plan::Send { raw, pending } => {
-                let reshape = self.reshape(pending);
-                self.forward_with(&raw, Some(reshape)).await
-            }
-            // script_plan converts every script; never drop a command silently if that changes.
-            Plan::Script { .. } => {
-                self.reply(reply::error(
-                    "ERR statecar: internal error: unplanned script",
-                ))
-                .await
-            }
-        }
-    }
-
-    /// Runs a state plan on the pinned connection (inside MULTI the transform waits for EXEC).
-    /// Scripts go as EVAL here: inside MULTI a NOSCRIPT would only surface at EXEC.
-    async fn run_plan_pinned(&mut self, plan: Plan) -> Flow {
-        let in_multi = self.pinned.as_ref().is_some_and(|p| p.in_multi);
-        match self.script_plan(plan, false) {
-            Plan::Reject(e) => {
-                if in_multi && let Some(p) = self.pinned.as_mut() {
-                    p.poisoned = true;
-                }
-                self.reply(e).await
-            }
-            Plan::Fail(e) if in_multi => {
-                // Queue a command that fails with the same error when EXEC runs it.
-                let msg = String::from_utf8_lossy(&e[1..e.len().saturating_sub(2)]).into_owned();
-                let raw = Command::from_args([
-                    Bytes::from_static(b"EVAL"),
-                    Bytes::from_static(b"return redis.error_reply(ARGV[1])"),
-                    Bytes::from_static(b"0"),
-                    Bytes::from(msg),
-                ])
-                .raw()
-                .clone();
-                if let Some(p) = self.pinned.as_mut() {
-                    p.queued.push(None);
-                }
-                let discard = self.take_discard();
-                self.send_pinned(&raw, Some(Expect::replies(1, discard)))
-                    .await
-            }
-            Plan::Fail(e) => self.reply(e).await,
-            Plan::Send { raw, pending } => {
-                let discard = self.take_discard();
-                let expect = if in_multi {
-                    if let Some(p) = self.pinned.as_mut() {
-                        p.queued.push(Some(pending.transform));
-                    }
-                    Expect::replies(1, discard)
-                } else {
-                    Expect::Replies {
-                        frames: 1,
-                        swallow: discard,
-                        then_stream: false,
-                        notify: None,
-                        reshape: Some(self.reshape(pending)),
-                        cmd: NOT_COUNTED,
-                    }
-                };
-                self.send_pinned(&raw, Some(expect)).await
-            }
-            // script_plan converts every script; never drop a command silently if that changes.
-            Plan::Script { .. } => {
-                self.reply(reply::error(
-                    "ERR statecar: internal error: unplanned script",
-                ))
-                .await
-            }
-        }
-    }
-
-    /// Updates the mirrored subscriptions; returns how many confirmations Redis will send.
-    fn track_subscriptions(&mut self, k: SubKind, subscribe: bool, names: &[Bytes]) -> usize {
-        let set = &mut self.subs[k as usize];
-        if subscribe {
-            set.extend(names.iter().cloned());
-            names.len()
-        } else if names.is_empty() {
-            let n = set.len().max(1);
-            set.clear();
-            n
-        } else {
-            for n in names {
-                set.remove(n);
-            }
-            names.len()
-        }
-    }
-
-    /// UNSUBSCRIBE without any subscription: answered as Redis does, without a connection.
-    async fn unsubscribe_unpinned(&mut self, k: SubKind, cmd: &Command) -> Flow {
-        let kind = match k {
-            SubKind::Channel => "unsubscribe",
-            SubKind::Pattern => "punsubscribe",
-            SubKind::Shard => "sunsubscribe",
-        };
-        let names: Vec<reply::Value> = if cmd.argc() > 1 {
-            cmd.args_bytes()[1..]
-                .iter()
-                .map(|a| reply::Value::Bulk(a.clone()))
-                .collect()
-        } else {
-            vec![reply::Value::Null]
-        };
-        let mut out = BytesMut::new();
-        for n in names {
-            reply::Value::Push(vec![reply::Value::text(kind), n, reply::Value::Int(0)])
-                .encode_into(self.proto, &mut out);
-        }
-        self.reply(out.freeze()).await
-    }
-
-    /// A blocking command on a leased connection, given back as soon as it is answered.
-    async fn blocking(&mut self, cmd: Command) -> Flow {
-        if !self.barrier().await {
-            return Flow::Stop;
-        }
-        let pool = self.node().leases().clone();
-        let key = self.key();
-        let mut lease = match self.wait(pool.acquire(key)).await {
-            None => return Flow::Stop,
-            Some(Err(e)) => return self.reply(Bytes::from(e.to_resp())).await,
-            Some(Ok(l)) => l,
-        };
-        let addr = pool.addr().to_string();
-        let work = lease.call(cmd.raw(), &addr);
-        let r = self.wait(work).await;
-        match r {
-            // The client left while blocked: the command is still pending in Redis, so the
-            // connection can never be reused.
-            None => {
-                pool.release(lease, Returned::Broken);
-                Flow::Stop
-            }
-            Some(Ok(frame)) => {
-                pool.release(lease, Returned::Clean);
-                self.reply(frame).await
-            }
-            Some(Err(e)) => {
-                pool.release(lease, Returned::Broken);
-                self.reply(Bytes::from(e.to_resp())).await
-            }
-        }
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }

@@ -1,7 +1,7 @@
 //! A client pinned to a dedicated connection (MULTI, WATCH, pub/sub, MONITOR, tracking).
 //!
 //! Commands are written straight to the leased connection; a relay task reads what comes back
-//! and forwards it to the client's writer in arrival order. Each command leaves an [`Expect`]
+//! and hands it to the client's session in arrival order. Each command leaves an [`Expect`]
 //! telling the relay how many replies it produces; anything that is not a reply (RESP3 pushes,
 //! RESP2 pub/sub messages, the MONITOR stream) passes straight through. Because one task forwards
 //! everything in wire order, pushes and replies can never swap places.
@@ -11,7 +11,6 @@ use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::writer::Out;
 use crate::protocol::ReplyScanner;
 use crate::state::transform::Reshape;
 use crate::upstream::UpstreamError;
@@ -24,6 +23,24 @@ use tokio::sync::OwnedSemaphorePermit;
 
 /// Metric id meaning "internal command, do not count".
 pub const NOT_COUNTED: u16 = u16::MAX;
+
+/// How many relayed frames may wait for the session before the relay stops reading Redis.
+pub const RELAY_QUEUE: usize = 1024;
+
+/// What the relay hands the session, in wire order.
+#[derive(Debug)]
+pub enum Relayed {
+    /// The reply to a command the session sent (it counts against the session's pipeline).
+    Reply(Bytes),
+    /// A RESP3 push or a RESP2 pub/sub message: goes out at once; the client is now limited
+    /// as a pub/sub client.
+    Push(Bytes),
+    /// MONITOR output: goes out at once.
+    Stream(Bytes),
+    /// The connection is gone (every outstanding reply was answered with the error first):
+    /// the client is closed, as if Redis had closed its connection.
+    Closed,
+}
 
 /// What the relay should do with the replies of one command.
 pub enum Expect {
@@ -91,16 +108,10 @@ pub struct Pinned {
     addr: String,
     /// The connection's state no longer matches a fresh one (tracking, name, subscriptions).
     pub dirty: bool,
-    /// Inside MULTI.
-    pub in_multi: bool,
-    /// WATCH is active.
-    pub watching: bool,
-    /// Stays pinned until the client leaves (pub/sub, MONITOR, tracking, CLIENT ID).
+    /// Stays pinned until the client leaves (pub/sub, MONITOR, tracking).
     pub sticky: bool,
-    /// Inside MULTI: the reply transform of each queued command, for the EXEC reply.
-    pub queued: Vec<Option<crate::state::transform::Transform>>,
-    /// A queued command was refused here, so EXEC must fail as Redis fails it (EXECABORT).
-    pub poisoned: bool,
+    /// Redis's id for the connection (what CLIENT TRACKING REDIRECT and CLIENT UNBLOCK need).
+    pub upstream_id: Option<i64>,
 }
 
 impl Pinned {
@@ -108,11 +119,16 @@ impl Pinned {
     pub fn start(
         lease: Lease,
         pool: Arc<LeasePool>,
-        out: mpsc::Sender<Out>,
+        out: mpsc::Sender<Relayed>,
         addr: String,
     ) -> Pinned {
         let Lease { conn, permit } = lease;
-        let LeasedConn { stream, rbuf, key } = conn;
+        let LeasedConn {
+            stream,
+            rbuf,
+            key,
+            upstream_id,
+        } = conn;
         let (rd, wr) = tokio::io::split(stream);
         let (etx, erx) = mpsc::unbounded_channel();
         let ep = pool.endpoint().clone();
@@ -126,11 +142,8 @@ impl Pinned {
             pool,
             addr,
             dirty: false,
-            in_multi: false,
-            watching: false,
             sticky: false,
-            queued: Vec::new(),
-            poisoned: false,
+            upstream_id,
         }
     }
 
@@ -177,6 +190,7 @@ impl Pinned {
             pool,
             addr,
             dirty,
+            upstream_id,
             ..
         } = self;
         let _ = expect.send(Expect::Finish);
@@ -201,7 +215,12 @@ impl Pinned {
                 };
                 pool.release(
                     Lease {
-                        conn: LeasedConn { stream, rbuf, key },
+                        conn: LeasedConn {
+                            stream,
+                            rbuf,
+                            key,
+                            upstream_id,
+                        },
                         permit,
                     },
                     how,
@@ -247,7 +266,7 @@ async fn relay(
     mut rd: ReadHalf<Stream>,
     mut rbuf: BytesMut,
     mut expect_rx: mpsc::UnboundedReceiver<Expect>,
-    out: mpsc::Sender<Out>,
+    out: mpsc::Sender<Relayed>,
     addr: String,
     ep: Arc<Endpoint>,
 ) -> RelayEnd {
@@ -280,9 +299,9 @@ async fn relay(
         if streaming || push || message {
             // MONITOR output counts as a normal client's, as in Redis; messages as pub/sub.
             let item = if push || message {
-                Out::Message(frame)
+                Relayed::Push(frame)
             } else {
-                Out::Ready(frame)
+                Relayed::Stream(frame)
             };
             if out.send(item).await.is_err() {
                 return RelayEnd::Failed;
@@ -321,7 +340,7 @@ async fn relay(
             Some(r) => r.apply(frame).await,
             None => frame,
         };
-        if !swallow && out.send(Out::Ready(frame.clone())).await.is_err() {
+        if !swallow && out.send(Relayed::Reply(frame.clone())).await.is_err() {
             return RelayEnd::Failed;
         }
         if last {
@@ -350,7 +369,7 @@ async fn fail(
     e: UpstreamError,
     head: Option<Expect>,
     expect_rx: &mut mpsc::UnboundedReceiver<Expect>,
-    out: &mpsc::Sender<Out>,
+    out: &mpsc::Sender<Relayed>,
 ) -> RelayEnd {
     tracing::warn!(error = %e, "dedicated upstream connection failed");
     let line = Bytes::from(e.to_resp());
@@ -366,11 +385,11 @@ async fn fail(
         } = x
         {
             for _ in 0..frames {
-                let _ = out.send(Out::Ready(line.clone())).await;
+                let _ = out.send(Relayed::Reply(line.clone())).await;
             }
         }
     }
     // The client's dedicated connection is gone, as if Redis had closed it: close the client.
-    let _ = out.send(Out::Close).await;
+    let _ = out.send(Relayed::Closed).await;
     RelayEnd::Failed
 }

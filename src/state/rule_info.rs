@@ -53,7 +53,9 @@ impl StateEngine {
         if cmd.argc() != 2 {
             return Plan::Reject(wrong_arity("state.rule"));
         }
-        let answer = self.rule_for(cmd.arg(1).unwrap_or_default()).map_or(Value::Null, describe);
+        let answer = self
+            .rule_for(cmd.arg(1).unwrap_or_default())
+            .map_or(Value::Null, describe);
         let mut raw = BytesMut::new();
         encode_multibulk(&mut raw, &[&b"PING"[..]]);
         Plan::Send {

@@ -138,6 +138,8 @@ pub struct ServerInfo {
     pub version: String,
     /// Whether statecar's function library is loaded (see `UpstreamConfig::function_load`).
     pub functions: bool,
+    /// `id` from HELLO: Redis's id for this connection.
+    pub id: Option<i64>,
 }
 
 /// An open, authenticated connection on the right db and protocol.
@@ -199,13 +201,20 @@ pub fn check_handshake_reply(
             _ => Vec::new(),
         };
         for pair in items.chunks(2) {
-            if let [k, v] = pair
-                && k.as_bytes() == Some(b"version".as_slice())
-            {
-                info.version = v
-                    .as_bytes()
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
-                    .unwrap_or_default();
+            let [k, v] = pair else { continue };
+            match k.as_bytes() {
+                Some(b"version") => {
+                    info.version = v
+                        .as_bytes()
+                        .map(|b| String::from_utf8_lossy(b).into_owned())
+                        .unwrap_or_default();
+                }
+                Some(b"id") => {
+                    if let BytesFrame::Number { data, .. } = v {
+                        info.id = Some(*data);
+                    }
+                }
+                _ => {}
             }
         }
     }

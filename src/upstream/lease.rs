@@ -29,6 +29,8 @@ pub struct LeasedConn {
     pub rbuf: BytesMut,
     /// What it was opened as.
     pub key: PoolKey,
+    /// Redis's id for the connection, from the handshake.
+    pub upstream_id: Option<i64>,
 }
 
 /// How a returned connection was left.
@@ -161,6 +163,7 @@ impl LeasePool {
                 stream: c.stream,
                 rbuf: c.rbuf,
                 key,
+                upstream_id: c.info.id,
             },
             permit,
         })
@@ -225,6 +228,7 @@ impl LeasePool {
                 let f = read_frame(&mut conn.stream, &mut rbuf, &mut scanner, &addr).await?;
                 check_handshake_reply(&addr, step, &f, &mut info)?;
             }
+            conn.upstream_id = info.id;
             if !rbuf.is_empty() {
                 return Err(UpstreamError::Protocol {
                     addr: addr.clone(),
