@@ -212,6 +212,13 @@ pub struct LimitsSection {
     pub max_decoded_size: usize,
     /// Most client connections at once; more are refused with an error.
     pub max_clients: usize,
+    /// Request and reply bytes all clients together may hold in the sidecar; over it, the client
+    /// holding the most is disconnected (Redis: maxmemory-clients). Absent: half the container's
+    /// memory limit (cgroup memory.max) when there is one, else no budget. 0: no budget.
+    pub max_client_memory: Option<u64>,
+    /// Input bytes one client may have buffered (an unfinished command); over it the client is
+    /// disconnected (Redis: client-query-buffer-limit, 1 GB).
+    pub max_client_query_buffer: usize,
 }
 
 impl Default for LimitsSection {
@@ -230,8 +237,22 @@ impl Default for LimitsSection {
             pubsub_output_buffer_soft_s: 60,
             max_decoded_size: 512 * 1024 * 1024,
             max_clients: 10_000,
+            max_client_memory: None,
+            max_client_query_buffer: 1024 * 1024 * 1024,
         }
     }
+}
+
+/// Half the memory limit of the cgroup statecar runs in (a Kubernetes container's limit), if
+/// there is one: the default client memory budget.
+fn cgroup_memory_budget() -> u64 {
+    let read = |p: &str| std::fs::read_to_string(p).ok();
+    let limit = read("/sys/fs/cgroup/memory.max")
+        .or_else(|| read("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        // cgroup v1 reports "no limit" as a huge number.
+        .filter(|&n| n > 0 && n < (1 << 62));
+    limit.map_or(0, |n| n / 2)
 }
 
 /// One class of Redis-style client-output-buffer-limit: reply bytes received from Redis (or made
@@ -365,6 +386,11 @@ pub struct Config {
     pub max_decoded_size: usize,
     /// See [`LimitsSection::max_clients`].
     pub max_clients: usize,
+    /// Bytes all clients together may hold (0: no budget); see
+    /// [`LimitsSection::max_client_memory`].
+    pub max_client_memory: usize,
+    /// See [`LimitsSection::max_client_query_buffer`].
+    pub max_client_query_buffer: usize,
     /// Sidecar authentication.
     pub auth: AuthSection,
     /// Log filter.
@@ -687,6 +713,13 @@ impl Config {
         positive("limits.max_pending_requests", l.max_pending_requests as u64)?;
         positive("limits.max_decoded_size", l.max_decoded_size as u64)?;
         positive("limits.max_clients", l.max_clients as u64)?;
+        positive(
+            "limits.max_client_query_buffer",
+            l.max_client_query_buffer as u64,
+        )?;
+        let max_client_memory = l.max_client_memory.unwrap_or_else(cgroup_memory_budget);
+        let max_client_memory = usize::try_from(max_client_memory)
+            .map_err(|_| invalid("limits.max_client_memory", "is too large"))?;
         if l.max_bulk_len > i32::MAX as usize {
             return Err(invalid("limits.max_bulk_len", "must be at most 2147483647"));
         }
@@ -738,6 +771,14 @@ impl Config {
                 return Err(invalid(
                     &format!("security.deny_commands[{i}]"),
                     format!("\"{c}\" is not a command name"),
+                ));
+            }
+            if let Some(cat) = c.strip_prefix('@')
+                && crate::command::spec::Acl::named(cat).is_none()
+            {
+                return Err(invalid(
+                    &format!("security.deny_commands[{i}]"),
+                    format!("\"{c}\" is not an ACL category (see ACL CAT)"),
                 ));
             }
             deny.push(c.to_ascii_uppercase());
@@ -801,6 +842,8 @@ impl Config {
             },
             max_decoded_size: l.max_decoded_size,
             max_clients: l.max_clients,
+            max_client_memory,
+            max_client_query_buffer: l.max_client_query_buffer,
             auth: file.auth,
             log_level,
             log_json,

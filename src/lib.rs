@@ -60,6 +60,7 @@ pub async fn run(cfg: Arc<config::Config>, reload: Option<Reloader>) -> Result<(
         cfg: arc_swap::ArcSwap::new(cfg.clone()),
         next_id: AtomicU64::new(1),
         drain: tokio_util::sync::CancellationToken::new(),
+        clients: Arc::new(session::registry::Registry::default()),
     });
     if let Some((l, handle)) = metrics {
         tokio::spawn(telemetry::serve_http(l, handle, upstream.clone()));
@@ -143,6 +144,8 @@ async fn reload_on_sighup(ctx: Arc<session::Ctx>, reload: Reloader) {
                 merged.output_limits = new.output_limits;
                 merged.max_decoded_size = new.max_decoded_size;
                 merged.max_clients = new.max_clients;
+                merged.max_client_memory = new.max_client_memory;
+                merged.max_client_query_buffer = new.max_client_query_buffer;
                 merged.deny_commands = new.deny_commands;
                 merged.tls = new.tls;
                 let rules = merged.rules.len();

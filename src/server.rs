@@ -2,7 +2,6 @@
 //! on shutdown.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -72,10 +71,15 @@ pub async fn run(ctx: Arc<Ctx>, listener: TcpListener, shutdown: impl Future<Out
                 let tls = ctx.cfg.load().tls.clone();
                 let ctx = ctx.clone();
                 let active = active.clone();
+                let ends = session::Ends {
+                    peer,
+                    local: sock.local_addr().ok(),
+                    fd: std::os::fd::AsRawFd::as_raw_fd(&sock),
+                };
                 tracker.spawn(async move {
                     match tls {
-                        None => session::serve(ctx, sock, peer).await,
-                        Some(tls) => serve_tls(ctx, tls, sock, peer).await,
+                        None => session::serve(ctx, sock, ends).await,
+                        Some(tls) => serve_tls(ctx, tls, sock, ends).await,
                     }
                     active.fetch_sub(1, Ordering::Relaxed);
                     telemetry::client_connections(-1);
@@ -101,11 +105,12 @@ pub async fn run(ctx: Arc<Ctx>, listener: TcpListener, shutdown: impl Future<Out
 /// Completes the TLS handshake in the connection's own task (a slow or silent client never
 /// holds up `accept`), then serves the session over the encrypted stream. A failed, timed-out
 /// or drain-interrupted handshake closes the connection and is counted as a rejected client.
-async fn serve_tls(ctx: Arc<Ctx>, tls: ServerTls, sock: TcpStream, peer: SocketAddr) {
+async fn serve_tls(ctx: Arc<Ctx>, tls: ServerTls, sock: TcpStream, ends: session::Ends) {
+    let peer = ends.peer;
     let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor.accept(sock));
     let failure = tokio::select! {
         r = handshake => match r {
-            Ok(Ok(stream)) => return session::serve(ctx, stream, peer).await,
+            Ok(Ok(stream)) => return session::serve(ctx, stream, ends).await,
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("timed out after {} s", TLS_HANDSHAKE_TIMEOUT.as_secs()),
         },

@@ -262,6 +262,11 @@ pub fn client_rejected(reason: &'static str) {
     counter!("statecar_clients_rejected_total", "reason" => reason).increment(1);
 }
 
+/// What all clients hold together, as last accounted.
+pub fn client_memory(bytes: usize) {
+    gauge!("statecar_client_memory_bytes").set(bytes as f64);
+}
+
 /// A client was disconnected for holding too many unread reply bytes (`class`: normal or
 /// pubsub; `limit`: hard or soft).
 pub fn output_buffer_disconnect(class: &'static str, limit: &'static str) {
@@ -421,6 +426,10 @@ pub fn install() -> Result<PrometheusHandle, String> {
         "Times a client waited for a free dedicated connection."
     );
     describe_gauge!("statecar_client_connections", "Connected clients.");
+    describe_gauge!(
+        "statecar_client_memory_bytes",
+        "Request and reply bytes all clients hold in statecar (limits.max_client_memory bounds it)."
+    );
     describe_counter!(
         "statecar_clients_rejected_total",
         "Clients refused or disconnected by statecar, by reason."
@@ -497,7 +506,14 @@ pub fn install() -> Result<PrometheusHandle, String> {
     ] {
         counter!(name).absolute(0);
     }
-    for reason in ["max_clients", "tls_handshake", "output_buffer"] {
+    for reason in [
+        "max_clients",
+        "tls_handshake",
+        "output_buffer",
+        "memory_budget",
+        "query_buffer",
+        "client_kill",
+    ] {
         counter!("statecar_clients_rejected_total", "reason" => reason).absolute(0);
     }
     for class in ["normal", "pubsub"] {
@@ -510,6 +526,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
         counter!("statecar_commands_rejected_total", "reason" => reason).absolute(0);
     }
     gauge!("statecar_client_connections").set(0.0);
+    gauge!("statecar_client_memory_bytes").set(0.0);
     gauge!("statecar_upstream_leased_in_use").set(0.0);
     gauge!("statecar_upstream_shared_connections").set(0.0);
     Ok(handle)

@@ -35,6 +35,16 @@ pub struct ClientState {
     /// No more input is read: the connection closes once every reply is written (QUIT, a
     /// protocol error, a lost dedicated connection, shutdown).
     pub closing: bool,
+    /// CLIENT NO-EVICT ON: the memory budget never picks this client.
+    pub no_evict: bool,
+    /// MONITOR is on.
+    pub monitor: bool,
+    /// CLIENT TRACKING is on.
+    pub tracking: bool,
+    /// CLIENT TRACKING ... REDIRECT: the statecar client the invalidations go to.
+    pub redirect: Option<u64>,
+    /// Waiting in a blocking command.
+    pub blocked: bool,
 }
 
 impl ClientState {
@@ -48,6 +58,11 @@ impl ClientState {
             authed,
             reply_mode: ReplyMode::On,
             closing: false,
+            no_evict: false,
+            monitor: false,
+            tracking: false,
+            redirect: None,
+            blocked: false,
         }
     }
 

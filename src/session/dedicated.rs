@@ -31,6 +31,11 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             Some(Ok(lease)) => {
                 let addr = pool.addr().to_string();
                 let (tx, rx) = tokio::sync::mpsc::channel(RELAY_QUEUE);
+                let upstream_id = lease.conn.upstream_id.unwrap_or(-1);
+                self.me
+                    .info
+                    .upstream_id
+                    .store(upstream_id, std::sync::atomic::Ordering::Relaxed);
                 self.pinned = Some(Pinned::start(lease, pool, tx, addr));
                 self.relay = Some(rx);
                 Ok(())
@@ -47,6 +52,10 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         let Some(p) = self.pinned.take() else {
             return Flow::Continue;
         };
+        self.me
+            .info
+            .upstream_id
+            .store(-1, std::sync::atomic::Ordering::Relaxed);
         // The relay hands over what is still outstanding before it gives the connection back;
         // the wait keeps taking it.
         match self.wait(p.finish()).await {
@@ -193,6 +202,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 }
             }
             Kind::Monitor => {
+                self.client.monitor = true;
                 if let Some(p) = self.pinned.as_mut() {
                     p.sticky = true;
                     p.dirty = true;

@@ -180,8 +180,21 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             Some(Ok(l)) => l,
         };
         let addr = pool.addr().to_string();
+        // CLIENT UNBLOCK names this client; Redis knows the lease.
+        let upstream_id = lease.conn.upstream_id.unwrap_or(-1);
+        self.me
+            .info
+            .upstream_id
+            .store(upstream_id, std::sync::atomic::Ordering::Relaxed);
+        self.client.blocked = true;
+        self.publish();
         let work = lease.call(cmd.raw(), &addr);
         let r = self.wait(work).await;
+        self.client.blocked = false;
+        self.me
+            .info
+            .upstream_id
+            .store(-1, std::sync::atomic::Ordering::Relaxed);
         match r {
             // The client left while blocked: the command is still pending in Redis, so the
             // connection can never be reused.

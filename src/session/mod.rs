@@ -19,9 +19,11 @@ mod dispatch;
 mod gather;
 mod links;
 mod local;
+mod memory;
 mod output;
 pub mod pinned;
 mod pipeline;
+pub mod registry;
 mod reshape;
 pub mod retry;
 mod state_plan;
@@ -76,6 +78,19 @@ pub struct Ctx {
     pub next_id: AtomicU64,
     /// Cancelled on SIGTERM: sessions stop reading and finish what they have.
     pub drain: CancellationToken,
+    /// Every connected client (CLIENT LIST, CLIENT KILL, the memory budget).
+    pub clients: Arc<registry::Registry>,
+}
+
+/// Where a client connection comes from and goes to (for CLIENT LIST).
+#[derive(Debug, Clone, Copy)]
+pub struct Ends {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// statecar's side.
+    pub local: Option<SocketAddr>,
+    /// The socket's file descriptor.
+    pub fd: i32,
 }
 
 /// Whether the session keeps going after a command.
@@ -131,6 +146,8 @@ pub struct Session<S> {
     cur: Current,
     /// Set when `upstream.retry_on_timeout` is on (see [`retry`]).
     retry_gate: Option<Arc<retry::Gate>>,
+    /// This client's entry in the registry (removed when the session ends).
+    me: registry::Registered,
 }
 
 /// Something that happened while the session waited.
@@ -147,14 +164,18 @@ enum Event {
     SoftDeadline,
     /// SIGTERM: finish what was read, then close.
     Drain,
+    /// CLIENT KILL or the memory budget: disconnect now.
+    Killed,
 }
 
 /// Serves one client until it leaves.
-pub async fn serve<S>(ctx: Arc<Ctx>, stream: S, peer: SocketAddr)
+pub async fn serve<S>(ctx: Arc<Ctx>, stream: S, ends: Ends)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let id = ctx.next_id.fetch_add(1, Ordering::Relaxed);
+    let peer = ends.peer;
+    let me = ctx.clients.register(id, ends.peer, ends.local, ends.fd);
     let (rd, wr) = tokio::io::split(stream);
     let cfg = ctx.cfg.load_full();
     let authed = !ctx.auth.required();
@@ -186,6 +207,7 @@ where
             .upstream
             .retry_on_timeout
             .then(|| Arc::new(retry::Gate::default())),
+        me,
         ctx,
     };
     tracing::debug!(client = id, %peer, "client connected");
@@ -232,9 +254,15 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 .next(&mut self.io.inbuf, &limits, unauthenticated)
             {
                 Ok(Some(Parsed::Command(req))) => {
-                    if self.dispatch(Command::new(req)).await == Flow::Stop {
+                    let cmd = Command::new(req);
+                    let name = cmd.entry().spec.name;
+                    if !name.is_empty() {
+                        self.me.info.touch(name);
+                    }
+                    if self.dispatch(cmd).await == Flow::Stop {
                         self.client.closing = true;
                     }
+                    self.publish();
                 }
                 Ok(Some(Parsed::Nothing)) => {}
                 Ok(None) => break,
@@ -266,6 +294,10 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             return false;
         }
         self.pipeline.settle(&mut self.out.q).await;
+        if !self.account() {
+            self.io.gone = true;
+            return false;
+        }
         if let Some(which) = self.out.over_limit() {
             self.out.report_disconnect(self.client.id, which);
             self.io.gone = true;
@@ -287,6 +319,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         let draining = self.client.closing;
         tokio::select! {
             biased;
+            _ = self.me.info.killed() => Event::Killed,
             _ = self.pipeline.front_ready() => Event::Replied,
             r = self.io.wr.write_vectored(&slices[..n]), if n > 0 => Event::Wrote(r),
             r = recv_relay(&mut self.relay) => Event::Relay(r),
@@ -347,6 +380,10 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             Event::Drain => {
                 self.client.closing = true;
                 true
+            }
+            Event::Killed => {
+                self.io.gone = true;
+                false
             }
         }
     }

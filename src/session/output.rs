@@ -37,6 +37,11 @@ impl OutQueue {
         self.len == 0
     }
 
+    /// Bytes waiting.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
     /// Appends a reply.
     pub fn push(&mut self, b: &Bytes) {
         if b.is_empty() {

@@ -106,6 +106,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 return self.reply(e).await;
             }
             self.client.name = (!n.is_empty()).then(|| n.clone());
+            self.me.info.set_name(self.client.name.clone());
         }
         if proto != self.client.proto {
             if self.pinned.is_some() {

@@ -1,30 +1,109 @@
-//! CLIENT: the subcommands that describe or change the client's own connection.
+//! CLIENT: statecar describes and acts on its own clients, as Redis does on its own.
+//!
+//! Behind a pool, Redis's CLIENT LIST would show statecar's upstream connections, all named
+//! `statecar`, and CLIENT KILL would find nobody (or, worse, a shared connection). So CLIENT ID,
+//! INFO, LIST, KILL, GETNAME, SETNAME, REPLY and NO-EVICT are answered from statecar's registry of
+//! clients; ids given to TRACKING REDIRECT and UNBLOCK are translated to the Redis connection the
+//! named client holds; PAUSE, UNPAUSE and HELP are Redis-wide and go to Redis.
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::super::client::ReplyMode;
 use super::super::pinned::Expect;
+use super::super::registry::ClientInfo;
 use super::super::{Flow, Session};
-use super::name_error;
+use super::{name_error, parse_i64};
 use crate::command::Command;
 use crate::protocol::reply::{self, Value};
 
+/// Redis's answer to a bad option.
+const SYNTAX: &str = "ERR syntax error";
+
+/// CLIENT KILL's filters.
+#[derive(Default)]
+struct KillFilter {
+    addr: Option<Vec<u8>>,
+    laddr: Option<Vec<u8>>,
+    kind: Option<&'static str>,
+    id: Option<u64>,
+    user: Option<String>,
+    skipme: bool,
+}
+
+impl KillFilter {
+    fn matches(&self, c: &ClientInfo, me: u64) -> bool {
+        self.addr
+            .as_deref()
+            .is_none_or(|a| a == c.addr().as_bytes())
+            && self
+                .laddr
+                .as_deref()
+                .is_none_or(|a| a == c.laddr().as_bytes())
+            && self.kind.is_none_or(|k| k == c.kind())
+            && self.id.is_none_or(|id| id == c.id)
+            && self.user.as_deref().is_none_or(|u| u == c.user())
+            && !(self.skipme && c.id == me)
+    }
+}
+
+/// Redis's client type names (`getClientTypeByName`); statecar's clients are normal or pubsub.
+fn client_type(name: &[u8]) -> Option<&'static str> {
+    match name.to_ascii_lowercase().as_slice() {
+        b"normal" => Some("normal"),
+        b"pubsub" => Some("pubsub"),
+        b"slave" | b"replica" => Some("replica"),
+        b"master" => Some("master"),
+        _ => None,
+    }
+}
+
+/// A text reply as Redis's `addReplyVerbatim` sends it: verbatim in RESP3, bulk in RESP2.
+fn verbatim(proto: u8, text: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(text.len() + 16);
+    if proto >= 3 {
+        out.extend_from_slice(format!("={}\r\ntxt:", text.len() + 4).as_bytes());
+    } else {
+        out.extend_from_slice(format!("${}\r\n", text.len()).as_bytes());
+    }
+    out.extend_from_slice(text);
+    out.extend_from_slice(b"\r\n");
+    out.into()
+}
+
 impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
     pub(super) async fn client_command(&mut self, cmd: Command) -> Flow {
+        if let Some(e) = cmd.rejection() {
+            return self.reply(e).await;
+        }
         let args = cmd.args_bytes();
-        let Some(sub) = args.get(1).map(|s| s.to_ascii_uppercase()) else {
-            return self.reply(reply::wrong_arity("client")).await;
-        };
+        let sub = args[1].to_ascii_uppercase();
+        if self.tx.in_multi && sub != b"REPLY" {
+            // Inside a transaction Redis queues it: it runs at EXEC, on the transaction's
+            // connection.
+            let discard = self.client.take_discard();
+            return self
+                .send_pinned(cmd.raw(), Some(Expect::replies(1, discard)))
+                .await;
+        }
         match sub.as_slice() {
+            b"ID" => self.reply(format!(":{}\r\n", self.client.id)).await,
+            b"INFO" => {
+                let mut line = self.me.info.line();
+                line.push(b'\n');
+                let b = verbatim(self.client.proto, &line);
+                self.reply(b).await
+            }
+            b"LIST" => self.client_list(&args).await,
+            b"KILL" => self.client_kill(&args).await,
             b"SETNAME" => {
-                if args.len() != 3 {
-                    return self.reply(reply::wrong_arity("client|setname")).await;
-                }
                 if let Some(e) = name_error(&args[2]) {
                     return self.reply(e).await;
                 }
                 self.client.name = (!args[2].is_empty()).then(|| args[2].clone());
+                self.me.info.set_name(self.client.name.clone());
                 self.reply(Bytes::from_static(reply::OK)).await
             }
             b"GETNAME" => {
@@ -35,59 +114,285 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 let b = v.encode(self.client.proto);
                 self.reply(b).await
             }
-            b"SETINFO" => {
-                if args.len() != 4 {
-                    return self.reply(reply::wrong_arity("client|setinfo")).await;
+            b"REPLY" => match args[2].to_ascii_uppercase().as_slice() {
+                b"ON" => {
+                    self.client.reply_mode = ReplyMode::On;
+                    self.reply(Bytes::from_static(reply::OK)).await
                 }
-                self.reply(Bytes::from_static(reply::OK)).await
+                b"OFF" => {
+                    self.client.reply_mode = ReplyMode::Off;
+                    Flow::Continue
+                }
+                b"SKIP" => {
+                    if self.client.reply_mode == ReplyMode::On {
+                        self.client.reply_mode = ReplyMode::Skip;
+                    }
+                    Flow::Continue
+                }
+                _ => self.reply(reply::error(SYNTAX)).await,
+            },
+            b"NO-EVICT" => match args[2].to_ascii_uppercase().as_slice() {
+                b"ON" => {
+                    self.client.no_evict = true;
+                    self.reply(Bytes::from_static(reply::OK)).await
+                }
+                b"OFF" => {
+                    self.client.no_evict = false;
+                    self.reply(Bytes::from_static(reply::OK)).await
+                }
+                _ => self.reply(reply::error(SYNTAX)).await,
+            },
+            b"UNBLOCK" => self.client_unblock(&args).await,
+            b"GETREDIR" => {
+                let n = match (self.client.tracking, self.client.redirect) {
+                    (false, _) => -1,
+                    (true, None) => 0,
+                    (true, Some(id)) => id as i64,
+                };
+                self.reply(format!(":{n}\r\n")).await
             }
-            b"REPLY" => {
-                let mode = args.get(2).map(|m| m.to_ascii_uppercase());
-                match (args.len(), mode.as_deref()) {
-                    (3, Some(b"ON")) => {
-                        self.client.reply_mode = ReplyMode::On;
-                        self.reply(Bytes::from_static(reply::OK)).await
-                    }
-                    (3, Some(b"OFF")) => {
-                        self.client.reply_mode = ReplyMode::Off;
-                        Flow::Continue
-                    }
-                    (3, Some(b"SKIP")) => {
-                        if self.client.reply_mode == ReplyMode::On {
-                            self.client.reply_mode = ReplyMode::Skip;
-                        }
-                        Flow::Continue
-                    }
-                    _ => self.reply(reply::error("ERR syntax error")).await,
-                }
-            }
-            // Connection-scoped features: the client needs a connection of its own for life.
-            b"ID" | b"TRACKING" | b"CACHING" | b"GETREDIR" | b"TRACKINGINFO" | b"NO-EVICT"
-            | b"NO-TOUCH" | b"INFO" => {
-                if self.pinned.is_none() {
-                    match self.pin().await {
-                        Err(None) => return Flow::Stop,
-                        Err(Some(e)) => return self.reply(Bytes::from(e.to_resp())).await,
-                        Ok(()) => {}
-                    }
-                }
-                if let Some(p) = self.pinned.as_mut() {
-                    p.sticky = true;
-                    p.dirty = true;
-                }
-                let discard = self.client.take_discard();
-                let e = Expect::replies(1, discard);
-                self.send_pinned(cmd.raw(), Some(e)).await
-            }
+            b"TRACKING" => self.client_tracking(args).await,
+            // Connection-scoped, on the connection that tracks.
+            b"CACHING" | b"TRACKINGINFO" => self.send_on_own_connection(cmd.raw()).await,
+            // Redis-wide (PAUSE, UNPAUSE) or text (HELP): Redis answers.
             _ => {
                 if self.pinned.is_some() {
                     let discard = self.client.take_discard();
-                    let e = Expect::replies(1, discard);
-                    self.send_pinned(cmd.raw(), Some(e)).await
+                    self.send_pinned(cmd.raw(), Some(Expect::replies(1, discard)))
+                        .await
                 } else {
                     self.forward(cmd.raw()).await
                 }
             }
         }
+    }
+
+    /// Sends a command to the client's dedicated connection, leasing one for the rest of the
+    /// client's life if it has none.
+    async fn send_on_own_connection(&mut self, raw: &[u8]) -> Flow {
+        if self.pinned.is_none() {
+            match self.pin().await {
+                Err(None) => return Flow::Stop,
+                Err(Some(e)) => return self.reply(Bytes::from(e.to_resp())).await,
+                Ok(()) => {}
+            }
+        }
+        if let Some(p) = self.pinned.as_mut() {
+            p.sticky = true;
+            p.dirty = true;
+        }
+        let discard = self.client.take_discard();
+        self.send_pinned(raw, Some(Expect::replies(1, discard)))
+            .await
+    }
+
+    async fn client_list(&mut self, args: &[Bytes]) -> Flow {
+        let all = self.ctx.clients.all();
+        let mut out = Vec::new();
+        let mut emit = |c: &ClientInfo| {
+            out.extend_from_slice(&c.line());
+            out.push(b'\n');
+        };
+        if args.len() == 4 && args[2].eq_ignore_ascii_case(b"TYPE") {
+            let Some(kind) = client_type(&args[3]) else {
+                let t = String::from_utf8_lossy(&args[3]).into_owned();
+                return self
+                    .reply(reply::error(&format!("ERR Unknown client type '{t}'")))
+                    .await;
+            };
+            all.iter()
+                .filter(|c| c.kind() == kind)
+                .for_each(|c| emit(c));
+        } else if args.len() > 3 && args[2].eq_ignore_ascii_case(b"ID") {
+            let mut ids = Vec::new();
+            for a in &args[3..] {
+                match parse_i64(a) {
+                    Some(id) => ids.push(id),
+                    None => return self.reply(reply::error("ERR Invalid client ID")).await,
+                }
+            }
+            for id in ids {
+                if let Some(c) = u64::try_from(id)
+                    .ok()
+                    .and_then(|id| self.ctx.clients.get(id))
+                {
+                    emit(&c);
+                }
+            }
+        } else if args.len() != 2 {
+            return self.reply(reply::error(SYNTAX)).await;
+        } else {
+            all.iter().for_each(|c| emit(c));
+        }
+        let b = verbatim(self.client.proto, &out);
+        self.reply(b).await
+    }
+
+    async fn client_kill(&mut self, args: &[Bytes]) -> Flow {
+        let mut f = KillFilter {
+            skipme: true,
+            ..KillFilter::default()
+        };
+        let old_form = args.len() == 3;
+        if old_form {
+            f.addr = Some(args[2].to_vec());
+            f.skipme = false;
+        } else {
+            let mut i = 2;
+            while i < args.len() {
+                let Some(value) = args.get(i + 1) else {
+                    return self.reply(reply::error(SYNTAX)).await;
+                };
+                match args[i].to_ascii_uppercase().as_slice() {
+                    b"ID" => match parse_i64(value).filter(|&n| n >= 1) {
+                        Some(n) => f.id = Some(n as u64),
+                        None => {
+                            return self
+                                .reply(reply::error("ERR client-id should be greater than 0"))
+                                .await;
+                        }
+                    },
+                    b"TYPE" => match client_type(value) {
+                        Some(k) => f.kind = Some(k),
+                        None => {
+                            let t = String::from_utf8_lossy(value).into_owned();
+                            return self
+                                .reply(reply::error(&format!("ERR Unknown client type '{t}'")))
+                                .await;
+                        }
+                    },
+                    b"ADDR" => f.addr = Some(value.to_vec()),
+                    b"LADDR" => f.laddr = Some(value.to_vec()),
+                    b"USER" => {
+                        let name = String::from_utf8_lossy(value).into_owned();
+                        if !self.user_exists(value).await {
+                            return self
+                                .reply(reply::error(&format!("ERR No such user '{name}'")))
+                                .await;
+                        }
+                        f.user = Some(name);
+                    }
+                    b"SKIPME" => match value.to_ascii_uppercase().as_slice() {
+                        b"YES" => f.skipme = true,
+                        b"NO" => f.skipme = false,
+                        _ => return self.reply(reply::error(SYNTAX)).await,
+                    },
+                    _ => return self.reply(reply::error(SYNTAX)).await,
+                }
+                i += 2;
+            }
+        }
+        let me = self.client.id;
+        let mut killed = 0;
+        let mut close_me = false;
+        for c in self.ctx.clients.all() {
+            if !f.matches(&c, me) {
+                continue;
+            }
+            if c.id == me {
+                close_me = true;
+            } else {
+                crate::telemetry::client_rejected("client_kill");
+                c.kill();
+            }
+            killed += 1;
+        }
+        let flow = match (old_form, killed) {
+            (true, 0) => self.reply(reply::error("ERR No such client")).await,
+            (true, _) => self.reply(Bytes::from_static(reply::OK)).await,
+            (false, n) => self.reply(format!(":{n}\r\n")).await,
+        };
+        // Redis closes the killing client after its reply.
+        if close_me { Flow::Stop } else { flow }
+    }
+
+    /// Whether Redis knows the ACL user `name` (CLIENT KILL USER checks it, as Redis does).
+    async fn user_exists(&mut self, name: &[u8]) -> bool {
+        let conn = self.shared_conn();
+        let raw = Command::from_args([&b"ACL"[..], b"GETUSER", name])
+            .raw()
+            .clone();
+        match self.wait(crate::upstream::conn::call(&conn, raw, 1)).await {
+            Some(Ok(r)) => r.first() == Some(&b'*') || r.first() == Some(&b'%'),
+            _ => false,
+        }
+    }
+
+    /// CLIENT UNBLOCK: a statecar client blocked in a blocking command waits on a Redis
+    /// connection of its own; Redis is asked to unblock that one.
+    async fn client_unblock(&mut self, args: &[Bytes]) -> Flow {
+        let Some(id) = parse_i64(&args[2]) else {
+            return self
+                .reply(reply::error("ERR value is not an integer or out of range"))
+                .await;
+        };
+        let how: &[u8] = match args.get(3).map(|a| a.to_ascii_uppercase()) {
+            None => b"TIMEOUT",
+            Some(h) if h == b"TIMEOUT" => b"TIMEOUT",
+            Some(h) if h == b"ERROR" => b"ERROR",
+            Some(_) => {
+                return self
+                    .reply(reply::error(
+                        "ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR",
+                    ))
+                    .await;
+            }
+        };
+        let target = u64::try_from(id)
+            .ok()
+            .and_then(|id| self.ctx.clients.get(id))
+            .filter(|c| c.flags() & super::super::registry::flag::BLOCKED != 0)
+            .map(|c| c.upstream_id.load(std::sync::atomic::Ordering::Relaxed))
+            .filter(|&u| u >= 0);
+        let Some(upstream_id) = target else {
+            return self.reply(Bytes::from_static(b":0\r\n")).await;
+        };
+        let raw = Command::from_args([
+            &b"CLIENT"[..],
+            b"UNBLOCK",
+            upstream_id.to_string().as_bytes(),
+            how,
+        ])
+        .raw()
+        .clone();
+        self.forward(&raw).await
+    }
+
+    /// CLIENT TRACKING: on the client's dedicated connection, with a REDIRECT id translated to
+    /// the Redis connection of the statecar client it names.
+    async fn client_tracking(&mut self, mut args: Vec<Bytes>) -> Flow {
+        let on = args[2].eq_ignore_ascii_case(b"ON");
+        let mut redirect = None;
+        if let Some(at) = args
+            .iter()
+            .position(|a| a.eq_ignore_ascii_case(b"REDIRECT"))
+            && let Some(v) = args.get(at + 1)
+        {
+            let target: Option<Arc<ClientInfo>> = parse_i64(v)
+                .and_then(|id| u64::try_from(id).ok())
+                .and_then(|id| self.ctx.clients.get(id));
+            let upstream = target
+                .as_ref()
+                .map(|c| c.upstream_id.load(std::sync::atomic::Ordering::Relaxed))
+                .filter(|&u| u >= 0);
+            match (target, upstream) {
+                (Some(t), Some(u)) => {
+                    redirect = Some(t.id);
+                    args[at + 1] = Bytes::from(u.to_string());
+                }
+                _ => {
+                    return self
+                        .reply(reply::error(
+                            "ERR The client ID you want redirect to does not exist",
+                        ))
+                        .await;
+                }
+            }
+        }
+        let raw = Command::from_args(&args).raw().clone();
+        let flow = self.send_on_own_connection(&raw).await;
+        self.client.tracking = on;
+        self.client.redirect = if on { redirect } else { None };
+        flow
     }
 }

@@ -66,9 +66,18 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         } else if !self.barrier().await {
             return Flow::Stop;
         }
+        self.me
+            .info
+            .upstream_id
+            .store(-1, std::sync::atomic::Ordering::Relaxed);
         self.client.db = self.ctx.upstream.config().url.db;
         self.client.proto = 2;
         self.client.name = None;
+        self.me.info.set_name(None);
+        self.client.tracking = false;
+        self.client.redirect = None;
+        self.client.monitor = false;
+        self.client.no_evict = false;
         self.client.reply_mode = ReplyMode::On;
         self.client.authed = !self.ctx.auth.required();
         self.tx.clear();

@@ -1,0 +1,421 @@
+//! statecar's own clients, as Redis knows its own: what CLIENT LIST and CLIENT INFO describe,
+//! what CLIENT KILL and the memory budget act on, and how a client id maps to the Redis
+//! connection a client holds (CLIENT TRACKING REDIRECT, CLIENT UNBLOCK).
+//!
+//! Each session publishes its state here with a few relaxed atomic stores per command; the rare
+//! readers (CLIENT LIST, the budget) take a consistent-enough snapshot, as Redis's own
+//! CLIENT LIST is a snapshot too.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{
+    AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use tokio_util::sync::CancellationToken;
+
+/// Flag letters of CLIENT LIST's `flags=` field that statecar can set.
+pub mod flag {
+    /// Subscribed to something.
+    pub const PUBSUB: u32 = 1;
+    /// Inside MULTI.
+    pub const MULTI: u32 = 2;
+    /// Blocked in a blocking command.
+    pub const BLOCKED: u32 = 4;
+    /// Client tracking on.
+    pub const TRACKING: u32 = 8;
+    /// CLIENT NO-EVICT on: never disconnected by the memory budget.
+    pub const NO_EVICT: u32 = 16;
+    /// MONITOR.
+    pub const MONITOR: u32 = 32;
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// One client, as the others may see it.
+pub struct ClientInfo {
+    /// statecar's id.
+    pub id: u64,
+    addr: String,
+    laddr: String,
+    fd: i32,
+    created_ms: u64,
+    last_active_ms: AtomicU64,
+    /// The last command's name as Redis reports it (`client|list`); empty before the first.
+    last_cmd: Mutex<&'static str>,
+    name: Mutex<Option<Bytes>>,
+    user: Mutex<String>,
+    db: AtomicU32,
+    resp: AtomicU8,
+    flags: AtomicU32,
+    subs: [AtomicU32; 3],
+    /// Commands queued in MULTI, or -1 outside it.
+    multi: AtomicI64,
+    /// Bytes of input buffered.
+    pub qbuf: AtomicUsize,
+    /// Bytes of replies waiting for the socket.
+    pub omem: AtomicUsize,
+    /// Redis's id for the connection the client holds on its own (pinned or blocked), or -1.
+    pub upstream_id: AtomicI64,
+    /// Set once the client is told to go (CLIENT KILL, the memory budget).
+    kill: CancellationToken,
+    killed_by_budget: AtomicBool,
+    /// Bytes last accounted for this client in the registry's total.
+    held: AtomicUsize,
+}
+
+impl ClientInfo {
+    /// Resolves when the client has been killed.
+    pub async fn killed(&self) {
+        self.kill.cancelled().await
+    }
+
+    /// Disconnects the client as soon as its task notices.
+    pub fn kill(&self) {
+        self.kill.cancel();
+    }
+
+    /// Whether the memory budget disconnected it.
+    pub fn evicted(&self) -> bool {
+        self.killed_by_budget.load(Ordering::Relaxed)
+    }
+
+    /// Records a command.
+    pub fn touch(&self, cmd: &'static str) {
+        self.last_active_ms.store(now_ms(), Ordering::Relaxed);
+        if let Ok(mut c) = self.last_cmd.lock() {
+            *c = cmd;
+        }
+    }
+
+    /// Publishes the connection state that CLIENT LIST shows.
+    pub fn publish(&self, db: u32, resp: u8, flags: u32, subs: [usize; 3], multi: i64) {
+        self.db.store(db, Ordering::Relaxed);
+        self.resp.store(resp, Ordering::Relaxed);
+        self.flags.store(flags, Ordering::Relaxed);
+        for (a, n) in self.subs.iter().zip(subs) {
+            a.store(n.min(u32::MAX as usize) as u32, Ordering::Relaxed);
+        }
+        self.multi.store(multi, Ordering::Relaxed);
+    }
+
+    /// The client's name changed.
+    pub fn set_name(&self, name: Option<Bytes>) {
+        if let Ok(mut n) = self.name.lock() {
+            *n = name;
+        }
+    }
+
+    /// The client authenticated as `user`.
+    pub fn set_user(&self, user: &str) {
+        if let Ok(mut u) = self.user.lock() {
+            user.clone_into(&mut u);
+        }
+    }
+
+    /// Its user name.
+    pub fn user(&self) -> String {
+        self.user.lock().map(|u| u.clone()).unwrap_or_default()
+    }
+
+    /// Flag bits.
+    pub fn flags(&self) -> u32 {
+        self.flags.load(Ordering::Relaxed)
+    }
+
+    /// `host:port` of the client.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// `host:port` of statecar's side.
+    pub fn laddr(&self) -> &str {
+        &self.laddr
+    }
+
+    /// Bytes the client holds in statecar (input and output buffers), as last accounted.
+    pub fn memory(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Whether the client has been told to go.
+    pub fn is_killed(&self) -> bool {
+        self.kill.is_cancelled()
+    }
+
+    /// Redis's type name for the client (CLIENT KILL TYPE, CLIENT LIST TYPE).
+    pub fn kind(&self) -> &'static str {
+        if self.flags() & flag::PUBSUB != 0 {
+            "pubsub"
+        } else {
+            "normal"
+        }
+    }
+
+    /// One CLIENT LIST line, in Redis 7.0's format, without the newline.
+    pub fn line(&self) -> Vec<u8> {
+        let now = now_ms();
+        let flags = self.flags();
+        let mut f = String::new();
+        if flags & flag::MONITOR != 0 {
+            f.push('O');
+        }
+        if flags & flag::PUBSUB != 0 {
+            f.push('P');
+        }
+        if flags & flag::MULTI != 0 {
+            f.push('x');
+        }
+        if flags & flag::BLOCKED != 0 {
+            f.push('b');
+        }
+        if flags & flag::TRACKING != 0 {
+            f.push('t');
+        }
+        if flags & flag::NO_EVICT != 0 {
+            f.push('e');
+        }
+        if f.is_empty() {
+            f.push('N');
+        }
+        let qbuf = self.qbuf.load(Ordering::Relaxed);
+        let omem = self.omem.load(Ordering::Relaxed);
+        let name = self.name.lock().ok().and_then(|n| n.clone());
+        let cmd = self
+            .last_cmd
+            .lock()
+            .map(|c| if c.is_empty() { "NULL" } else { *c })
+            .unwrap_or("NULL");
+        let mut out = format!(
+            "id={} addr={} laddr={} fd={} name=",
+            self.id, self.addr, self.laddr, self.fd
+        )
+        .into_bytes();
+        if let Some(n) = name {
+            out.extend_from_slice(&n);
+        }
+        out.extend_from_slice(
+            format!(
+                " age={} idle={} flags={f} db={} sub={} psub={} ssub={} multi={} qbuf={qbuf} \
+                 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem={omem} \
+                 tot-mem={} events=r cmd={cmd} user={} redir=-1 resp={}",
+                now.saturating_sub(self.created_ms) / 1000,
+                now.saturating_sub(self.last_active_ms.load(Ordering::Relaxed)) / 1000,
+                self.db.load(Ordering::Relaxed),
+                self.subs[0].load(Ordering::Relaxed),
+                self.subs[1].load(Ordering::Relaxed),
+                self.subs[2].load(Ordering::Relaxed),
+                self.multi.load(Ordering::Relaxed),
+                qbuf.saturating_add(omem),
+                self.user(),
+                self.resp.load(Ordering::Relaxed),
+            )
+            .as_bytes(),
+        );
+        out
+    }
+}
+
+/// Every connected client.
+#[derive(Default)]
+pub struct Registry {
+    clients: DashMap<u64, Arc<ClientInfo>>,
+    /// Bytes all clients hold, kept up to date by [`Registry::account`].
+    total: AtomicUsize,
+}
+
+impl Registry {
+    /// Adds a client; it is removed when the returned guard drops.
+    pub fn register(
+        self: &Arc<Self>,
+        id: u64,
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+        fd: i32,
+    ) -> Registered {
+        let now = now_ms();
+        let info = Arc::new(ClientInfo {
+            id,
+            addr: peer.to_string(),
+            laddr: local.map(|l| l.to_string()).unwrap_or_default(),
+            fd,
+            created_ms: now,
+            last_active_ms: AtomicU64::new(now),
+            last_cmd: Mutex::new(""),
+            name: Mutex::new(None),
+            user: Mutex::new("default".into()),
+            db: AtomicU32::new(0),
+            resp: AtomicU8::new(2),
+            flags: AtomicU32::new(0),
+            subs: Default::default(),
+            multi: AtomicI64::new(-1),
+            qbuf: AtomicUsize::new(0),
+            omem: AtomicUsize::new(0),
+            upstream_id: AtomicI64::new(-1),
+            kill: CancellationToken::new(),
+            killed_by_budget: AtomicBool::new(false),
+            held: AtomicUsize::new(0),
+        });
+        self.clients.insert(id, info.clone());
+        Registered {
+            registry: self.clone(),
+            info,
+        }
+    }
+
+    /// Every client, by id (Redis lists clients in the order they connected).
+    pub fn all(&self) -> Vec<Arc<ClientInfo>> {
+        let mut v: Vec<Arc<ClientInfo>> = self.clients.iter().map(|e| e.value().clone()).collect();
+        v.sort_by_key(|c| c.id);
+        v
+    }
+
+    /// The client with this id.
+    pub fn get(&self, id: u64) -> Option<Arc<ClientInfo>> {
+        self.clients.get(&id).map(|e| e.value().clone())
+    }
+
+    /// The statecar client holding the Redis connection `upstream_id`.
+    pub fn by_upstream_id(&self, upstream_id: i64) -> Option<Arc<ClientInfo>> {
+        self.clients
+            .iter()
+            .find(|e| e.value().upstream_id.load(Ordering::Relaxed) == upstream_id)
+            .map(|e| e.value().clone())
+    }
+
+    /// Bytes held by all clients together.
+    pub fn memory(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Records what `c` holds now (input and output bytes); returns the new total.
+    pub fn account(&self, c: &ClientInfo, qbuf: usize, omem: usize) -> usize {
+        c.qbuf.store(qbuf, Ordering::Relaxed);
+        c.omem.store(omem, Ordering::Relaxed);
+        if c.is_killed() {
+            // Already taken out of the total when it was told to go.
+            return self.total.load(Ordering::Relaxed);
+        }
+        let now = qbuf.saturating_add(omem);
+        let before = c.held.swap(now, Ordering::Relaxed);
+        if now >= before {
+            self.total.fetch_add(now - before, Ordering::Relaxed) + (now - before)
+        } else {
+            self.total
+                .fetch_sub(before - now, Ordering::Relaxed)
+                .saturating_sub(before - now)
+        }
+    }
+
+    /// Takes a departing (or evicted) client's bytes out of the total.
+    fn release(&self, c: &ClientInfo) {
+        let held = c.held.swap(0, Ordering::Relaxed);
+        self.total.fetch_sub(held, Ordering::Relaxed);
+    }
+
+    /// Over budget: disconnects the client holding the most (never one with NO-EVICT), as
+    /// Redis's `maxmemory-clients` does, and returns it. Its bytes leave the total at once, so
+    /// that the next check does not pick a second victim for the same excess.
+    pub fn evict_largest(&self) -> Option<Arc<ClientInfo>> {
+        let victim = self
+            .clients
+            .iter()
+            .filter(|e| e.value().flags() & flag::NO_EVICT == 0 && !e.value().is_killed())
+            .max_by_key(|e| e.value().memory())
+            .map(|e| e.value().clone())?;
+        victim.killed_by_budget.store(true, Ordering::Relaxed);
+        victim.kill();
+        self.release(&victim);
+        Some(victim)
+    }
+
+    /// How many clients are connected.
+    pub fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// No client connected.
+    pub fn is_empty(&self) -> bool {
+        self.clients.is_empty()
+    }
+}
+
+/// A client's entry, removed from the registry when dropped.
+pub struct Registered {
+    registry: Arc<Registry>,
+    /// The entry.
+    pub info: Arc<ClientInfo>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.registry.clients.remove(&self.info.id);
+        self.registry.release(&self.info);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(p: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], p))
+    }
+
+    #[test]
+    fn lines_follow_redis_format_and_entries_leave_with_their_guard() {
+        let r = Arc::new(Registry::default());
+        let a = r.register(7, addr(5000), Some(addr(6380)), 9);
+        a.info.set_name(Some(Bytes::from_static(b"worker")));
+        a.info.touch("client|list");
+        a.info
+            .publish(3, 3, flag::PUBSUB | flag::MULTI, [2, 1, 0], 4);
+        let line = String::from_utf8(a.info.line()).unwrap();
+        assert!(line.starts_with("id=7 addr=127.0.0.1:5000 laddr=127.0.0.1:6380 fd=9 name=worker age=0 idle=0 flags=Px db=3 sub=2 psub=1 ssub=0 multi=4 "), "{line}");
+        assert!(
+            line.ends_with(" cmd=client|list user=default redir=-1 resp=3"),
+            "{line}"
+        );
+        assert_eq!(a.info.kind(), "pubsub");
+        let b = r.register(8, addr(5001), None, -1);
+        assert_eq!(r.all().iter().map(|c| c.id).collect::<Vec<_>>(), vec![7, 8]);
+        drop(b);
+        assert_eq!(r.len(), 1);
+        assert!(r.get(8).is_none());
+    }
+
+    #[test]
+    fn the_budget_evicts_the_largest_client_but_never_a_no_evict_one() {
+        let r = Arc::new(Registry::default());
+        let a = r.register(1, addr(1), None, -1);
+        let b = r.register(2, addr(2), None, -1);
+        let c = r.register(3, addr(3), None, -1);
+        r.account(&a.info, 100, 0);
+        r.account(&b.info, 400, 100);
+        c.info.publish(0, 2, flag::NO_EVICT, [0; 3], -1);
+        assert_eq!(r.account(&c.info, 0, 900), 1500);
+        assert_eq!(r.account(&a.info, 50, 0), 1450);
+        let v = r.evict_largest().unwrap();
+        assert_eq!(v.id, 2);
+        assert!(v.evicted());
+        assert_eq!(
+            r.memory(),
+            950,
+            "the victim's bytes leave the total at once"
+        );
+        // Already told to go: it is not counted again, and the next victim is another one.
+        assert_eq!(r.account(&b.info, 400, 100), 950);
+        assert_eq!(r.evict_largest().unwrap().id, 1);
+        assert!(r.evict_largest().is_none());
+        drop(c);
+        assert_eq!(r.memory(), 0);
+    }
+}
