@@ -48,7 +48,11 @@ pub async fn run(cfg: Arc<config::Config>, reload: Option<Reloader>) -> Result<(
         None => None,
     };
     let mut up_cfg = cfg.upstream.clone();
-    up_cfg.function_load = Some(state::scripts::Scripts::default().function_load);
+    // statecar's function library is loaded on new connections only when state rules may
+    // need it; a plain proxy sends Redis nothing of its own.
+    if !cfg.rules.is_empty() {
+        up_cfg.function_load = Some(state::scripts::Scripts::default().function_load);
+    }
     let upstream = upstream::Upstream::new(up_cfg);
     let ctx = Arc::new(session::Ctx {
         auth: auth::Auth::new(&cfg.auth),

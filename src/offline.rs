@@ -73,10 +73,11 @@ async fn servers(cfg: &Config, key: Option<&[u8]>) -> Result<Vec<Addr>, String> 
 impl Direct {
     async fn open(cfg: &Config, node: &Addr) -> Result<Direct, UpstreamError> {
         let key = PoolKey {
+            identity: None,
             db: cfg.upstream.url.db,
             proto: 2,
         };
-        let c = connect::connect(&cfg.upstream, node, key).await?;
+        let c = connect::connect(&cfg.upstream, node, &key).await?;
         Ok(Direct {
             stream: c.stream,
             rbuf: c.rbuf,

@@ -162,3 +162,43 @@ async fn redis_py_client_suite() {
         "{stdout}\n{stderr}"
     );
 }
+
+/// AUTH checked by Redis (ACL users, a password set on Redis), CLIENT describing statecar's own
+/// clients, and transactions, through redis-py in both protocols (issue 12; redis-py's own ACL
+/// and CLIENT tests are the model).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_py_connection_state() {
+    let (redis, sc) = start_pair("");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/connection_state_redis_py.py"
+    );
+    // Redis with a password of its own, statecar without one: the clients authenticate.
+    let locked = RedisServer::start_with(&["--requirepass", "sekret"]);
+    let sc_locked = Statecar::start(locked.port(), "");
+    let runs = [
+        (sc.port(), redis.port(), "2", "main"),
+        (sc.port(), redis.port(), "3", "main"),
+        (sc_locked.port(), locked.port(), "2", "requirepass"),
+        (sc_locked.port(), locked.port(), "3", "requirepass"),
+    ];
+    for (port, redis_port, protocol, mode) in runs {
+        let out = tokio::task::block_in_place(|| {
+            Command::new("python3")
+                .arg(script)
+                .arg(port.to_string())
+                .arg(redis_port.to_string())
+                .arg(protocol)
+                .arg(mode)
+                .output()
+                .expect("run python3")
+        });
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stdout.contains("connection state passed"),
+            "redis-py connection state ({mode}, RESP{protocol}) failed:\n{stdout}\n{stderr}\nstatecar log:\n{}",
+            sc.stderr()
+        );
+    }
+}

@@ -45,6 +45,9 @@ pub struct ClientState {
     pub redirect: Option<u64>,
     /// Waiting in a blocking command.
     pub blocked: bool,
+    /// Who Redis knows the client as, when Redis checked its AUTH (statecar has no password
+    /// of its own); None: statecar's upstream credentials.
+    pub identity: Option<std::sync::Arc<crate::upstream::Identity>>,
 }
 
 impl ClientState {
@@ -63,14 +66,17 @@ impl ClientState {
             tracking: false,
             redirect: None,
             blocked: false,
+            identity: None,
         }
     }
 
-    /// The pool of shared connections that matches this client's database and protocol.
+    /// The pool of shared connections that matches this client's database, protocol and
+    /// identity.
     pub fn key(&self) -> PoolKey {
         PoolKey {
             db: self.db,
             proto: self.proto,
+            identity: self.identity.clone(),
         }
     }
 
@@ -102,6 +108,6 @@ mod tests {
         c.reply_mode = ReplyMode::Off;
         assert!(c.take_discard());
         assert!(c.take_discard());
-        assert_eq!(c.key(), PoolKey { db: 0, proto: 2 });
+        assert_eq!(c.key(), PoolKey::new(0, 2));
     }
 }

@@ -185,7 +185,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 Err(_) => reply::error("ERR statecar: upstream connection task gone"),
             };
             let moved = error_frame(&reply);
-            let (reply, node) = cluster::follow(&up, key, node, &raw, reply).await;
+            let (reply, node) = cluster::follow(&up, key.clone(), node, &raw, reply).await;
             match reshape {
                 Some(mut r) => {
                     if moved {

@@ -81,9 +81,8 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 self.cur.read_only = self.retry_gate.is_some() && retry::read_only(&cmd);
                 self.forward(cmd.raw()).await
             }
-            // SCRIPT KILL and FUNCTION KILL must reach Redis while a script keeps a shared
-            // connection busy: they go on a leased connection, like a blocking command.
-            Kind::Blocking | Kind::OutOfBand => Box::pin(self.blocking(cmd)).await,
+            Kind::Blocking => Box::pin(self.blocking(cmd)).await,
+            Kind::OutOfBand => Box::pin(self.out_of_band(cmd)).await,
             Kind::EndTransaction => {
                 let name = String::from_utf8_lossy(cmd.name()).to_ascii_uppercase();
                 self.reply(reply::error(&format!("ERR {name} without MULTI")))
@@ -211,6 +210,48 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 self.reply(Bytes::from(e.to_resp())).await
             }
         }
+    }
+
+    /// SCRIPT KILL and FUNCTION KILL: they must reach Redis while a script keeps it busy, so
+    /// they go at once on a connection of their own (authenticated as the client runs, but
+    /// with no other handshake command, which Redis would answer BUSY). They do not wait for
+    /// the client's earlier commands, which may be queued behind that very script; their reply
+    /// still takes its place in the client's order.
+    async fn out_of_band(&mut self, cmd: Command) -> Flow {
+        let node = self.links.node(&self.ctx.upstream);
+        let up = self.ctx.upstream.clone();
+        let mut bytes = bytes::BytesMut::new();
+        let auths = match &self.client.identity {
+            Some(id) => {
+                crate::protocol::encode_multibulk(
+                    &mut bytes,
+                    &[&b"AUTH"[..], id.user.as_bytes(), id.password.as_bytes()],
+                );
+                1
+            }
+            None => crate::upstream::connect::auth_command(up.config(), &mut bytes),
+        };
+        bytes.extend_from_slice(cmd.raw());
+        let fut = async move {
+            match crate::upstream::connect::one_off(up.config(), &node.ep.addr, &bytes, auths + 1)
+                .await
+            {
+                Ok(frames) => match frames.first() {
+                    Some(auth) if auths == 1 && auth.first() == Some(&b'-') => auth.clone(),
+                    _ => frames.last().cloned().unwrap_or_default(),
+                },
+                Err(e) => Bytes::from(e.to_resp()),
+            }
+        };
+        let discard = self.client.take_discard();
+        self.flush_batch().await;
+        self.pipeline.push(Item::Joined(super::pipeline::JoinedOut {
+            fut: Box::pin(fut),
+            id: self.cur.metric,
+            started: self.cur.read_at,
+            discard,
+        }));
+        Flow::Continue
     }
 
     /// Queues a reply whose bytes are known, without counting a command (internal use).

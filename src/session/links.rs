@@ -35,8 +35,8 @@ impl Links {
             return c.clone();
         }
         let c = match node {
-            Some(n) => n.assign(key),
-            None => up.assign(key),
+            Some(n) => n.assign(key.clone()),
+            None => up.assign(key.clone()),
         };
         self.conns.push((id, key, c.clone()));
         c

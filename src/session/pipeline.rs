@@ -261,7 +261,7 @@ impl Pipeline {
                     moved = red.fix(replies).await;
                 }
                 if !reshapes.is_empty() {
-                    let key = redirect.as_ref().map(|red| red.key);
+                    let key = redirect.as_ref().map(|red| red.key.clone());
                     r = reshape_batch(r, reshapes, &moved, key).await;
                 }
                 telemetry::round_trip(started.elapsed());

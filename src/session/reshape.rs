@@ -54,7 +54,7 @@ impl Redirectable {
             }
             let cmd = self.cmds.slice(start..end);
             let (reply, node) =
-                cluster::follow(&self.up, self.key, self.node.clone(), &cmd, f).await;
+                cluster::follow(&self.up, self.key.clone(), self.node.clone(), &cmd, f).await;
             if matches!(reply.first(), Some(b'-' | b'!')) {
                 r.errors |= 1 << i;
             } else {
@@ -104,7 +104,8 @@ pub async fn reshape_batch(
         }
         // `reshapes` is in command order, so the next one is for this frame or a later one.
         if let Some((_, mut reshape)) = reshapes.next_if(|(j, _)| *j as usize == i) {
-            if let (Some((_, node)), Some(key)) = (moved.iter().find(|(m, _)| *m == i), key) {
+            if let (Some((_, node)), Some(key)) = (moved.iter().find(|(m, _)| *m == i), key.clone())
+            {
                 // Follow-ups (NOSCRIPT, previous version) go where the command ended up.
                 reshape.conn = Some(node.assign(key));
             }

@@ -76,10 +76,10 @@ pub async fn load_slots(
     cfg: &UpstreamConfig,
     addr: &Addr,
 ) -> Result<(Vec<Addr>, Vec<u16>), String> {
-    let key = PoolKey { db: 0, proto: 2 };
+    let key = PoolKey::new(0, 2);
     let name = addr.to_string();
     let work = async {
-        let mut c = connect::connect(cfg, addr, key).await?;
+        let mut c = connect::connect(cfg, addr, &key).await?;
         let mut out = BytesMut::new();
         encode_multibulk(&mut out, &[b"CLUSTER".as_slice(), b"SLOTS"]);
         c.stream
@@ -256,11 +256,11 @@ pub async fn follow(
             let mut both = BytesMut::with_capacity(cmd.len() + 20);
             encode_multibulk(&mut both, &[b"ASKING".as_slice()]);
             both.extend_from_slice(cmd);
-            super::conn::call(&from.assign(key), both.freeze(), 2)
+            super::conn::call(&from.assign(key.clone()), both.freeze(), 2)
                 .await
                 .map(|b| skip_first(&b))
         } else {
-            super::conn::call(&from.assign(key), cmd.clone(), 1).await
+            super::conn::call(&from.assign(key.clone()), cmd.clone(), 1).await
         };
         reply = match sent {
             Ok(b) => b,

@@ -144,7 +144,7 @@ async fn run(
         let attempt_at = Instant::now();
         drop(up);
         let connected = tokio::select! {
-            c = connect::connect(&cfg, &ep.addr, key) => c,
+            c = connect::connect(&cfg, &ep.addr, &key) => c,
             _ = ep.retired().cancelled() => continue,
         };
         let Some(up) = upstream.upgrade() else { return };

@@ -153,14 +153,21 @@ pub struct Connected {
 }
 
 /// The commands that put a fresh (or RESET) connection into the state `key` asks for.
-pub fn handshake_commands(cfg: &UpstreamConfig, key: PoolKey, out: &mut BytesMut) -> usize {
+pub fn handshake_commands(cfg: &UpstreamConfig, key: &PoolKey, out: &mut BytesMut) -> usize {
     let url = &cfg.url;
     let proto = key.proto.to_string();
     let mut hello: Vec<&[u8]> = vec![b"HELLO", proto.as_bytes()];
-    if let Some(p) = &url.password {
+    let creds = match &key.identity {
+        Some(id) => Some((id.user.as_str(), id.password.as_str())),
+        None => url
+            .password
+            .as_deref()
+            .map(|p| (url.username.as_deref().unwrap_or("default"), p)),
+    };
+    if let Some((user, pass)) = creds {
         hello.push(b"AUTH");
-        hello.push(url.username.as_deref().unwrap_or("default").as_bytes());
-        hello.push(p.as_bytes());
+        hello.push(user.as_bytes());
+        hello.push(pass.as_bytes());
     }
     hello.push(b"SETNAME");
     hello.push(b"statecar");
@@ -226,7 +233,7 @@ pub fn check_handshake_reply(
 pub async fn connect(
     cfg: &UpstreamConfig,
     node: &Addr,
-    key: PoolKey,
+    key: &PoolKey,
 ) -> Result<Connected, UpstreamError> {
     let addr = node.to_string();
     let deadline = Duration::from_millis(cfg.connect_timeout_ms);
@@ -242,43 +249,10 @@ pub async fn connect(
 async fn connect_inner(
     cfg: &UpstreamConfig,
     node: &Addr,
-    key: PoolKey,
+    key: &PoolKey,
     addr: &str,
 ) -> Result<Connected, UpstreamError> {
-    let tcp = TcpStream::connect((node.host.as_str(), node.port))
-        .await
-        .map_err(|e| UpstreamError::Unavailable {
-            addr: addr.to_string(),
-            reason: e.to_string().to_lowercase(),
-        })?;
-    let _ = tcp.set_nodelay(true);
-    if cfg.keepalive_s > 0 {
-        let ka = socket2::TcpKeepalive::new().with_time(Duration::from_secs(cfg.keepalive_s));
-        let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&ka);
-    }
-    let mut stream = match &cfg.tls {
-        Some(tls) if cfg.url.tls => {
-            tls.warn_if_insecure();
-            let s = tls
-                .connector
-                .connect(tls.server_name.clone(), tcp)
-                .await
-                .map_err(|e| UpstreamError::Unavailable {
-                    addr: addr.to_string(),
-                    reason: format!("TLS handshake failed: {}", tls_reason(&e)),
-                })?;
-            Stream::Tls(Box::new(s))
-        }
-        None if cfg.url.tls => {
-            // Config::build always attaches a connector to a rediss:// URL; never fall back
-            // to plain text if some caller built an UpstreamConfig by hand.
-            return Err(UpstreamError::Unavailable {
-                addr: addr.to_string(),
-                reason: "rediss:// URL but no TLS configuration".to_string(),
-            });
-        }
-        _ => Stream::Tcp(tcp),
-    };
+    let mut stream = open(cfg, node, addr).await?;
     let is_tls = matches!(stream, Stream::Tls(_));
     // With TLS 1.3 Redis checks a client certificate after our side of the handshake is done,
     // so a refusal only shows up as an alert while we read the HELLO reply.
@@ -328,6 +302,90 @@ async fn connect_inner(
         }
     }
     Ok(Connected { stream, rbuf, info })
+}
+
+/// A TCP connection (with TLS for `rediss://`), before any command.
+async fn open(cfg: &UpstreamConfig, node: &Addr, addr: &str) -> Result<Stream, UpstreamError> {
+    let tcp = TcpStream::connect((node.host.as_str(), node.port))
+        .await
+        .map_err(|e| UpstreamError::Unavailable {
+            addr: addr.to_string(),
+            reason: e.to_string().to_lowercase(),
+        })?;
+    let _ = tcp.set_nodelay(true);
+    if cfg.keepalive_s > 0 {
+        let ka = socket2::TcpKeepalive::new().with_time(Duration::from_secs(cfg.keepalive_s));
+        let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&ka);
+    }
+    match &cfg.tls {
+        Some(tls) if cfg.url.tls => {
+            tls.warn_if_insecure();
+            let s = tls
+                .connector
+                .connect(tls.server_name.clone(), tcp)
+                .await
+                .map_err(|e| UpstreamError::Unavailable {
+                    addr: addr.to_string(),
+                    reason: format!("TLS handshake failed: {}", tls_reason(&e)),
+                })?;
+            Ok(Stream::Tls(Box::new(s)))
+        }
+        // Config::build always attaches a connector to a rediss:// URL; never fall back to
+        // plain text if some caller built an UpstreamConfig by hand.
+        None if cfg.url.tls => Err(UpstreamError::Unavailable {
+            addr: addr.to_string(),
+            reason: "rediss:// URL but no TLS configuration".to_string(),
+        }),
+        _ => Ok(Stream::Tcp(tcp)),
+    }
+}
+
+/// Runs `commands` (RESP, back to back) on a connection of their own that has sent nothing
+/// else (no HELLO, no SELECT, no function library), and returns their `replies` reply frames.
+/// For what must reach Redis whatever state it is in: checking a client's AUTH, and commands
+/// that must get through while a script keeps Redis busy (SCRIPT KILL, FUNCTION KILL), for
+/// which Redis answers only a few commands (AUTH among them).
+pub async fn one_off(
+    cfg: &UpstreamConfig,
+    node: &Addr,
+    commands: &[u8],
+    replies: usize,
+) -> Result<Vec<Bytes>, UpstreamError> {
+    let addr = node.to_string();
+    let work = async {
+        let mut stream = open(cfg, node, &addr).await?;
+        stream
+            .write_all(commands)
+            .await
+            .map_err(|e| UpstreamError::io(&addr, &e))?;
+        let mut rbuf = BytesMut::with_capacity(512);
+        let mut scanner = ReplyScanner::default();
+        let mut out = Vec::with_capacity(replies);
+        for _ in 0..replies {
+            out.push(read_frame(&mut stream, &mut rbuf, &mut scanner, &addr).await?);
+        }
+        Ok(out)
+    };
+    let deadline = Duration::from_millis(cfg.connect_timeout_ms.saturating_add(cfg.timeout_ms));
+    match tokio::time::timeout(deadline, work).await {
+        Ok(r) => r,
+        Err(_) => Err(UpstreamError::Timeout {
+            addr,
+            ms: cfg.connect_timeout_ms.saturating_add(cfg.timeout_ms),
+        }),
+    }
+}
+
+/// `AUTH` with statecar's own credentials (`upstream.url`), if it has any, for [`one_off`].
+pub fn auth_command(cfg: &UpstreamConfig, out: &mut BytesMut) -> usize {
+    match &cfg.url.password {
+        Some(p) => {
+            let user = cfg.url.username.as_deref().unwrap_or("default");
+            encode_multibulk(out, &[&b"AUTH"[..], user.as_bytes(), p.as_bytes()]);
+            1
+        }
+        None => 0,
+    }
 }
 
 /// The rustls error under an I/O error from the handshake, spelled for an operator.

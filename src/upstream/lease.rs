@@ -151,7 +151,7 @@ impl LeasePool {
                 None => break,
             }
         }
-        let c = connect::connect(&self.cfg, &self.ep.addr, key).await;
+        let c = connect::connect(&self.cfg, &self.ep.addr, &key).await;
         if let Some(up) = self.upstream.upgrade() {
             up.note_connect(c.is_ok(), c.as_ref().ok().map(|c| &c.info));
         }
@@ -196,7 +196,7 @@ impl LeasePool {
             return;
         }
         if let Ok(mut m) = self.idle.lock() {
-            m.entry(conn.key).or_default().push(conn);
+            m.entry(conn.key.clone()).or_default().push(conn);
         }
     }
 
@@ -206,7 +206,7 @@ impl LeasePool {
         let addr = self.ep.name.clone();
         let mut out = BytesMut::new();
         encode_multibulk(&mut out, &[b"RESET".as_slice()]);
-        let n = handshake_commands(&self.cfg, conn.key, &mut out);
+        let n = handshake_commands(&self.cfg, &conn.key, &mut out);
         let deadline = Duration::from_millis(self.cfg.timeout_ms);
         let work = async {
             conn.stream

@@ -25,13 +25,43 @@ use conn::SharedConn;
 use node::Node;
 use url::Addr;
 
-/// The database and RESP version a connection was opened with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// What a connection was opened with: database, RESP version, and who it authenticated as.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
     /// Database index.
     pub db: u32,
     /// 2 or 3.
     pub proto: u8,
+    /// A client's own credentials (checked by Redis); None: statecar's (`upstream.url`).
+    pub identity: Option<Arc<Identity>>,
+}
+
+impl PoolKey {
+    /// A key with statecar's own credentials.
+    pub fn new(db: u32, proto: u8) -> PoolKey {
+        PoolKey {
+            db,
+            proto,
+            identity: None,
+        }
+    }
+}
+
+/// Credentials a client authenticated with, when Redis (not statecar) checks them: the client's
+/// commands then travel on connections opened as that user, so Redis's ACLs apply to them.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Identity {
+    /// ACL user.
+    pub user: String,
+    /// Its password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the password.
+        write!(f, "Identity({})", self.user)
+    }
 }
 
 /// Why a command could not be answered by Redis.
@@ -130,6 +160,13 @@ impl UpstreamError {
 
     /// The error as a RESP error line (`-ERR ...\r\n`).
     pub fn to_resp(&self) -> Vec<u8> {
+        // Redis wants a password statecar does not have: the client gets what a direct client
+        // gets before AUTH, and authenticates itself (its AUTH is then checked by Redis).
+        if let UpstreamError::Handshake { reply, .. } = self
+            && reply.starts_with("NOAUTH")
+        {
+            return b"-NOAUTH Authentication required.\r\n".to_vec();
+        }
         let msg = self.to_string().replace(['\r', '\n'], " ");
         format!("-ERR {msg}\r\n").into_bytes()
     }
@@ -432,10 +469,7 @@ impl Upstream {
 /// few seconds of Redis going away (even with no traffic) and ready again when it is back.
 /// In cluster mode every primary must answer (and a slot map must be loaded).
 pub async fn probe(up: Arc<Upstream>) {
-    let key = PoolKey {
-        db: up.cfg.url.db,
-        proto: 2,
-    };
+    let key = PoolKey::new(up.cfg.url.db, 2);
     let ping = bytes::Bytes::from_static(b"*1\r\n$4\r\nPING\r\n");
     let mut conns: Vec<SharedConn> = Vec::new();
     let mut epoch = u64::MAX;
@@ -443,7 +477,7 @@ pub async fn probe(up: Arc<Upstream>) {
         let topo = up.topology();
         if topo.epoch != epoch {
             epoch = topo.epoch;
-            conns = topo.all().iter().map(|n| n.assign(key)).collect();
+            conns = topo.all().iter().map(|n| n.assign(key.clone())).collect();
         }
         let mut ok = !(up.is_cluster() && topo.slots.is_empty());
         for conn in &conns {

@@ -129,10 +129,12 @@ impl Node {
             Ok(p) => p,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let pool = pools.entry(key).or_insert_with(|| {
+        let pool = pools.entry(key.clone()).or_insert_with(|| {
             Arc::new(Pool {
                 shared: (0..self.max_connections)
-                    .map(|i| SharedConn::spawn(self.upstream.clone(), self.ep.clone(), key, i))
+                    .map(|i| {
+                        SharedConn::spawn(self.upstream.clone(), self.ep.clone(), key.clone(), i)
+                    })
                     .collect(),
                 next: AtomicUsize::new(0),
             })

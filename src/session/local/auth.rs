@@ -1,13 +1,25 @@
 //! AUTH and HELLO: who the client is, and which protocol it speaks.
 
-use bytes::Bytes;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::super::pinned::Expect;
 use super::super::{Flow, Session};
 use super::{name_error, parse_i64};
 use crate::command::Command;
+use crate::protocol::encode_multibulk;
 use crate::protocol::reply::{self, Value};
+use crate::upstream::{Identity, connect};
+
+/// What Redis said to a client's credentials.
+enum Verdict {
+    /// Accepted: the client now runs as this identity.
+    Accepted(Arc<Identity>),
+    /// Redis's answer (WRONGPASS, or the error for AUTH on a server without a password).
+    Refused(Bytes),
+}
 
 impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
     fn wrongpass(&self) -> Bytes {
@@ -24,11 +36,21 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             _ => return self.reply(reply::wrong_arity("auth")).await,
         };
         if !self.ctx.auth.required() {
-            return self
-                .reply(reply::error(
-                    "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
-                ))
-                .await;
+            // statecar has no password of its own: Redis checks the credentials, and the
+            // client's commands then run as that user.
+            let user = String::from_utf8_lossy(user.unwrap_or(b"default")).into_owned();
+            let pass = String::from_utf8_lossy(pass).into_owned();
+            return match self.check_with_redis(cmd.raw(), user, pass).await {
+                None => Flow::Stop,
+                Some(Err(e)) => self.reply(Bytes::from(e.to_resp())).await,
+                Some(Ok(Verdict::Refused(e))) => self.reply(e).await,
+                Some(Ok(Verdict::Accepted(id))) => {
+                    if !self.become_identity(id).await {
+                        return Flow::Stop;
+                    }
+                    self.reply(Bytes::from_static(reply::OK)).await
+                }
+            };
         }
         if self.ctx.auth.check(user, pass) {
             self.client.authed = true;
@@ -82,19 +104,29 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                     .await;
             }
         }
+        let mut became = None;
         if let Some((u, p)) = auth {
             if !self.ctx.auth.required() {
-                // Redis accepts any password for a default user without one only if it is
-                // "nopass"; with no auth configured we behave like that default user.
-                if u.as_ref() != b"default" {
-                    let e = self.wrongpass();
-                    return self.reply(e).await;
+                // Redis checks them (the same AUTH a HELLO AUTH does).
+                let raw = Command::from_args([&b"AUTH"[..], u, p]).raw().clone();
+                let user = String::from_utf8_lossy(u).into_owned();
+                let pass = String::from_utf8_lossy(p).into_owned();
+                match self.check_with_redis(&raw, user, pass).await {
+                    None => return Flow::Stop,
+                    Some(Err(e)) => return self.reply(Bytes::from(e.to_resp())).await,
+                    Some(Ok(Verdict::Refused(e))) => return self.reply(e).await,
+                    Some(Ok(Verdict::Accepted(id))) => became = Some(id),
                 }
             } else if !self.ctx.auth.check(Some(u), p) {
                 let e = self.wrongpass();
                 return self.reply(e).await;
             }
             self.client.authed = true;
+        }
+        if let Some(id) = became
+            && !self.become_identity(id).await
+        {
+            return Flow::Stop;
         }
         if !self.client.authed {
             return self
@@ -140,5 +172,57 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         ]);
         let b = v.encode(self.client.proto);
         self.reply(b).await
+    }
+
+    /// Sends the client's AUTH to Redis on a connection of its own. None: the client left.
+    async fn check_with_redis(
+        &mut self,
+        auth: &[u8],
+        user: String,
+        password: String,
+    ) -> Option<Result<Verdict, crate::upstream::UpstreamError>> {
+        let node = self.links.node(&self.ctx.upstream);
+        let up = self.ctx.upstream.clone();
+        let work = async move { connect::one_off(up.config(), &node.ep.addr, auth, 1).await };
+        let r = self.wait(work).await?;
+        Some(r.map(|frames| {
+            let reply = frames.into_iter().next().unwrap_or_default();
+            if reply.as_ref() == reply::OK {
+                Verdict::Accepted(Arc::new(Identity { user, password }))
+            } else {
+                crate::telemetry::auth_failure();
+                tracing::warn!(
+                    client = self.client.id,
+                    "failed authentication attempt (refused by Redis)"
+                );
+                Verdict::Refused(reply)
+            }
+        }))
+    }
+
+    /// From now on the client's commands go to connections opened as `id`. Its earlier
+    /// commands are answered first, so the switch happens exactly here in its pipeline.
+    async fn become_identity(&mut self, id: Arc<Identity>) -> bool {
+        if !self.barrier().await {
+            return false;
+        }
+        self.me.info.set_user(&id.user);
+        if self.pinned.is_some() {
+            // The dedicated connection changes user too.
+            let mut raw = BytesMut::new();
+            encode_multibulk(
+                &mut raw,
+                &[&b"AUTH"[..], id.user.as_bytes(), id.password.as_bytes()],
+            );
+            if let Some(p) = self.pinned.as_mut() {
+                p.dirty = true;
+            }
+            if self.send_pinned(&raw, Some(Expect::replies(1, true))).await == Flow::Stop {
+                return false;
+            }
+        }
+        self.client.identity = Some(id);
+        self.client.authed = true;
+        true
     }
 }

@@ -80,6 +80,8 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         self.client.no_evict = false;
         self.client.reply_mode = ReplyMode::On;
         self.client.authed = !self.ctx.auth.required();
+        self.client.identity = None;
+        self.me.info.set_user("default");
         self.tx.clear();
         self.subs.clear();
         self.push_ready(Bytes::from_static(b"+RESET\r\n"));
