@@ -308,7 +308,7 @@ fn put_batch(out: &mut OutQueue, r: BatchResult, ids: &[u16], discard: bool) {
                 return;
             }
             out.push(&f.partial);
-            let line = f.error.to_resp();
+            let line = f.error.to_resp_outcome(f.sent);
             for _ in f.received..ids.len() {
                 out.push_slice(&line);
             }

@@ -56,6 +56,21 @@ pub struct BatchFailure {
     pub received: usize,
     /// What went wrong.
     pub error: UpstreamError,
+    /// Some of the batch's bytes reached Redis, so its unanswered commands may have run;
+    /// false when none did (they certainly did not run).
+    pub sent: bool,
+}
+
+impl BatchFailure {
+    /// A batch that never left statecar.
+    pub fn unsent(error: UpstreamError) -> BatchFailure {
+        BatchFailure {
+            partial: Bytes::new(),
+            received: 0,
+            error,
+            sent: false,
+        }
+    }
 }
 
 /// Handle to a shared connection task.
@@ -86,13 +101,9 @@ impl SharedConn {
     /// Queues a batch; it is answered through its `tx` in every case.
     pub fn send(&self, batch: Batch) {
         if let Err(mpsc::error::SendError(b)) = self.tx.send(batch) {
-            let _ = b.tx.send(Err(BatchFailure {
-                partial: Bytes::new(),
-                received: 0,
-                error: UpstreamError::Closed {
-                    addr: "shared connection task".into(),
-                },
-            }));
+            let _ = b.tx.send(Err(BatchFailure::unsent(UpstreamError::Closed {
+                addr: "shared connection task".into(),
+            })));
         }
     }
 }
@@ -101,8 +112,11 @@ struct InFlight {
     remaining: usize,
     received: usize,
     errors: u128,
-    tx: oneshot::Sender<BatchResult>,
+    /// None once the batch was answered with a timeout: its late replies are read and dropped.
+    tx: Option<oneshot::Sender<BatchResult>>,
     sent_at: Instant,
+    /// Where its bytes begin in everything ever written on the connection.
+    start: u64,
 }
 
 fn fail(tx: oneshot::Sender<BatchResult>, partial: Bytes, received: usize, e: &UpstreamError) {
@@ -110,6 +124,7 @@ fn fail(tx: oneshot::Sender<BatchResult>, partial: Bytes, received: usize, e: &U
         partial,
         received,
         error: e.clone(),
+        sent: false,
     }));
 }
 
@@ -169,6 +184,9 @@ async fn run(
                     wbuf: BytesMut::with_capacity(16 * 1024),
                     scanner: ReplyScanner::default(),
                     consumed: 0,
+                    queued: 0,
+                    written: 0,
+                    cfg: Arc::new(cfg.clone()),
                 };
                 telemetry::upstream_connections(1);
                 if let Some(b) = held.take() {
@@ -235,6 +253,19 @@ struct Serving {
     scanner: ReplyScanner,
     /// Bytes of `rbuf` holding complete replies of the head batch.
     consumed: usize,
+    /// Bytes ever put in `wbuf`, and ever written to the socket.
+    queued: u64,
+    written: u64,
+    cfg: Arc<crate::config::UpstreamConfig>,
+}
+
+/// Whether Redis answers a PING on a connection of its own within the deadline (any answer
+/// counts, BUSY and LOADING included: Redis is alive, just slow for this connection).
+async fn alive(cfg: Arc<crate::config::UpstreamConfig>, addr: super::url::Addr) -> bool {
+    let mut bytes = BytesMut::new();
+    let n = connect::auth_command(&cfg, &mut bytes);
+    crate::protocol::encode_multibulk(&mut bytes, &[b"PING".as_slice()]);
+    connect::one_off(&cfg, &addr, &bytes, n + 1).await.is_ok()
 }
 
 impl Serving {
@@ -246,17 +277,30 @@ impl Serving {
     ) -> Result<(), UpstreamError> {
         let (mut rd, mut wr) = tokio::io::split(stream);
         self.deliver()?;
-        // One timer, re-armed only when the oldest outstanding batch changes: building a new
-        // timer on every turn of this loop was a visible share of the per-command cost.
+        // One timer, re-armed only when the moment to check changes: building a new timer on
+        // every turn of this loop was a visible share of the per-command cost.
         let timer = tokio::time::sleep(self.timeout);
         tokio::pin!(timer);
         let mut armed: Option<Instant> = None;
+        // A liveness check of Redis on another connection, while a batch is overdue.
+        let mut probe: Option<std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>> =
+            None;
+        // Until when overdue batches may keep waiting (Redis answered a probe).
+        let mut grace_until: Option<Instant> = None;
         loop {
             if self.rbuf.capacity() - self.rbuf.len() < 8192 {
                 self.rbuf.reserve(64 * 1024);
             }
-            let deadline = self.inflight.front().map(|f| f.sent_at + self.timeout);
-            if let Some(d) = deadline
+            let oldest = self
+                .inflight
+                .iter()
+                .find(|f| f.tx.is_some())
+                .map(|f| f.sent_at + self.timeout);
+            let check = match (oldest, grace_until) {
+                (Some(d), Some(g)) => Some(d.max(g)),
+                (d, _) => d,
+            };
+            if let Some(d) = check
                 && armed != Some(d)
             {
                 timer.as_mut().reset(d);
@@ -274,6 +318,7 @@ impl Serving {
                 r = wr.write(&self.wbuf), if !self.wbuf.is_empty() => {
                     let n = r.map_err(|e| UpstreamError::io(&self.addr, &e))?;
                     self.wbuf.advance(n);
+                    self.written += n as u64;
                 }
                 b = rx.recv(), if self.wbuf.len() < HIGH_WATER => {
                     let Some(b) = b else { return Ok(()) };
@@ -288,15 +333,34 @@ impl Serving {
                     if !self.wbuf.is_empty() {
                         let n = wr.write(&self.wbuf).await.map_err(|e| UpstreamError::io(&self.addr, &e))?;
                         self.wbuf.advance(n);
+                        self.written += n as u64;
                     }
                 }
                 _ = ep.retired().cancelled() => return Err(ep.retired_error()),
-                _ = &mut timer, if deadline.is_some() => {
-                    return Err(UpstreamError::Timeout { addr: self.addr.clone(), ms: self.timeout_ms });
+                alive = async { match probe.as_mut() { Some(p) => p.await, None => std::future::pending().await } }, if probe.is_some() => {
+                    probe = None;
+                    if alive {
+                        // Slow, not dead: the overdue commands keep waiting for Redis.
+                        grace_until = Some(Instant::now() + self.timeout);
+                    } else {
+                        grace_until = None;
+                        self.abandon_overdue();
+                    }
+                }
+                _ = &mut timer, if check.is_some() && probe.is_none() => {
+                    armed = None;
+                    let now = Instant::now();
+                    let overdue = self.inflight.iter().any(|f| f.tx.is_some() && f.sent_at + self.timeout <= now);
+                    if overdue && grace_until.is_none_or(|g| g <= now) {
+                        probe = Some(Box::pin(alive(self.cfg.clone(), ep.addr.clone())));
+                    }
                 }
             }
             if self.wbuf.is_empty() && self.wbuf.capacity() > 4 * HIGH_WATER {
                 self.wbuf = BytesMut::with_capacity(16 * 1024);
+            }
+            if self.inflight.is_empty() {
+                grace_until = None;
             }
         }
     }
@@ -307,9 +371,45 @@ impl Serving {
             remaining: b.replies,
             received: 0,
             errors: 0,
-            tx: b.tx,
+            tx: Some(b.tx),
             sent_at: Instant::now(),
+            start: self.queued,
         });
+        self.queued += b.bytes.len() as u64;
+    }
+
+    /// Redis answers nobody: every batch past its deadline gets a timeout error now, saying
+    /// whether it may still run. The connection is kept (Redis may resume and run them); their
+    /// replies, when they come, are dropped.
+    fn abandon_overdue(&mut self) {
+        let now = Instant::now();
+        let e = UpstreamError::Timeout {
+            addr: self.addr.clone(),
+            ms: self.timeout_ms,
+        };
+        for (i, f) in self.inflight.iter_mut().enumerate() {
+            if f.sent_at + self.timeout > now {
+                break;
+            }
+            let Some(tx) = f.tx.take() else { continue };
+            let partial = if i == 0 {
+                let p = self
+                    .rbuf
+                    .split_to(self.consumed.min(self.rbuf.len()))
+                    .freeze();
+                self.consumed = 0;
+                p
+            } else {
+                Bytes::new()
+            };
+            let received = f.received;
+            let _ = tx.send(Err(BatchFailure {
+                partial,
+                received,
+                error: e.clone(),
+                sent: f.start < self.written,
+            }));
+        }
     }
 
     /// Hands every complete batch its replies.
@@ -348,12 +448,19 @@ impl Serving {
             self.consumed += len;
             head.remaining -= 1;
             head.received += 1;
+            if head.tx.is_none() {
+                // Answered already (timed out): the late reply is dropped.
+                let _ = self.rbuf.split_to(self.consumed);
+                self.consumed = 0;
+            }
             if head.remaining == 0 {
                 let bytes = self.rbuf.split_to(self.consumed).freeze();
                 self.consumed = 0;
-                if let Some(done) = self.inflight.pop_front() {
+                if let Some(done) = self.inflight.pop_front()
+                    && let Some(tx) = done.tx
+                {
                     telemetry::upstream_latency(done.sent_at.elapsed());
-                    let _ = done.tx.send(Ok(Replies {
+                    let _ = tx.send(Ok(Replies {
                         bytes,
                         errors: done.errors,
                     }));
@@ -362,6 +469,8 @@ impl Serving {
         }
     }
 
+    /// The connection broke: every outstanding batch gets the error, saying whether it may
+    /// have run (some of its bytes were written) or certainly did not.
     fn fail_all(&mut self, e: &UpstreamError) {
         let mut first = true;
         while let Some(f) = self.inflight.pop_front() {
@@ -374,7 +483,14 @@ impl Serving {
             };
             let received = if first { f.received } else { 0 };
             first = false;
-            fail(f.tx, partial, received, e);
+            if let Some(tx) = f.tx {
+                let _ = tx.send(Err(BatchFailure {
+                    partial,
+                    received,
+                    error: e.clone(),
+                    sent: f.start < self.written,
+                }));
+            }
         }
         self.consumed = 0;
     }
@@ -385,12 +501,8 @@ pub async fn call(conn: &SharedConn, bytes: Bytes, replies: usize) -> Result<Byt
     let (tx, rx) = oneshot::channel();
     conn.send(Batch { bytes, replies, tx });
     rx.await.map(|r| r.map(|r| r.bytes)).unwrap_or_else(|_| {
-        Err(BatchFailure {
-            partial: Bytes::new(),
-            received: 0,
-            error: UpstreamError::Closed {
-                addr: "shared connection task".into(),
-            },
-        })
+        Err(BatchFailure::unsent(UpstreamError::Closed {
+            addr: "shared connection task".into(),
+        }))
     })
 }

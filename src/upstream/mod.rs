@@ -170,6 +170,31 @@ impl UpstreamError {
         let msg = self.to_string().replace(['\r', '\n'], " ");
         format!("-ERR {msg}\r\n").into_bytes()
     }
+
+    /// The error for a command it cut short, saying whether the command may have run: `sent`
+    /// when some of its bytes reached Redis (which may then have run it, or may still), not
+    /// when it never left statecar (it certainly did not run).
+    pub fn to_resp_outcome(&self, sent: bool) -> Vec<u8> {
+        let outcome = match (self, sent) {
+            (UpstreamError::Timeout { .. }, true) => "; the command may still run",
+            (
+                UpstreamError::Closed { .. }
+                | UpstreamError::Io { .. }
+                | UpstreamError::Protocol { .. },
+                true,
+            ) => "; the command may or may not have run",
+            (
+                UpstreamError::Timeout { .. }
+                | UpstreamError::Closed { .. }
+                | UpstreamError::Io { .. }
+                | UpstreamError::Protocol { .. },
+                false,
+            ) => "; the command was not sent and did not run",
+            _ => return self.to_resp(),
+        };
+        let msg = self.to_string().replace(['\r', '\n'], " ");
+        format!("-ERR {msg}{outcome}\r\n").into_bytes()
+    }
 }
 
 /// How long a node that left the slot map keeps its connections (see `Upstream::set_slots`).

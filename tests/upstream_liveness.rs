@@ -1,0 +1,108 @@
+//! How statecar tells a slow Redis from a dead one (issue 12): `upstream.timeout_ms` must never
+//! fail commands that Redis is about to answer. A command behind a slow one on a shared
+//! connection keeps waiting while Redis answers a PING on another connection (BUSY included);
+//! only when Redis answers nobody do the overdue commands get a timeout error, which says that
+//! they may still run. When a connection breaks, the error says whether each command may have
+//! run.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A script that keeps Redis busy for `ms` milliseconds (past lua-time-limit, so Redis answers
+/// other connections BUSY meanwhile).
+fn busy_script(ms: u64) -> Vec<String> {
+    vec![
+        "EVAL".into(),
+        format!(
+            "local t0 = redis.call('TIME') local start = t0[1] * 1000 + t0[2] / 1000 \
+             while true do local t = redis.call('TIME') \
+             if t[1] * 1000 + t[2] / 1000 - start > {ms} then break end end return 'done'"
+        ),
+        "0".into(),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_behind_a_slow_script_wait_instead_of_timing_out() {
+    let redis = RedisServer::start_with(&["--lua-time-limit", "100"]);
+    // One shared connection: every client's commands queue behind the script.
+    let sc = Statecar::start(
+        redis.port(),
+        "[upstream]\nmax_connections = 1\ntimeout_ms = 500\nconnect_timeout_ms = 500\n",
+    );
+    let mut direct = RawConn::connect(redis.port()).await;
+    assert_eq!(direct.cmd(&["SET", "k", "v"]).await, ok());
+    let mut slow = RawConn::connect(sc.port()).await;
+    let mut other = RawConn::connect(sc.port()).await;
+    let started = Instant::now();
+    slow.send_cmd(&busy_script(2500)).await;
+    // The script is running (a direct client is told BUSY) before the other client asks.
+    eventually("the script runs", async || {
+        direct
+            .cmd(&["PING"])
+            .await
+            .error_text()
+            .is_some_and(|e| e.starts_with("BUSY"))
+    })
+    .await;
+    other.send_cmd(&["GET", "k"]).await;
+    assert_eq!(
+        within("the GET behind the script", other.read()).await,
+        bulk("v"),
+        "a command queued behind a slow script is answered, not timed out"
+    );
+    assert_eq!(slow.read().await, bulk("done"));
+    assert!(
+        started.elapsed() > Duration::from_millis(2000),
+        "the script really ran past timeout_ms"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_redis_times_out_with_may_still_run_and_the_late_reply_is_dropped() {
+    let redis = RedisServer::start();
+    let sc = Statecar::start(
+        redis.port(),
+        "[upstream]\nmax_connections = 1\ntimeout_ms = 300\nconnect_timeout_ms = 300\n",
+    );
+    let mut c = RawConn::connect(sc.port()).await;
+    assert_eq!(c.cmd(&["SET", "n", "0"]).await, ok());
+    let pid = redis_pid(redis.port());
+    signal("-STOP", &pid);
+    c.send_cmd(&["INCR", "n"]).await;
+    let r = within("the timeout", c.read()).await;
+    signal("-CONT", &pid);
+    let e = r.error_text().unwrap_or_default().to_string();
+    assert!(
+        e.contains("upstream timeout") && e.contains("may still run"),
+        "a timed-out command that reached Redis says it may still run: {r:?}"
+    );
+    // Redis resumes and runs the INCR; its late reply never reaches the client, whose next
+    // command gets its own reply.
+    eventually("the INCR ran once Redis resumed", async || {
+        c.cmd(&["GET", "n"]).await == bulk("1")
+    })
+    .await;
+    assert_eq!(c.cmd(&["PING"]).await, Frame::Simple("PONG".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_connection_says_the_commands_may_have_run() {
+    let mut redis = RedisServer::start();
+    let sc = Statecar::start(redis.port(), "[upstream]\nmax_connections = 1\n");
+    let mut c = RawConn::connect(sc.port()).await;
+    assert_eq!(c.cmd(&["PING"]).await, Frame::Simple("PONG".into()));
+    // A command Redis holds (BLPOP would go to a lease; DEBUG SLEEP blocks the shared one).
+    c.send_cmd(&["DEBUG", "SLEEP", "5"]).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::task::block_in_place(|| redis.kill());
+    let r = within("the error", c.read()).await;
+    let e = r.error_text().unwrap_or_default().to_string();
+    assert!(
+        e.contains("may or may not have run"),
+        "a command sent before the connection broke: {r:?}"
+    );
+}
