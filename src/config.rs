@@ -12,6 +12,7 @@ use thiserror::Error;
 use crate::protocol::Limits;
 use crate::state::rules::{Rule, RuleConfig, Rules};
 use crate::tls::{ClientOptions, ClientTls, ServerTls, TlsError};
+pub use crate::upstream::settings::{Mode, UpstreamConfig};
 use crate::upstream::url::{Addr, UpstreamUrl};
 
 /// A configuration problem, always naming the field.
@@ -411,52 +412,6 @@ pub struct Config {
     pub tls: Option<ServerTls>,
 }
 
-/// Upstream settings after parsing the URL.
-#[derive(Debug, Clone)]
-pub struct UpstreamConfig {
-    /// Parsed `upstream.url`.
-    pub url: UpstreamUrl,
-    /// See [`UpstreamSection::max_connections`].
-    pub max_connections: usize,
-    /// See [`UpstreamSection::max_leased_connections`].
-    pub max_leased_connections: usize,
-    /// See [`UpstreamSection::timeout_ms`].
-    pub timeout_ms: u64,
-    /// See [`UpstreamSection::connect_timeout_ms`].
-    pub connect_timeout_ms: u64,
-    /// See [`UpstreamSection::retry_on_timeout`].
-    pub retry_on_timeout: bool,
-    /// See [`UpstreamSection::keepalive_s`].
-    pub keepalive_s: u64,
-    /// The TLS connector; `Some` exactly when the URL is `rediss://`.
-    pub tls: Option<ClientTls>,
-    /// How the Redis deployment is found.
-    pub mode: Mode,
-    /// `FUNCTION LOAD <library>` sent on every new connection (set by the proxy, not the file).
-    pub function_load: Option<bytes::Bytes>,
-}
-
-/// Where the Redis that statecar fronts lives.
-#[derive(Clone, PartialEq, Eq)]
-pub enum Mode {
-    /// One server, at `upstream.url`.
-    Standalone,
-    /// A Redis Cluster, discovered from seed nodes.
-    Cluster {
-        /// `upstream.nodes`.
-        seeds: Vec<Addr>,
-    },
-    /// A primary found and followed through Redis Sentinel.
-    Sentinel {
-        /// `upstream.sentinels`.
-        sentinels: Vec<Addr>,
-        /// `upstream.master_name`.
-        master_name: String,
-        /// `upstream.sentinel_password`.
-        password: Option<String>,
-    },
-}
-
 impl FileConfig {
     /// Reads and parses a TOML file, reporting the dotted path of a bad field.
     pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -647,37 +602,6 @@ fn upstream_mode(up: &UpstreamSection, url: &UpstreamUrl) -> Result<Mode, Config
             "upstream.mode",
             format!("\"{other}\" is not standalone, cluster or sentinel"),
         )),
-    }
-}
-
-impl std::fmt::Debug for Mode {
-    // The sentinel password never reaches a log line.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Mode::Standalone => write!(f, "standalone"),
-            Mode::Cluster { seeds } => write!(
-                f,
-                "cluster({})",
-                seeds
-                    .iter()
-                    .map(|a| a.to_string())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            ),
-            Mode::Sentinel {
-                sentinels,
-                master_name,
-                ..
-            } => write!(
-                f,
-                "sentinel({master_name} via {})",
-                sentinels
-                    .iter()
-                    .map(|a| a.to_string())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            ),
-        }
     }
 }
 

@@ -67,7 +67,7 @@ pub async fn run(cfg: Arc<config::Config>, reload: Option<Reloader>) -> Result<(
         clients: Arc::new(session::registry::Registry::default()),
     });
     if let Some((l, handle)) = metrics {
-        tokio::spawn(telemetry::serve_http(l, handle, upstream.clone()));
+        tokio::spawn(telemetry::serve_http(l, handle, upstream.reachable.clone()));
     }
     match &cfg.upstream.mode {
         config::Mode::Standalone => {}

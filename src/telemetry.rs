@@ -4,7 +4,7 @@
 //! counters are registered once into a table indexed by [`command_id`], so counting a command
 //! on the hot path is one atomic add rather than a label lookup.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -15,8 +15,6 @@ use metrics::{
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-
-use crate::upstream::Upstream;
 
 /// Commands that get their own label value; everything else is counted as "other".
 const COMMANDS: &[&str] = &[
@@ -532,8 +530,9 @@ pub fn install() -> Result<PrometheusHandle, String> {
     Ok(handle)
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` until the process ends.
-pub async fn serve_http(listener: TcpListener, handle: PrometheusHandle, upstream: Arc<Upstream>) {
+/// Serves `/metrics`, `/healthz` and `/readyz` until the process ends; `ready` says whether
+/// the upstream answers (the upstream layer keeps it current).
+pub async fn serve_http(listener: TcpListener, handle: PrometheusHandle, ready: Arc<AtomicBool>) {
     let upkeep = handle.clone();
     tokio::spawn(async move {
         loop {
@@ -547,7 +546,7 @@ pub async fn serve_http(listener: TcpListener, handle: PrometheusHandle, upstrea
             continue;
         };
         let handle = handle.clone();
-        let upstream = upstream.clone();
+        let ready = ready.clone();
         tokio::spawn(async move {
             // Read the whole request head: closing with unread bytes would reset the connection.
             let mut buf = Vec::with_capacity(1024);
@@ -573,7 +572,7 @@ pub async fn serve_http(listener: TcpListener, handle: PrometheusHandle, upstrea
                 "/metrics" => ("200 OK", "text/plain; version=0.0.4", handle.render()),
                 "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
                 "/readyz" => {
-                    if upstream.reachable.load(Ordering::Relaxed) {
+                    if ready.load(Ordering::Relaxed) {
                         ("200 OK", "text/plain", "ready\n".to_string())
                     } else {
                         (

@@ -70,14 +70,25 @@ impl ProtocolError {
 
 impl std::fmt::Display for ProtocolError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Protocol error: {}", self.0.escape_ascii())
+        f.write_str("Protocol error: ")?;
+        for &c in &self.0 {
+            if c.is_ascii_graphic() || c == b' ' {
+                write!(f, "{}", c as char)?;
+            } else {
+                write!(f, "{}", std::ascii::escape_default(c))?;
+            }
+        }
+        Ok(())
     }
 }
 
 impl std::error::Error for ProtocolError {}
 
 #[cfg(test)]
-mod tests {
+mod tests;
+
+#[cfg(test)]
+mod error_tests {
     use super::*;
 
     #[test]

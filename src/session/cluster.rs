@@ -189,7 +189,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             match reshape {
                 Some(mut r) => {
                     if moved {
-                        r.conn = Some(node.assign(key));
+                        r.conn = Some(super::state_plan::follow_up(node.assign(key)));
                     }
                     r.apply(reply).await
                 }

@@ -107,7 +107,7 @@ pub async fn reshape_batch(
             if let (Some((_, node)), Some(key)) = (moved.iter().find(|(m, _)| *m == i), key.clone())
             {
                 // Follow-ups (NOSCRIPT, previous version) go where the command ended up.
-                reshape.conn = Some(node.assign(key));
+                reshape.conn = Some(super::state_plan::follow_up(node.assign(key)));
             }
             let out = reshape.apply(bytes.slice(frame.clone())).await;
             if i < 128 {

@@ -9,8 +9,31 @@ use super::{Flow, Session};
 use crate::command::Command;
 use crate::protocol::reply;
 use crate::state::plan::Plan;
-use crate::state::transform::{Pending, Reshape};
+use crate::state::transform::{FollowUp, Pending, Reshape};
 use crate::upstream::conn::SharedConn;
+use std::sync::Arc;
+
+/// A shared connection as the state layer's follow-up channel.
+struct OnShared(SharedConn);
+
+impl FollowUp for OnShared {
+    fn call(
+        &self,
+        cmd: Bytes,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Bytes, Bytes>> + Send + '_>>
+    {
+        Box::pin(async move {
+            crate::upstream::conn::call(&self.0, cmd, 1)
+                .await
+                .map_err(|f| Bytes::from(f.error.to_resp()))
+        })
+    }
+}
+
+/// Follow-ups of a reshape go on `conn`.
+pub(super) fn follow_up(conn: SharedConn) -> Arc<dyn FollowUp> {
+    Arc::new(OnShared(conn))
+}
 
 impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
     /// Binds a transform to this session's engine, protocol and shared connection.
@@ -19,7 +42,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             pending,
             engine: self.ctx.state.load_full(),
             proto: self.client.proto,
-            conn: Some(self.shared_conn()),
+            conn: Some(follow_up(self.shared_conn())),
         })
     }
 

@@ -14,9 +14,19 @@ use super::rules::OnCorruption;
 use super::scripts::ScriptKind;
 use super::{ReadValue, StateEngine, show_key};
 use crate::protocol::encode_multibulk;
+use crate::protocol::frames::decode as decode_reply;
 use crate::protocol::reply::{Value, error};
-use crate::upstream::conn::{SharedConn, call};
-use crate::upstream::connect::decode_reply;
+
+/// The follow-ups a reshape may need (a NOSCRIPT retry, the history read of a fallback to the
+/// newest intact version) go to Redis on the connection the command went to. The session
+/// provides this; the state layer knows commands, not connections.
+pub trait FollowUp: Send + Sync {
+    /// Sends one command and returns its reply frame, or the error line the client should get.
+    fn call(
+        &self,
+        cmd: Bytes,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Bytes, Bytes>> + Send + '_>>;
+}
 
 /// What the reply of a state write becomes for the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,7 +216,7 @@ pub struct Reshape {
     /// The client's RESP version at the time of the command.
     pub proto: u8,
     /// For follow-ups.
-    pub conn: Option<SharedConn>,
+    pub conn: Option<std::sync::Arc<dyn FollowUp>>,
 }
 
 impl Reshape {
@@ -215,7 +225,7 @@ impl Reshape {
         Apply {
             engine: &self.engine,
             proto: self.proto,
-            conn: self.conn.as_ref(),
+            conn: self.conn.as_deref(),
         }
         .run(&self.pending, reply)
         .await
@@ -229,7 +239,7 @@ pub struct Apply<'a> {
     /// The client's RESP version.
     pub proto: u8,
     /// A shared connection for follow-ups (NOSCRIPT retry, previous-version fallback).
-    pub conn: Option<&'a SharedConn>,
+    pub conn: Option<&'a dyn FollowUp>,
 }
 
 impl Apply<'_> {
@@ -248,7 +258,7 @@ impl Apply<'_> {
                 "Redis lost statecar's function library (FUNCTION FLUSH?); loading it again"
             );
             if let Some(conn) = self.conn {
-                let _ = call(conn, self.engine.scripts.function_load.clone(), 1).await;
+                let _ = conn.call(self.engine.scripts.function_load.clone()).await;
             }
             return error(
                 "ERR statecar: Redis lost statecar's function library (FUNCTION FLUSH or DELETE?); \
@@ -264,9 +274,9 @@ impl Apply<'_> {
                 .scripts
                 .get(retry.script)
                 .eval(&retry.keys, &retry.args);
-            match call(conn, cmd, 1).await {
+            match conn.call(cmd).await {
                 Ok(b) => b,
-                Err(f) => Bytes::from(f.error.to_resp()),
+                Err(e) => e,
             }
         } else {
             reply
@@ -333,7 +343,7 @@ impl Apply<'_> {
         let conn = self.conn?;
         let mut cmd = BytesMut::new();
         encode_multibulk(&mut cmd, &[&b"HGETALL"[..], &history_key(key)]);
-        let reply = call(conn, cmd.freeze(), 1).await.ok()?;
+        let reply = conn.call(cmd.freeze()).await.ok()?;
         // HGETALL is an array in RESP2 and a map in RESP3.
         let flat: Vec<BytesFrame> = match decode_reply(&reply)? {
             BytesFrame::Array { data, .. } => data,

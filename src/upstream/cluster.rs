@@ -14,9 +14,9 @@ use tokio::io::AsyncWriteExt;
 
 use super::connect::{self, decode_reply, read_frame};
 use super::node::Node;
+use super::settings::UpstreamConfig;
 use super::url::Addr;
 use super::{PoolKey, Upstream, UpstreamError};
-use crate::config::UpstreamConfig;
 use crate::protocol::{ReplyScanner, encode_multibulk};
 use crate::route::SLOTS;
 

@@ -256,12 +256,12 @@ struct Serving {
     /// Bytes ever put in `wbuf`, and ever written to the socket.
     queued: u64,
     written: u64,
-    cfg: Arc<crate::config::UpstreamConfig>,
+    cfg: Arc<super::settings::UpstreamConfig>,
 }
 
 /// Whether Redis answers a PING on a connection of its own within the deadline (any answer
 /// counts, BUSY and LOADING included: Redis is alive, just slow for this connection).
-async fn alive(cfg: Arc<crate::config::UpstreamConfig>, addr: super::url::Addr) -> bool {
+async fn alive(cfg: Arc<super::settings::UpstreamConfig>, addr: super::url::Addr) -> bool {
     let mut bytes = BytesMut::new();
     let n = connect::auth_command(&cfg, &mut bytes);
     crate::protocol::encode_multibulk(&mut bytes, &[b"PING".as_slice()]);

@@ -11,9 +11,9 @@ use redis_protocol::resp3::types::{BytesFrame, Resp3Frame};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::settings::UpstreamConfig;
 use super::url::Addr;
 use super::{PoolKey, UpstreamError};
-use crate::config::UpstreamConfig;
 use crate::protocol::{ReplyScanner, encode_multibulk};
 
 /// A byte stream to Redis; an enum so that TLS can join TCP without a trait object.

@@ -16,8 +16,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::connect::{self, Stream, check_handshake_reply, handshake_commands, read_frame};
 use super::node::Endpoint;
+use super::settings::UpstreamConfig;
 use super::{PoolKey, Upstream, UpstreamError};
-use crate::config::UpstreamConfig;
 use crate::protocol::{ReplyScanner, encode_multibulk};
 use crate::telemetry;
 

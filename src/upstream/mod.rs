@@ -10,6 +10,7 @@ pub mod connect;
 pub mod lease;
 pub mod node;
 pub mod sentinel;
+pub mod settings;
 pub mod url;
 
 use std::collections::{HashMap, HashSet};
@@ -20,9 +21,9 @@ use arc_swap::ArcSwap;
 use thiserror::Error;
 use tokio::sync::{Notify, Semaphore};
 
-use crate::config::{Mode, UpstreamConfig};
 use conn::SharedConn;
 use node::Node;
+use settings::{Mode, UpstreamConfig};
 use url::Addr;
 
 /// What a connection was opened with: database, RESP version, and who it authenticated as.
@@ -246,7 +247,7 @@ pub struct Upstream {
     /// The server version learned at the last handshake, for HELLO replies.
     pub server_version: Mutex<String>,
     /// Whether the last connection attempt succeeded (for /readyz).
-    pub reachable: AtomicBool,
+    pub reachable: Arc<AtomicBool>,
     /// Databases Redis has accepted in SELECT, so later SELECTs need no round trip.
     valid_dbs: Mutex<HashSet<u32>>,
     /// See [`Upstream::functions`].
@@ -290,7 +291,7 @@ impl Upstream {
                 permits,
                 cfg,
                 server_version: Mutex::new("7.0.0".to_string()),
-                reachable: AtomicBool::new(false),
+                reachable: Arc::new(AtomicBool::new(false)),
                 valid_dbs: Mutex::new(HashSet::new()),
                 refresh: Notify::new(),
                 functions: AtomicBool::new(false),

@@ -15,9 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::conn::SharedConn;
 use super::lease::LeasePool;
+use super::settings::UpstreamConfig;
 use super::url::Addr;
 use super::{PoolKey, Upstream, UpstreamError};
-use crate::config::UpstreamConfig;
 
 /// Clients per shared connection before the next one is used.
 ///

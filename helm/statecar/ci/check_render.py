@@ -184,6 +184,24 @@ def is_loopback_or_any(host):
     return ip.is_loopback or ip.is_unspecified
 
 
+def quantity_bytes(q):
+    units = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4, "": 1}
+    q = str(q)
+    n = q.rstrip("KMGTi")
+    return int(n) * units[q[len(n):]]
+
+
+def toml_int(toml_text, table, key):
+    section = ""
+    for line in toml_text.splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            section = line.strip("[]")
+        elif section == table and line.split("=")[0].strip() == key:
+            return int(line.split("=", 1)[1].strip())
+    return None
+
+
 def toml_listen(toml_text):
     """listen and [metrics] listen from the rendered TOML (a tiny reader for this chart's output)."""
     section, top, metrics = "", None, None
@@ -251,6 +269,13 @@ def cmd_wiring(rendered, outdir, expect_mode):
             continue
         toml_text = cm["data"]["statecar.toml"]
         file_listen, file_metrics = toml_listen(toml_text)
+        # The clients' memory budget is derived from the container's memory limit.
+        mem_limit = ((sc.get("resources") or {}).get("limits") or {}).get("memory")
+        budget = toml_int(toml_text, "limits", "max_client_memory")
+        if mem_limit and budget is None:
+            fail(f"{name}: memory limit {mem_limit} but no limits.max_client_memory in statecar.toml")
+        elif mem_limit and budget is not None and budget > quantity_bytes(mem_limit):
+            fail(f"{name}: limits.max_client_memory {budget} exceeds the memory limit {mem_limit}")
         if listen is None:
             listen = file_listen or "127.0.0.1:6380"
         elif file_listen and file_listen != listen:

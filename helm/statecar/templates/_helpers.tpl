@@ -147,9 +147,30 @@ empty tables and empty lists are left out (statecar's defaults apply). Numbers g
 {{- $up := get $cfg "upstream" | default dict -}}
 {{- $_ := set $up "url" .Values.statecar.upstream.url -}}
 {{- $_ := set $cfg "upstream" $up -}}
+{{- /* The client memory budget: half the container's memory limit unless set. */ -}}
+{{- $lim := get $cfg "limits" | default dict -}}
+{{- $mem := ((.Values.statecar.resources | default dict).limits | default dict).memory -}}
+{{- if and $mem (not (hasKey $lim "max_client_memory")) -}}
+{{- $_ := set $lim "max_client_memory" (div (include "statecar.memoryBytes" $mem | atoi) 2) -}}
+{{- $_ := set $cfg "limits" $lim -}}
+{{- end -}}
 # statecar.toml, rendered by the statecar Helm chart from its values (statecar.config).
 # The upstream password comes from a Secret through STATECAR_UPSTREAM_PASSWORD, not from here.
 {{ include "statecar.tomlTable" (dict "table" $cfg "prefix" "") }}
+{{- end -}}
+
+{{/*
+A Kubernetes memory quantity ("512Mi", "1G", "268435456") in bytes.
+*/}}
+{{- define "statecar.memoryBytes" -}}
+{{- $q := toString . -}}
+{{- $n := regexFind "^[0-9]+" $q -}}
+{{- $unit := trimPrefix $n $q -}}
+{{- $mul := get (dict "" 1 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 "K" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000) $unit -}}
+{{- if or (not $n) (kindIs "invalid" $mul) -}}
+{{- fail (printf "statecar.resources.limits.memory: cannot read %q as a memory quantity" $q) -}}
+{{- end -}}
+{{- mul ($n | atoi) $mul -}}
 {{- end -}}
 
 {{- define "statecar.tomlKey" -}}
