@@ -37,6 +37,8 @@ pub struct Entry {
     pub statecar: bool,
     /// A container whose subcommand was not found: Redis answers "unknown subcommand".
     pub unknown_sub: bool,
+    /// Its label in the per-command metrics (0: "other").
+    pub metric: u16,
 }
 
 impl Entry {
@@ -68,6 +70,7 @@ static UNKNOWN: LazyLock<Entry> = LazyLock::new(|| Entry {
     routing: Routing::ByKeys,
     statecar: false,
     unknown_sub: false,
+    metric: 0,
 });
 static STATE_SPEC: Spec = Spec {
     name: "state",
@@ -85,6 +88,7 @@ static STATE: LazyLock<Entry> = LazyLock::new(|| Entry {
     routing: Routing::ByKeys,
     statecar: true,
     unknown_sub: false,
+    metric: 0,
 });
 
 /// Entries by upper-cased name ("GET", "CLIENT|KILL").
@@ -105,6 +109,10 @@ static INDEX: LazyLock<Index> = LazyLock::new(|| {
             routing: policy::routing(spec.name),
             statecar: false,
             unknown_sub: false,
+            // Containers are labelled by their own name (CLIENT, CONFIG, ...).
+            metric: crate::telemetry::command_id(
+                spec.name.split('|').next().unwrap_or_default().as_bytes(),
+            ),
         }));
         by_name.insert(spec.name.to_ascii_uppercase().into_bytes().into(), entry);
         entry
@@ -122,6 +130,7 @@ static INDEX: LazyLock<Index> = LazyLock::new(|| {
                 routing: Routing::ByKeys,
                 statecar: false,
                 unknown_sub: true,
+                metric: container.metric,
             }));
             unknown_sub.insert(spec.name.to_ascii_uppercase().into_bytes().into(), e);
         }
@@ -202,6 +211,15 @@ impl Command {
     /// Its row in the table.
     pub fn entry(&self) -> &'static Entry {
         self.entry
+    }
+
+    /// Its label in the per-command metrics.
+    pub fn metric(&self) -> u16 {
+        if self.entry.statecar {
+            crate::telemetry::command_id(self.name())
+        } else {
+            self.entry.metric
+        }
     }
 
     /// How statecar handles it, given its arguments (XREAD blocks only with BLOCK).

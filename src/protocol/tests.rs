@@ -96,16 +96,9 @@ fn scans_resp3_replies_with_nesting_and_attributes() {
     assert_eq!(s.scan(cut).unwrap(), None);
     let mut s = ReplyScanner::default();
     let tail = b"|1\r\n+k\r\n+v\r\n,1.5\r\n";
-    assert_eq!(
-        s.scan(tail).unwrap(),
-        Some(tail.len())
-    );
+    assert_eq!(s.scan(tail).unwrap(), Some(tail.len()));
     let mut s = ReplyScanner::default();
-    assert_eq!(
-        s.scan(b"*-1\r\n$-1\r\n")
-            .unwrap(),
-        Some(5)
-    );
+    assert_eq!(s.scan(b"*-1\r\n$-1\r\n").unwrap(), Some(5));
 }
 
 #[test]
@@ -113,15 +106,10 @@ fn scanner_resumes_across_reads() {
     let reply = b"*3\r\n$3\r\nfoo\r\n*1\r\n:42\r\n$-1\r\n";
     let mut s = ReplyScanner::default();
     for cut in 0..reply.len() {
-        let r = s
-            .scan(&reply[..cut])
-            .unwrap();
+        let r = s.scan(&reply[..cut]).unwrap();
         assert_eq!(r, None, "cut {cut}");
     }
-    assert_eq!(
-        s.scan(reply).unwrap(),
-        Some(reply.len())
-    );
+    assert_eq!(s.scan(reply).unwrap(), Some(reply.len()));
 }
 
 #[test]

@@ -21,7 +21,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             }
         }
         let kind = cmd.kind();
-        self.cur.metric = telemetry::command_id(cmd.name());
+        self.cur.metric = cmd.metric();
         self.cur.read_only = false;
         if !self.client.authed && !cmd.entry().has(crate::command::spec::NO_AUTH) {
             // Redis checks the name and the arity before authentication.
