@@ -39,6 +39,8 @@ pub struct Entry {
     pub unknown_sub: bool,
     /// Its label in the per-command metrics (0: "other").
     pub metric: u16,
+    /// Its number among all rows ([`name_of`] gives its name back).
+    pub index: u32,
 }
 
 impl Entry {
@@ -71,6 +73,7 @@ static UNKNOWN: LazyLock<Entry> = LazyLock::new(|| Entry {
     statecar: false,
     unknown_sub: false,
     metric: 0,
+    index: 0,
 });
 static STATE_SPEC: Spec = Spec {
     name: "state",
@@ -89,11 +92,14 @@ static STATE: LazyLock<Entry> = LazyLock::new(|| Entry {
     statecar: true,
     unknown_sub: false,
     metric: 0,
+    index: 0,
 });
 
 /// Entries by upper-cased name ("GET", "CLIENT|KILL").
 struct Index {
     by_name: HashMap<Box<[u8]>, &'static Entry>,
+    /// Every row's name as Redis reports it, by [`Entry::index`] (0: "NULL").
+    names: Vec<&'static str>,
     /// Containers' "unknown subcommand" rows, by container name.
     unknown_sub: HashMap<Box<[u8]>, &'static Entry>,
 }
@@ -101,8 +107,11 @@ struct Index {
 static INDEX: LazyLock<Index> = LazyLock::new(|| {
     let mut by_name = HashMap::new();
     let mut unknown_sub = HashMap::new();
+    let mut names = vec!["NULL"];
     let mut add = |spec: &'static Spec| {
+        names.push(spec.name);
         let entry: &'static Entry = Box::leak(Box::new(Entry {
+            index: (names.len() - 1) as u32,
             spec,
             kind: policy::kind(spec.name),
             state: policy::state(spec.name),
@@ -131,15 +140,22 @@ static INDEX: LazyLock<Index> = LazyLock::new(|| {
                 statecar: false,
                 unknown_sub: true,
                 metric: container.metric,
+                index: container.index,
             }));
             unknown_sub.insert(spec.name.to_ascii_uppercase().into_bytes().into(), e);
         }
     }
     Index {
         by_name,
+        names,
         unknown_sub,
     }
 });
+
+/// The name of row `index` as Redis reports it (`get`, `client|list`), "NULL" for none.
+pub fn name_of(index: u32) -> &'static str {
+    INDEX.names.get(index as usize).copied().unwrap_or("NULL")
+}
 
 /// Longest name (or `container|sub`) looked up without allocating; longer ones are unknown.
 const NAME_MAX: usize = 48;

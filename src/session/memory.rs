@@ -60,6 +60,11 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
     pub(super) fn account(&mut self) -> bool {
         let qbuf = self.io.inbuf.len();
         let omem = self.out.q.len();
+        if (qbuf, omem) == self.io.accounted {
+            // Nothing changed since the last check (the common case between reads).
+            return !self.me.info.is_killed();
+        }
+        self.io.accounted = (qbuf, omem);
         let clients = &self.ctx.clients;
         let total = clients.account(&self.me.info, qbuf, omem);
         let cfg = self.ctx.cfg.load();

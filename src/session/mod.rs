@@ -126,6 +126,8 @@ struct ClientIo<S> {
     /// The client is to be disconnected now, without writing what is queued (output buffer
     /// over its limit, a write failed).
     gone: bool,
+    /// Input and output bytes as last accounted in the memory budget.
+    accounted: (usize, usize),
 }
 
 /// One client.
@@ -187,6 +189,7 @@ where
             parser: RequestParser::default(),
             eof: false,
             gone: false,
+            accounted: (0, 0),
         },
         client: ClientState::new(id, cfg.upstream.url.db, authed),
         pipeline: Pipeline::default(),
@@ -255,9 +258,8 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             {
                 Ok(Some(Parsed::Command(req))) => {
                     let cmd = Command::new(req);
-                    let name = cmd.entry().spec.name;
-                    if !name.is_empty() {
-                        self.me.info.touch(name);
+                    if !cmd.entry().is_unknown() {
+                        self.me.info.touch(cmd.entry().index);
                     }
                     if self.dispatch(cmd).await == Flow::Stop {
                         self.client.closing = true;
@@ -354,6 +356,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             }
             Event::Read(Ok(_)) => {
                 self.cur.read_at = Instant::now();
+                self.me.info.active();
                 true
             }
             Event::Relay(Some(Relayed::Reply(b))) => {

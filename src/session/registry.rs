@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{
     AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering,
 };
-use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Instant;
 
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -33,11 +33,10 @@ pub mod flag {
     pub const MONITOR: u32 = 32;
 }
 
+/// Milliseconds since statecar started (a monotonic clock; CLIENT LIST shows differences).
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    static START: LazyLock<Instant> = LazyLock::new(Instant::now);
+    START.elapsed().as_millis() as u64
 }
 
 /// One client, as the others may see it.
@@ -49,8 +48,8 @@ pub struct ClientInfo {
     fd: i32,
     created_ms: u64,
     last_active_ms: AtomicU64,
-    /// The last command's name as Redis reports it (`client|list`); empty before the first.
-    last_cmd: Mutex<&'static str>,
+    /// The last command's row in the command table (0: none yet).
+    last_cmd: AtomicU32,
     name: Mutex<Option<Bytes>>,
     user: Mutex<String>,
     db: AtomicU32,
@@ -88,12 +87,14 @@ impl ClientInfo {
         self.killed_by_budget.load(Ordering::Relaxed)
     }
 
-    /// Records a command.
-    pub fn touch(&self, cmd: &'static str) {
+    /// Records a command (its row in the command table).
+    pub fn touch(&self, index: u32) {
+        self.last_cmd.store(index, Ordering::Relaxed);
+    }
+
+    /// Records that the client sent something now.
+    pub fn active(&self) {
         self.last_active_ms.store(now_ms(), Ordering::Relaxed);
-        if let Ok(mut c) = self.last_cmd.lock() {
-            *c = cmd;
-        }
     }
 
     /// Publishes the connection state that CLIENT LIST shows.
@@ -189,11 +190,7 @@ impl ClientInfo {
         let qbuf = self.qbuf.load(Ordering::Relaxed);
         let omem = self.omem.load(Ordering::Relaxed);
         let name = self.name.lock().ok().and_then(|n| n.clone());
-        let cmd = self
-            .last_cmd
-            .lock()
-            .map(|c| if c.is_empty() { "NULL" } else { *c })
-            .unwrap_or("NULL");
+        let cmd = crate::command::name_of(self.last_cmd.load(Ordering::Relaxed));
         let mut out = format!(
             "id={} addr={} laddr={} fd={} name=",
             self.id, self.addr, self.laddr, self.fd
@@ -249,7 +246,7 @@ impl Registry {
             fd,
             created_ms: now,
             last_active_ms: AtomicU64::new(now),
-            last_cmd: Mutex::new(""),
+            last_cmd: AtomicU32::new(0),
             name: Mutex::new(None),
             user: Mutex::new("default".into()),
             db: AtomicU32::new(0),
@@ -375,7 +372,11 @@ mod tests {
         let r = Arc::new(Registry::default());
         let a = r.register(7, addr(5000), Some(addr(6380)), 9);
         a.info.set_name(Some(Bytes::from_static(b"worker")));
-        a.info.touch("client|list");
+        a.info.touch(
+            crate::command::Command::from_args(["client", "list"])
+                .entry()
+                .index,
+        );
         a.info
             .publish(3, 3, flag::PUBSUB | flag::MULTI, [2, 1, 0], 4);
         let line = String::from_utf8(a.info.line()).unwrap();
