@@ -120,7 +120,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
     /// Whether `security.deny_commands` forbids this command: by name, `name|sub`, or ACL
     /// category (`@dangerous`).
     fn denied(&self, cmd: &Command) -> bool {
-        let cfg = self.ctx.cfg.load();
+        let cfg = &self.cfg;
         if cfg.deny_commands.is_empty() {
             return false;
         }

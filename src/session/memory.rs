@@ -67,7 +67,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         self.io.accounted = (qbuf, omem);
         let clients = &self.ctx.clients;
         let total = clients.account(&self.me.info, qbuf, omem);
-        let cfg = self.ctx.cfg.load();
+        let cfg = &self.cfg;
         if qbuf > cfg.max_client_query_buffer {
             telemetry::client_rejected("query_buffer");
             tracing::warn!(

@@ -30,8 +30,10 @@ mod state_plan;
 mod subscriptions;
 mod transaction;
 
+use std::future::Future;
 use std::io::IoSlice;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -150,6 +152,10 @@ pub struct Session<S> {
     retry_gate: Option<Arc<retry::Gate>>,
     /// This client's entry in the registry (removed when the session ends).
     me: registry::Registered,
+    /// CLIENT KILL, the memory budget or SIGTERM, as one future kept across turns.
+    signals: Pin<Box<dyn Future<Output = Event> + Send>>,
+    /// The configuration, as of the last change seen (SIGHUP replaces it).
+    cfg: Arc<Config>,
 }
 
 /// Something that happened while the session waited.
@@ -178,6 +184,16 @@ where
     let id = ctx.next_id.fetch_add(1, Ordering::Relaxed);
     let peer = ends.peer;
     let me = ctx.clients.register(id, ends.peer, ends.local, ends.fd);
+    let signals = {
+        let killed = me.info.killed();
+        let drain = ctx.drain.clone().cancelled_owned();
+        Box::pin(async move {
+            tokio::select! {
+                _ = killed => Event::Killed,
+                _ = drain => Event::Drain,
+            }
+        })
+    };
     let (rd, wr) = tokio::io::split(stream);
     let cfg = ctx.cfg.load_full();
     let authed = !ctx.auth.required();
@@ -211,6 +227,8 @@ where
             .retry_on_timeout
             .then(|| Arc::new(retry::Gate::default())),
         me,
+        signals,
+        cfg: cfg.clone(),
         ctx,
     };
     tracing::debug!(client = id, %peer, "client connected");
@@ -232,8 +250,11 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 self.dispatch_input().await;
             }
             self.flush_batch().await;
-            if !self.settle().await {
+            if !self.settle().await || !self.write_now() {
                 return;
+            }
+            if self.ctx.drain.is_cancelled() {
+                self.client.closing = true;
             }
             if self.client.closing && self.pipeline.is_empty() && self.out.q.is_empty() {
                 return;
@@ -248,13 +269,13 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
 
     /// Parses and dispatches every complete command in the input buffer.
     async fn dispatch_input(&mut self) {
-        let limits = self.ctx.cfg.load().limits.clone();
+        self.refresh_config();
         while !self.client.closing && !self.io.gone {
             let unauthenticated = !self.client.authed;
             match self
                 .io
                 .parser
-                .next(&mut self.io.inbuf, &limits, unauthenticated)
+                .next(&mut self.io.inbuf, &self.cfg.limits, unauthenticated)
             {
                 Ok(Some(Parsed::Command(req))) => {
                     let cmd = Command::new(req);
@@ -282,11 +303,20 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         }
     }
 
+    /// Takes the configuration SIGHUP installed, if it changed (a pointer comparison per
+    /// batch of input; limits apply from the next command).
+    fn refresh_config(&mut self) {
+        let now = self.ctx.cfg.load();
+        if !Arc::ptr_eq(&now, &self.cfg) {
+            self.cfg = arc_swap::Guard::into_inner(now);
+        }
+    }
+
     /// Whether to read more input now: not while the client has `limits.max_pending_requests`
     /// commands awaiting replies (one that never reads its replies cannot queue unbounded work
     /// in Redis).
     fn input_room(&self) -> bool {
-        self.pipeline.outstanding() < self.ctx.cfg.load().max_pending_requests.max(1)
+        self.pipeline.outstanding() < self.cfg.max_pending_requests.max(1)
     }
 
     /// Moves finished replies to the output buffer and writes what the socket takes at once.
@@ -318,16 +348,34 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         let mut slices = [IoSlice::new(&[]); MAX_SLICES];
         let n = self.out.q.slices(&mut slices);
         let deadline = self.out.soft_deadline();
-        let draining = self.client.closing;
         tokio::select! {
             biased;
-            _ = self.me.info.killed() => Event::Killed,
             _ = self.pipeline.front_ready() => Event::Replied,
             r = self.io.wr.write_vectored(&slices[..n]), if n > 0 => Event::Wrote(r),
             r = recv_relay(&mut self.relay) => Event::Relay(r),
             r = self.io.rd.read_buf(&mut self.io.inbuf), if read => Event::Read(r),
             _ = sleep_until(deadline), if deadline.is_some() => Event::SoftDeadline,
-            _ = self.ctx.drain.cancelled(), if !draining => Event::Drain,
+            // Last: it is only polled when nothing else is ready, that is when the task is
+            // about to sleep (the loop also checks the flags behind it on every turn).
+            ev = &mut self.signals => {
+                // Each signal is acted on once.
+                self.signals = Box::pin(std::future::pending());
+                ev
+            }
+        }
+    }
+
+    /// Writes what the socket takes now without waiting, saving a turn of the event loop
+    /// for the common case of a reply that fits in the socket buffer.
+    fn write_now(&mut self) -> bool {
+        if self.out.q.is_empty() {
+            return true;
+        }
+        let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+        let n = self.out.q.slices(&mut slices);
+        match futures_util::FutureExt::now_or_never(self.io.wr.write_vectored(&slices[..n])) {
+            None => true,
+            Some(r) => self.handle(Event::Wrote(r)),
         }
     }
 
@@ -449,7 +497,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             return;
         }
         let n = self.gather.len();
-        let max = self.ctx.cfg.load().max_pending_requests.max(1);
+        let max = self.cfg.max_pending_requests.max(1);
         // Room for `n` more commands awaiting replies; one batch may always go.
         while self.pipeline.outstanding() > 0 && self.pipeline.outstanding() + n > max {
             if !self.settle().await {

@@ -72,9 +72,10 @@ pub struct ClientInfo {
 }
 
 impl ClientInfo {
-    /// Resolves when the client has been killed.
-    pub async fn killed(&self) {
-        self.kill.cancelled().await
+    /// Resolves when the client has been killed (a future the session keeps, so that waiting
+    /// for it costs nothing per turn of its loop).
+    pub fn killed(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.kill.clone().cancelled_owned()
     }
 
     /// Disconnects the client as soon as its task notices.

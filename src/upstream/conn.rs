@@ -277,6 +277,9 @@ impl Serving {
     ) -> Result<(), UpstreamError> {
         let (mut rd, mut wr) = tokio::io::split(stream);
         self.deliver()?;
+        // Kept across turns: making a fresh one per turn was a visible share of the cost.
+        let retired = ep.retired().clone().cancelled_owned();
+        tokio::pin!(retired);
         // One timer, re-armed only when the moment to check changes: building a new timer on
         // every turn of this loop was a visible share of the per-command cost.
         let timer = tokio::time::sleep(self.timeout);
@@ -336,7 +339,6 @@ impl Serving {
                         self.written += n as u64;
                     }
                 }
-                _ = ep.retired().cancelled() => return Err(ep.retired_error()),
                 alive = async { match probe.as_mut() { Some(p) => p.await, None => std::future::pending().await } }, if probe.is_some() => {
                     probe = None;
                     if alive {
@@ -347,6 +349,7 @@ impl Serving {
                         self.abandon_overdue();
                     }
                 }
+                _ = &mut retired => return Err(ep.retired_error()),
                 _ = &mut timer, if check.is_some() && probe.is_none() => {
                     armed = None;
                     let now = Instant::now();
