@@ -4,12 +4,16 @@
 //! (uncompressed) size, so MB/s figures compare codecs by the work a client's value represents.
 //! Absolute numbers vary between machines; compare codecs and sizes within one run.
 
+#[path = "../tests/common/agent_data.rs"]
+#[allow(dead_code)]
+mod agent_data;
+use agent_data::agent_session_json;
+
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use statecar::state::codec::Codec;
 use statecar::state::envelope::{self, Decoded};
-use statecar::state::sample::agent_session_json;
 
 const SIZES: [(usize, &str); 3] = [(1024, "1KiB"), (16 * 1024, "16KiB"), (256 * 1024, "256KiB")];
 const CODECS: [Codec; 4] = [Codec::None, Codec::Lz4, Codec::Zlib, Codec::Zstd];

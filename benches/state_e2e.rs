@@ -18,6 +18,11 @@
 //! checked: SET must answer +OK, GET must return the value's length, and one GET in 32 is
 //! compared byte for byte with what was written.
 
+#[path = "../tests/common/agent_data.rs"]
+#[allow(dead_code)]
+mod agent_data;
+use agent_data::agent_session_json;
+
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::str::FromStr;
@@ -25,7 +30,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use statecar::state::sample::agent_session_json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -427,7 +427,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         matches!(self.wait(rx).await, Some(Ok(())))
     }
 
-    async fn dispatch(&mut self, cmd: Command) -> Flow {
+    async fn dispatch(&mut self, mut cmd: Command) -> Flow {
         if self.evalsha_in_flight {
             // The previous state write went out as EVALSHA; if Redis lost the script it is
             // re-sent as EVAL, and nothing of ours may overtake it.
@@ -492,10 +492,20 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         if self.pinned.is_some() {
             return Box::pin(self.dispatch_pinned(kind, cmd)).await;
         }
-        let plan = (kind == Kind::Plain)
+        let state = (kind == Kind::Plain)
             .then(|| self.ctx.state.load())
-            .filter(|state| !state.is_empty())
-            .and_then(|state| state.plan(&cmd));
+            .filter(|state| !state.is_empty());
+        let plan = match state {
+            // Compressing a large value here would hold up every client on this thread.
+            Some(s) if s.plan_is_heavy(&cmd) => {
+                let s = arc_swap::Guard::into_inner(s);
+                let (c, p) = Box::pin(crate::state::plan::plan_on_pool(s, cmd)).await;
+                cmd = c;
+                p
+            }
+            Some(s) => s.plan(&cmd),
+            None => None,
+        };
         if let Some(plan) = plan {
             self.next_ro = self.retry_gate.is_some() && retry::read_only(&cmd.args);
             return Box::pin(self.run_plan(plan)).await;
@@ -796,6 +806,11 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         };
         let state = self.ctx.state.load();
         let script = state.scripts.get(call.script);
+        // STATE.ROLLBACK finishes on the reply path (it writes the version it read): the
+        // client's next command waits for it, as after an EVALSHA.
+        if call.script == crate::state::scripts::ScriptKind::Rollback {
+            self.evalsha_in_flight = true;
+        }
         if allow_fast && self.ctx.upstream.functions() {
             Plan::Send {
                 raw: state.scripts.fcall(call.script, &call.keys, &call.args),

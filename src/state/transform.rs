@@ -8,11 +8,17 @@
 use bytes::{Bytes, BytesMut};
 use redis_protocol::resp3::types::{BytesFrame, Resp3Frame};
 
-use super::envelope::{self, Decoded, Meta};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::envelope::{self, HEADER_LEN, Meta};
+use super::followup::{self, dicts_needed, load_dicts};
+use super::history::{self, ChainError, Version};
 use super::keys::history_key;
 use super::rules::OnCorruption;
 use super::scripts::ScriptKind;
-use super::{ReadValue, StateEngine, show_key};
+use super::{ReadValue, StateEngine, dict, show_key};
 use crate::protocol::{Scanner, Side, encode_multibulk};
 use crate::reply::{Value, error};
 use crate::upstream::conn::{SharedConn, call};
@@ -60,12 +66,26 @@ pub enum Transform {
         /// The key.
         key: Bytes,
     },
-    /// The WRITE script's `{done, old, version}`.
+    /// The WRITE script's `{done, old, version, trimmed, versions, deltas}`.
     Write {
         /// The (first) key written.
         key: Bytes,
         /// What the client's command returns.
         shape: WriteShape,
+        /// For the delta cache, by pair index: what each versioned key now holds.
+        notes: Vec<(usize, CacheNote)>,
+    },
+    /// STATE.ROLLBACK: the version's entries; the transform writes it as the newest version.
+    Rollback {
+        /// The key.
+        key: Bytes,
+    },
+    /// STATE.TRAIN: SCAN's first reply; the transform reads values, trains and stores.
+    Train {
+        /// A key of the rule.
+        key: Bytes,
+        /// How many values to train on.
+        samples: usize,
     },
     /// STATE.LOAD
     Load {
@@ -82,6 +102,19 @@ pub enum Transform {
     Exec(Vec<Option<Transform>>),
     /// A script whose reply is the client's reply (DEL, EXPIRE, ...).
     Passthrough,
+}
+
+/// What a versioned write left in a key, for the delta cache once its version is known.
+#[derive(Debug, Clone)]
+pub struct CacheNote {
+    /// The key.
+    pub key: Bytes,
+    /// The header written, stamped with `predicted`.
+    pub header: [u8; HEADER_LEN],
+    /// The value written.
+    pub value: Bytes,
+    /// The version stamped (0: none; the script stamped the real one).
+    pub predicted: u32,
 }
 
 /// A transform plus what is needed to re-send its script with EVAL if Redis lost it.
@@ -251,6 +284,7 @@ impl Reshape {
             engine: &self.engine,
             proto: self.proto,
             conn: self.conn.as_ref(),
+            in_exec: false,
         }
         .run(&self.pending, reply)
         .await
@@ -260,12 +294,20 @@ impl Reshape {
 /// Context for applying a transform.
 pub struct Apply<'a> {
     /// The engine (rules, limits, counters).
-    pub engine: &'a StateEngine,
+    pub engine: &'a Arc<StateEngine>,
     /// The client's RESP version.
     pub proto: u8,
-    /// A shared connection for follow-ups (NOSCRIPT retry, previous-version fallback).
+    /// A shared connection for follow-ups (NOSCRIPT retry, previous-version fallback,
+    /// dictionaries, the second step of STATE.ROLLBACK).
     pub conn: Option<&'a SharedConn>,
+    /// Reshaping an element of an EXEC reply: no follow-up may write (it would run outside
+    /// the transaction).
+    pub in_exec: bool,
 }
+
+/// Stored values at least this long are decoded on the blocking pool, not on the thread that
+/// serves other clients' replies.
+const DECODE_OFF_THREAD: usize = 1 << 20;
 
 impl Apply<'_> {
     /// Applies `p` to one reply frame.
@@ -324,8 +366,12 @@ impl Apply<'_> {
                 Transform::Range { key, start, end } => self.range(key, *start, *end, reply).await,
                 Transform::Values { keys } => self.values(keys, reply).await,
                 Transform::Strlen { key } => self.strlen(key, reply),
-                Transform::Write { key, shape } => self.write(key, *shape, reply).await,
-                Transform::Load { key } => self.load(key, reply),
+                Transform::Write { key, shape, notes } => {
+                    self.write(key, *shape, notes, reply).await
+                }
+                Transform::Rollback { key } => self.rollback(key, reply).await,
+                Transform::Train { key, samples } => self.train(key, *samples, reply).await,
+                Transform::Load { key } => self.load(key, reply).await,
                 Transform::Versions => self.versions(reply),
                 Transform::List => self.list(reply),
                 Transform::Stats => self.stats(reply),
@@ -343,6 +389,10 @@ impl Apply<'_> {
 
     /// Decodes a stored value, falling back to the newest intact version where configured.
     async fn read(&self, key: &Bytes, stored: Bytes) -> Result<Bytes, Bytes> {
+        let ids = dicts_needed([&stored]);
+        if !ids.is_empty() {
+            load_dicts(self.conn, &ids).await;
+        }
         match self.engine.decode(key, &stored) {
             ReadValue::Value(v) => Ok(v),
             ReadValue::Damaged(e) => {
@@ -374,36 +424,42 @@ impl Apply<'_> {
             BytesFrame::Map { data, .. } => data.into_iter().flat_map(|(k, v)| [k, v]).collect(),
             _ => return None,
         };
-        let mut versions: Vec<(u64, Bytes)> = Vec::new();
-        for pair in flat.chunks(2) {
-            let [k, v] = pair else { continue };
-            let (Some(Some(k)), Some(Some(v))) = (bulk_of(k), bulk_of(v)) else {
-                continue;
-            };
-            if let Some(n) = std::str::from_utf8(&k)
-                .ok()
-                .and_then(|s| s.parse::<u64>().ok())
-            {
-                versions.push((n, v));
-            }
-        }
-        versions.sort_by_key(|v| std::cmp::Reverse(v.0));
-        for (_, stored) in versions {
-            if let Ok(Decoded::State { value, .. }) =
-                envelope::decode(&stored, self.engine.max_decoded)
-            {
-                return Some(Bytes::from(value));
-            }
-        }
-        None
+        let (live, kept) = history_fields(&flat);
+        load_dicts(
+            Some(conn),
+            &dicts_needed(live.values().chain(kept.values())),
+        )
+        .await;
+        // The key itself is the damaged one: its versions are read from the history alone.
+        let all = history::decode_all(&live, &kept, None, self.engine.max_decoded, &dict::lookup);
+        all.into_iter()
+            .rev()
+            .find_map(|(_, r)| r.ok().flatten())
+            .map(|v| Bytes::from(v.value))
     }
 
     async fn value(&self, key: &Bytes, reply: Bytes) -> Bytes {
         // An intact value needs no parser; a damaged one goes the slow way, which reports it.
-        if let Some(stored) = bulk_payload(&reply)
-            && let Some(frame) = self.engine.decode_frame(stored, &reply)
-        {
-            return frame;
+        if let Some(stored) = bulk_payload(&reply) {
+            let at = stored.as_ptr() as usize - reply.as_ptr() as usize;
+            let span = at..at + stored.len();
+            let frame = if stored.len() >= DECODE_OFF_THREAD {
+                let (engine, r, sp) = (self.engine.clone(), reply.clone(), span.clone());
+                tokio::task::spawn_blocking(move || engine.decode_frame(&r[sp], &r))
+                    .await
+                    .ok()
+                    .flatten()
+            } else {
+                self.engine.decode_frame(stored, &reply)
+            };
+            if let Some(frame) = frame {
+                if frame.len() > 2 && !std::ptr::eq(frame.as_ptr(), reply.as_ptr()) {
+                    let head = frame.len() - 2 - frame_value_len(&frame);
+                    self.engine
+                        .remember(key, &reply[span], frame.slice(head..frame.len() - 2));
+                }
+                return frame;
+            }
         }
         let Some(f) = decode_reply(&reply) else {
             return unexpected("GET");
@@ -470,14 +526,47 @@ impl Apply<'_> {
         }
     }
 
-    async fn write(&self, key: &Bytes, shape: WriteShape, reply: Bytes) -> Bytes {
+    async fn write(
+        &self,
+        key: &Bytes,
+        shape: WriteShape,
+        notes: &[(usize, CacheNote)],
+        reply: Bytes,
+    ) -> Bytes {
         let Some(BytesFrame::Array { data, .. }) = decode_reply(&reply) else {
+            self.forget_notes(notes);
             return unexpected("a state write");
         };
         let done = data.first().and_then(int_of).unwrap_or(0);
         let version = data.get(2).and_then(int_of).unwrap_or(0);
         if version > 0 {
             crate::telemetry::version_written(data.get(3).and_then(int_of).unwrap_or(0));
+        }
+        let list = |i: usize| -> Vec<i64> {
+            match data.get(i) {
+                Some(BytesFrame::Array { data, .. }) => data.iter().filter_map(int_of).collect(),
+                _ => Vec::new(),
+            }
+        };
+        let (versions, used) = (list(4), list(5));
+        let t = &self.engine.totals;
+        for (v, u) in versions.iter().zip(&used) {
+            if *u == 1 {
+                t.deltas.fetch_add(1, Ordering::Relaxed);
+            } else if *v > 1 {
+                t.full_copies.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        for (i, note) in notes {
+            match versions.get(*i).and_then(|v| u32::try_from(*v).ok()) {
+                Some(v) if done == 1 && v > 0 => self.note_written(note, v),
+                _ => self.forget_note(note),
+            }
+        }
+        if done == 1
+            && let Some(rule) = self.engine.rule_for(key)
+        {
+            followup::dictionary_work(self.engine, rule, self.conn);
         }
         match shape {
             WriteShape::Ok => Bytes::from_static(crate::reply::OK),
@@ -495,7 +584,178 @@ impl Apply<'_> {
         }
     }
 
-    fn load(&self, key: &Bytes, reply: Bytes) -> Bytes {
+    /// A versioned write took version `v`: its value is the key's delta base from now on.
+    fn note_written(&self, note: &CacheNote, v: u32) {
+        if v == note.predicted {
+            return; // cached when it was planned
+        }
+        let Some(cache) = self
+            .engine
+            .rule_for(&note.key)
+            .and_then(|r| self.engine.bases(r))
+        else {
+            return;
+        };
+        let mut header = note.header;
+        header[envelope::VERSION_OFFSET..HEADER_LEN].copy_from_slice(&envelope::version_patch(v));
+        cache.remove_if(&note.key, &note.header);
+        cache.put(
+            &note.key,
+            super::cache::Base {
+                header,
+                version: v,
+                value: note.value.clone(),
+            },
+        );
+    }
+
+    /// A write that did not happen: its value must not stay cached as the key's.
+    fn forget_note(&self, note: &CacheNote) {
+        if let Some(cache) = self
+            .engine
+            .rule_for(&note.key)
+            .and_then(|r| self.engine.bases(r))
+        {
+            cache.remove_if(&note.key, &note.header);
+        }
+    }
+
+    fn forget_notes(&self, notes: &[(usize, CacheNote)]) {
+        for (_, n) in notes {
+            self.forget_note(n);
+        }
+    }
+
+    /// Decodes the first of a chain of entries (loading the dictionaries they need).
+    async fn decode_chain(&self, entries: &[(u32, Bytes)]) -> Result<Option<Version>, ChainError> {
+        load_dicts(self.conn, &dicts_needed(entries.iter().map(|(_, b)| b))).await;
+        let max = self.engine.max_decoded;
+        let big = entries.iter().map(|(_, b)| b.len()).sum::<usize>() >= DECODE_OFF_THREAD;
+        if big {
+            let owned = entries.to_vec();
+            return tokio::task::spawn_blocking(move || {
+                history::decode_chain(&owned, max, &dict::lookup)
+            })
+            .await
+            .unwrap_or(Err(ChainError {
+                version: 0,
+                error: envelope::EnvelopeError::NeedsBase(0),
+            }));
+        }
+        history::decode_chain(entries, max, &dict::lookup)
+    }
+
+    /// STATE.ROLLBACK's second step: version v's content becomes the newest version.
+    async fn rollback(&self, key: &Bytes, reply: Bytes) -> Bytes {
+        if self.in_exec {
+            // The write would run after EXEC, outside the transaction: nothing was changed.
+            return error(
+                "ERR statecar: STATE.ROLLBACK cannot run inside MULTI (it reads the version, \
+                 then writes it); run it outside the transaction",
+            );
+        }
+        let Some(BytesFrame::Array { data, .. }) = decode_reply(&reply) else {
+            return unexpected("STATE.ROLLBACK");
+        };
+        let (Some(entries), Some(Some(tags))) =
+            (entry_pairs(data.first()), data.get(1).and_then(bulk_of))
+        else {
+            return unexpected("STATE.ROLLBACK");
+        };
+        let current = data.get(2).and_then(bulk_of).flatten();
+        let (Some(rule), Some(conn)) = (self.engine.rule_for(key), self.conn) else {
+            return error("ERR statecar: STATE.ROLLBACK needs a connection to Redis");
+        };
+        let target = match self.decode_chain(&entries).await {
+            Ok(Some(v)) => v,
+            Ok(None) => {
+                return error(&format!(
+                    "ERR statecar: version of '{}' holds a value statecar did not write",
+                    show_key(key)
+                ));
+            }
+            Err(e) => {
+                self.engine.decode(key, &Bytes::new());
+                return error(&StateEngine::damaged_error(key, &e.error));
+            }
+        };
+        // The key's current value, as the base of the delta the replaced version becomes.
+        let base = match &current {
+            Some(stored) => match self.decode_chain(&[(0, stored.clone())]).await {
+                Ok(Some(v)) if v.meta.base.is_none() && stored.len() >= HEADER_LEN => {
+                    let mut header = [0u8; HEADER_LEN];
+                    header.copy_from_slice(&stored[..HEADER_LEN]);
+                    Some(super::cache::Base {
+                        header,
+                        version: v.meta.version,
+                        value: Bytes::from(v.value),
+                    })
+                }
+                _ => None,
+            },
+            None => None,
+        };
+        let value = Bytes::from(target.value);
+        let w =
+            self.engine
+                .encode_rollback(rule, key, &value, target.meta.timestamp_ms, base.as_ref());
+        let keys = [key.clone(), history_key(key)];
+        let args = [
+            Bytes::from_static(b"SET"),
+            Bytes::new(),
+            Bytes::from_static(b"0"),
+            Bytes::new(),
+            tags,
+            w.stored,
+            Bytes::from(super::plan::window(rule).to_string()),
+            Bytes::from_static(b"KEEPTTL"),
+            Bytes::new(),
+            w.base_header,
+            w.delta,
+            Bytes::from(w.predicted.to_string()),
+        ];
+        let cmd = self.engine.scripts.write.eval(&keys, &args);
+        let reply = match call(conn, cmd, 1).await {
+            Ok(b) => b,
+            Err(f) => return Bytes::from(f.error.to_resp()),
+        };
+        let note = CacheNote {
+            key: key.clone(),
+            header: w.header,
+            value,
+            predicted: w.predicted,
+        };
+        if is_error(&reply) {
+            self.forget_note(&note);
+            return reply;
+        }
+        self.write(key, WriteShape::Version, &[(0, note)], reply)
+            .await
+    }
+
+    /// STATE.TRAIN: trains the rule's dictionary from its stored values.
+    async fn train(&self, key: &Bytes, samples: usize, reply: Bytes) -> Bytes {
+        let (Some(rule), Some(conn)) = (self.engine.rule_for(key), self.conn) else {
+            return error("ERR statecar: STATE.TRAIN needs a connection to Redis");
+        };
+        let Some(trainer) = self.engine.trainer(rule) else {
+            return error("ERR statecar: internal error: no dictionary for the rule");
+        };
+        // One training at a time per rule; a background one running counts.
+        let Some(work) = trainer.claim() else {
+            return error(
+                "ERR statecar: a dictionary is being trained for this rule right now; try again",
+            );
+        };
+        let r = followup::train_from_keys(self.engine, rule, conn, reply, samples).await;
+        trainer.done(work, r.is_ok());
+        match r {
+            Ok(id) => Value::Int(i64::from(id)).encode(self.proto),
+            Err(e) => error(&format!("ERR statecar: {e}")),
+        }
+    }
+
+    async fn load(&self, key: &Bytes, reply: Bytes) -> Bytes {
         let f = decode_reply(&reply);
         let Some(BytesFrame::Array { data, .. }) = f else {
             return match f {
@@ -503,26 +763,35 @@ impl Apply<'_> {
                 _ => unexpected("STATE.LOAD"),
             };
         };
-        let (Some(Some(stored)), Some(Some(tags)), Some(pttl)) = (
-            data.first().and_then(bulk_of),
+        let (Some(entries), Some(Some(tags)), Some(pttl)) = (
+            entry_pairs(data.first()),
             data.get(1).and_then(bulk_of),
             data.get(2).and_then(int_of),
         ) else {
             return unexpected("STATE.LOAD");
         };
+        let Some((_, stored)) = entries.first().cloned() else {
+            return unexpected("STATE.LOAD");
+        };
         let version = data.get(3).and_then(int_of).unwrap_or(0);
-        let (value, meta) = match envelope::decode(&stored, self.engine.max_decoded) {
-            Ok(Decoded::State { value, mut meta }) => {
-                // History entries keep version 0 in their header; the script names the version.
+        let (value, meta) = match self.decode_chain(&entries).await {
+            Ok(Some(Version { value, mut meta })) => {
+                // History entries written before format 2 keep version 0 in their header;
+                // the script names the version.
                 if meta.version == 0 {
                     meta.version = version as u32;
                 }
                 (Bytes::from(value), Some(meta))
             }
-            Ok(Decoded::Plain) => (stored.clone(), None),
+            Ok(None) => (stored.clone(), None),
             Err(e) => {
-                self.engine.decode(key, &stored);
-                return error(&StateEngine::damaged_error(key, &e));
+                self.engine
+                    .totals
+                    .corruptions
+                    .fetch_add(1, Ordering::Relaxed);
+                crate::telemetry::checksum_failure();
+                tracing::warn!(key = %show_key(key), error = %e, "state value failed verification");
+                return error(&StateEngine::damaged_error(key, &e.error));
             }
         };
         let ttl = if pttl < 0 { pttl } else { (pttl + 999) / 1000 };
@@ -629,6 +898,22 @@ impl Apply<'_> {
                 Value::text("previous_version_fallbacks"),
                 Value::Int(t.fallbacks.load(Relaxed) as i64),
             ),
+            (
+                Value::text("versions_stored_as_deltas"),
+                Value::Int(t.deltas.load(Relaxed) as i64),
+            ),
+            (
+                Value::text("versions_stored_whole"),
+                Value::Int(t.full_copies.load(Relaxed) as i64),
+            ),
+            (
+                Value::text("dictionary_writes"),
+                Value::Int(t.dict_writes.load(Relaxed) as i64),
+            ),
+            (
+                Value::text("dictionaries_trained"),
+                Value::Int(t.dicts_trained.load(Relaxed) as i64),
+            ),
         ];
         for line in info.lines() {
             if let Some((k, v)) = line.trim().split_once(':')
@@ -664,14 +949,58 @@ impl Apply<'_> {
         }
         let mut out = BytesMut::new();
         out.extend_from_slice(format!("*{}\r\n", elements.len()).as_bytes());
+        let inner = Apply {
+            engine: self.engine,
+            proto: self.proto,
+            conn: self.conn,
+            in_exec: true,
+        };
         for (e, t) in elements.into_iter().zip(items) {
             match t {
-                Some(t) => out.extend_from_slice(&self.transform(t, e).await),
+                Some(t) => out.extend_from_slice(&inner.transform(t, e).await),
                 None => out.extend_from_slice(&e),
             }
         }
         out.freeze()
     }
+}
+
+/// The length of the value inside a bulk frame `$<len>\r\n<value>\r\n` made by
+/// [`envelope::decode_bulk`].
+fn frame_value_len(frame: &[u8]) -> usize {
+    let nl = memchr::memchr(b'\n', frame).unwrap_or(0);
+    frame.len().saturating_sub(nl + 1 + 2)
+}
+
+/// The `<v>` fields and the kept bases (`d<v>`) of a history hash's HGETALL.
+fn history_fields(flat: &[BytesFrame]) -> (BTreeMap<u32, Bytes>, BTreeMap<u32, Bytes>) {
+    let (mut live, mut kept) = (BTreeMap::new(), BTreeMap::new());
+    for pair in flat.chunks(2) {
+        let [k, v] = pair else { continue };
+        let (Some(Some(k)), Some(Some(v))) = (bulk_of(k), bulk_of(v)) else {
+            continue;
+        };
+        let name = String::from_utf8_lossy(&k);
+        if let Ok(n) = name.parse::<u32>() {
+            live.insert(n, v);
+        } else if let Some(n) = name.strip_prefix('d').and_then(|n| n.parse::<u32>().ok()) {
+            kept.insert(n, v);
+        }
+    }
+    (live, kept)
+}
+
+/// `{version, bytes, ...}` as (version, bytes) pairs.
+fn entry_pairs(frame: Option<&BytesFrame>) -> Option<Vec<(u32, Bytes)>> {
+    let Some(BytesFrame::Array { data, .. }) = frame else {
+        return None;
+    };
+    data.chunks(2)
+        .map(|p| match p {
+            [v, b] => Some((u32::try_from(int_of(v)?).ok()?, bulk_of(b)??)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// GETRANGE semantics on a byte string.
