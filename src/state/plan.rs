@@ -273,9 +273,17 @@ impl StateEngine {
     /// ([`plan_on_pool`]) rather than on the thread that serves other clients: a write of a
     /// value of at least [`HEAVY_VALUE`] bytes. Cheap: looks at argument lengths only.
     pub fn plan_is_heavy(&self, cmd: &Command) -> bool {
-        cmd.args.len() > 2
-            && cmd.args[2..].iter().any(|a| a.len() >= HEAVY_VALUE)
-            && !self.rules.is_empty()
+        let a = &cmd.args;
+        if a.len() < 3 || !a[2..].iter().any(|v| v.len() >= HEAVY_VALUE) {
+            return false;
+        }
+        // Only writes to state keys compress anything.
+        let multi = a[0].eq_ignore_ascii_case(b"MSET") || a[0].eq_ignore_ascii_case(b"MSETNX");
+        if multi {
+            a[1..].iter().step_by(2).any(|k| self.rule_for(k).is_some())
+        } else {
+            self.rule_for(&a[1]).is_some()
+        }
     }
 
     /// Plans `cmd`; `None` means it touches no state key and goes through untouched.

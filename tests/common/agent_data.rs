@@ -599,10 +599,13 @@ pub struct Checkpoints {
     step: u64,
     clock_ms: u64,
     thread: String,
-    /// Serialized messages so far, comma-separated (the inside of the messages array).
-    messages: String,
-    /// Serialized memory entries so far (the inside of `memory.documents`).
-    memory: String,
+    /// Serialized messages so far, each comma-separated run one step's (the inside of the
+    /// messages array, in pieces).
+    messages: Vec<String>,
+    /// Keep only this many most recent steps' messages (an agent that trims its context).
+    keep: usize,
+    /// Serialized memory entries so far (the inside of `memory.documents`, in pieces).
+    memory: Vec<String>,
     /// The last step's new messages, which the metadata's `writes` repeats.
     last_writes: String,
     counters: [u64; 5],
@@ -623,8 +626,9 @@ impl Checkpoints {
             step: 0,
             clock_ms,
             thread,
-            messages: String::new(),
-            memory: String::new(),
+            messages: Vec::new(),
+            keep: usize::MAX,
+            memory: Vec::new(),
             last_writes: String::new(),
             counters: [1, 1, 1, 1, 1],
             run_id,
@@ -637,7 +641,7 @@ impl Checkpoints {
         let mut input = String::new();
         c.human_message(&mut input);
         first.push_str(&input);
-        c.messages.push_str(&first);
+        c.messages.push(first);
         c.last_writes = input;
         c.step = 1;
         c
@@ -668,9 +672,24 @@ impl Checkpoints {
         }
         self.counters[0] += 1;
         self.counters[1 + (self.step % 4) as usize] += 1;
-        self.messages.push(',');
-        self.messages.push_str(&new);
+        self.messages.push(new.clone());
+        if self.messages.len() > self.keep {
+            self.messages.remove(0);
+        }
         self.last_writes = new;
+    }
+
+    /// From now on checkpoints hold only the last `steps` steps' messages, so their size stays
+    /// level (about 70 KB for 40) while the session goes on: an agent with a bounded context.
+    pub fn keep_last(mut self, steps: usize) -> Checkpoints {
+        self.keep = steps.max(1);
+        while self.messages.len() > self.keep {
+            self.messages.remove(0);
+        }
+        while self.memory.len() > self.keep / 3 + 1 {
+            self.memory.remove(0);
+        }
+        self
     }
 
     /// Advances `n` steps.
@@ -682,7 +701,9 @@ impl Checkpoints {
 
     /// The checkpoint after the current step.
     pub fn checkpoint(&mut self) -> Vec<u8> {
-        let mut out = String::with_capacity(self.messages.len() + self.memory.len() + 2048);
+        let mlen: usize = self.messages.iter().map(|m| m.len() + 1).sum();
+        let dlen: usize = self.memory.iter().map(|m| m.len() + 1).sum();
+        let mut out = String::with_capacity(mlen + dlen + 2048);
         let rng = &mut self.rng;
         self.clock_ms += rng.range(300, 20_000);
         out.push_str("{\"v\":1,\"ts\":\"");
@@ -690,9 +711,19 @@ impl Checkpoints {
         out.push_str("\",\"id\":\"");
         uuid(rng, &mut out);
         out.push_str("\",\"channel_values\":{\"messages\":[");
-        out.push_str(&self.messages);
+        for (i, m) in self.messages.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(m);
+        }
         out.push_str("],\"memory\":{\"documents\":[");
-        out.push_str(&self.memory);
+        for (i, m) in self.memory.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(m);
+        }
         let _ = write!(
             out,
             "]}},\"next\":\"{}\",\"remaining_steps\":{}}},\"channel_versions\":{{",
@@ -852,10 +883,8 @@ impl Checkpoints {
 
     /// A retrieved document kept in the memory channel, with its embedding.
     fn remember(&mut self) {
-        if !self.memory.is_empty() {
-            self.memory.push(',');
-        }
-        let out = &mut self.memory;
+        let mut doc = String::new();
+        let out = &mut doc;
         let _ = write!(
             out,
             "{{\"doc_id\":\"doc-{}\",\"title\":\"",
@@ -871,6 +900,11 @@ impl Checkpoints {
             let _ = write!(out, "{:.6}", self.rng.unit());
         }
         let _ = write!(out, "],\"step\":{}}}", self.step);
+        self.memory.push(doc);
+        // A bounded context keeps about one document per three steps it keeps.
+        if self.memory.len() > self.keep / 3 + 1 {
+            self.memory.remove(0);
+        }
     }
 }
 
