@@ -574,12 +574,12 @@ async fn big(cfg: &Cfg, out: &mut String) -> Res<()> {
         let v: Vec<f64> = rounds.iter().map(|r| r[b] / r[a]).collect();
         (median(v.clone()), range(&v))
     };
-    let stored = match sc.cmd(&[b"STATE.LOAD", b"big:1"]).await? {
-        f => f
-            .field("stored_size")
-            .and_then(|s| s.int().ok())
-            .unwrap_or(0),
-    };
+    let stored = sc
+        .cmd(&[b"STATE.LOAD", b"big:1"])
+        .await?
+        .field("stored_size")
+        .and_then(|s| s.int().ok())
+        .unwrap_or(0);
     let _ = writeln!(
         out,
         "#### 8 MB checkpoints\n\nOne connection, {} different checkpoints of {} bytes (each one \
