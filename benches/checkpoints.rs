@@ -542,8 +542,15 @@ async fn big(cfg: &Cfg, out: &mut String) -> Res<()> {
         if round == 0 {
             probes.push(("versioned SET through statecar".into(), times));
         }
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let pr = tokio::spawn(probe(cfg.sc, rx));
         for v in &values {
             t[1] += timed(&mut sc, &set("pbig:1", v), is_ok).await?;
+        }
+        let _ = tx.send(true);
+        let times = pr.await.map_err(|e| e.to_string())??;
+        if round == 0 {
+            probes.push(("plain SET through statecar".into(), times));
         }
         for v in &values {
             t[2] += timed(&mut rd, &set("pbig:2", v), is_ok).await?;

@@ -839,3 +839,7 @@ impl StateEngine {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

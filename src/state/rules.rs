@@ -470,6 +470,82 @@ pattern = "agent:*"
         assert_eq!(ok.map(|r| r.codec), Ok(Codec::Zstd));
     }
 
+    #[test]
+    fn delta_and_dictionary_options() {
+        let zstd = |extra: &str| {
+            let c: RuleConfig = toml::from_str(&format!(
+                "pattern = \"s:*\"\ncompression = \"zstd\"\n{extra}"
+            ))
+            .unwrap_or_else(|e| panic!("{e}"));
+            Rule::from_config(2, &c)
+        };
+        // Defaults: zstd versioned rules keep deltas at level 1; other codecs do not.
+        let r = zstd("").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (r.delta, r.level, r.delta_chain, r.dictionary),
+            (true, 1, 64, false)
+        );
+        assert_eq!(r.delta_cache_bytes, 64 << 20);
+        let lz4 = Rule::from_config(0, &config("s:*")).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!lz4.delta);
+        assert!(!zstd("versioning = false").map(|r| r.delta).unwrap_or(true));
+        assert!(
+            !zstd("on_corruption = \"previous_version\"")
+                .map(|r| r.delta)
+                .unwrap_or(true)
+        );
+        let r = zstd("delta = false\ncompression_level = 7\ndelta_chain = 8\ndelta_cache_mb = 2\ndictionary = \"auto\"")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (r.delta, r.level, r.delta_chain, r.dictionary),
+            (false, 7, 8, true)
+        );
+        assert_eq!(r.delta_cache_bytes, 2 << 20);
+        for (extra, want) in [
+            (
+                "compression_level = 23",
+                "state[2].compression_level: 23 is out of range (expected -7 to 22)",
+            ),
+            (
+                "delta = true\nversioning = false",
+                "state[2].delta: needs versioning = true",
+            ),
+            (
+                "delta = true\non_corruption = \"previous_version\"",
+                "state[2].delta: cannot be combined with on_corruption = \"previous_version\" (older versions are read through the newest one); set delta = false",
+            ),
+            (
+                "delta_chain = 0",
+                "state[2].delta_chain: 0 is out of range (expected 1 to 10000)",
+            ),
+            (
+                "delta_cache_mb = 0",
+                "state[2].delta_cache_mb: 0 is out of range (expected 1 to 65536)",
+            ),
+            (
+                "dictionary = \"yes\"",
+                "state[2].dictionary: unknown value \"yes\" (expected none or auto)",
+            ),
+        ] {
+            assert_eq!(zstd(extra), Err(want.to_string()), "{extra}");
+        }
+        let c: RuleConfig =
+            toml::from_str("pattern = \"s:*\"\ncompression = \"lz4\"\ndictionary = \"auto\"")
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            Rule::from_config(0, &c),
+            Err("state[0].dictionary: auto needs compression = \"zstd\"".to_string())
+        );
+        let c: RuleConfig = toml::from_str("pattern = \"s:*\"\ncompression_level = 3")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(Rule::from_config(0, &c).is_err(), "levels are zstd's");
+        // Whole versions every delta_chain-th version, only when the history is longer.
+        let r = zstd("max_versions = 100\ndelta_chain = 16").unwrap_or_else(|e| panic!("{e}"));
+        assert!(r.full_version(32) && !r.full_version(33));
+        let r = zstd("max_versions = 16\ndelta_chain = 16").unwrap_or_else(|e| panic!("{e}"));
+        assert!(!r.full_version(32), "the window already bounds every chain");
+    }
+
     fn rules(patterns: &[&str]) -> Rules {
         Rules::new(
             patterns
