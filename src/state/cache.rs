@@ -22,11 +22,52 @@ pub struct Base {
     pub header: [u8; HEADER_LEN],
     /// The version number in that header.
     pub version: u32,
-    /// The value (decoded).
-    pub value: Bytes,
+    /// The value as a RESP bulk string (`$<len>\r\n<value>\r\n`): a GET that finds the key
+    /// still holding `header` is answered with it as it is.
+    frame: Bytes,
+    /// Where the value starts in `frame`.
+    head: usize,
 }
 
 impl Base {
+    /// A base for `value` (copied once into its reply frame).
+    pub fn from_value(header: [u8; HEADER_LEN], version: u32, value: &[u8]) -> Base {
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(value.len()).as_bytes();
+        let mut frame = bytes::BytesMut::with_capacity(value.len() + digits.len() + 5);
+        frame.extend_from_slice(b"$");
+        frame.extend_from_slice(digits);
+        frame.extend_from_slice(b"\r\n");
+        let head = frame.len();
+        frame.extend_from_slice(value);
+        frame.extend_from_slice(b"\r\n");
+        Base {
+            header,
+            version,
+            frame: frame.freeze(),
+            head,
+        }
+    }
+
+    /// A base for a value already in a reply frame (a decoded GET); `None` if `frame` is not
+    /// a whole bulk string.
+    pub fn from_frame(header: [u8; HEADER_LEN], version: u32, frame: Bytes) -> Option<Base> {
+        let nl = memchr::memchr(b'\n', &frame)?;
+        let head = nl + 1;
+        (frame.first() == Some(&b'$') && frame.len() >= head + 2 && frame.ends_with(b"\r\n"))
+            .then_some(Base {
+                header,
+                version,
+                frame,
+                head,
+            })
+    }
+
+    /// The value.
+    pub fn value(&self) -> Bytes {
+        self.frame.slice(self.head..self.frame.len() - 2)
+    }
+
     /// When that version was first written (ms since the epoch), from its header.
     pub fn timestamp_ms(&self) -> u64 {
         let mut ts = [0u8; 8];
@@ -78,6 +119,15 @@ impl BaseCache {
         self.lock().map.get(key).map(|e| e.base.clone())
     }
 
+    /// The reply frame of `key`'s value, if the key is cached with exactly `header` (the
+    /// first 36 bytes of what Redis holds): the same version, length, CRC32 and time, so the
+    /// same bytes.
+    pub fn frame_if(&self, key: &[u8], header: &[u8]) -> Option<Bytes> {
+        let g = self.lock();
+        let e = g.map.get(key)?;
+        (e.base.header[..] == *header).then(|| e.base.frame.clone())
+    }
+
     /// Whether `key` is cached with exactly `header`.
     pub fn holds(&self, key: &[u8], header: &[u8]) -> bool {
         self.lock()
@@ -89,18 +139,18 @@ impl BaseCache {
     /// Caches `base` for `key`, evicting the oldest entries beyond the budget. A value larger
     /// than a quarter of the budget is not cached (and replaces nothing).
     pub fn put(&self, key: &Bytes, base: Base) {
-        let size = key.len() + base.value.len() + ENTRY_OVERHEAD;
+        let size = key.len() + base.frame.len() + ENTRY_OVERHEAD;
         let mut g = self.lock();
         if size > self.budget / 4 {
             if let Some(old) = g.map.remove(key.as_ref()) {
-                g.bytes -= key.len() + old.base.value.len() + ENTRY_OVERHEAD;
+                g.bytes -= key.len() + old.base.frame.len() + ENTRY_OVERHEAD;
             }
             return;
         }
         g.seq += 1;
         let seq = g.seq;
         if let Some(old) = g.map.insert(key.clone(), Entry { base, seq }) {
-            g.bytes -= key.len() + old.base.value.len() + ENTRY_OVERHEAD;
+            g.bytes -= key.len() + old.base.frame.len() + ENTRY_OVERHEAD;
         }
         g.bytes += size;
         g.order.push_back((key.clone(), seq));
@@ -111,7 +161,7 @@ impl BaseCache {
             if g.map.get(&k).is_some_and(|e| e.seq == s)
                 && let Some(old) = g.map.remove(&k)
             {
-                g.bytes -= k.len() + old.base.value.len() + ENTRY_OVERHEAD;
+                g.bytes -= k.len() + old.base.frame.len() + ENTRY_OVERHEAD;
             }
         }
         // Rewrites of the same keys leave stale items behind; drop them once they dominate.
@@ -125,7 +175,7 @@ impl BaseCache {
     pub fn remove(&self, key: &[u8]) {
         let mut g = self.lock();
         if let Some(old) = g.map.remove(key) {
-            g.bytes -= key.len() + old.base.value.len() + ENTRY_OVERHEAD;
+            g.bytes -= key.len() + old.base.frame.len() + ENTRY_OVERHEAD;
         }
     }
 
@@ -135,7 +185,7 @@ impl BaseCache {
         if g.map.get(key).is_some_and(|e| e.base.header[..] == *header)
             && let Some(old) = g.map.remove(key)
         {
-            g.bytes -= key.len() + old.base.value.len() + ENTRY_OVERHEAD;
+            g.bytes -= key.len() + old.base.frame.len() + ENTRY_OVERHEAD;
         }
     }
 
@@ -162,11 +212,25 @@ mod tests {
     fn base(v: u32, len: usize) -> Base {
         let mut header = [0u8; HEADER_LEN];
         header[28..32].copy_from_slice(&v.to_be_bytes());
-        Base {
-            header,
-            version: v,
-            value: Bytes::from(vec![b'x'; len]),
-        }
+        Base::from_value(header, v, &vec![b'x'; len])
+    }
+
+    #[test]
+    fn serves_the_frame_only_for_the_same_header() {
+        let c = BaseCache::new(10_000);
+        let b = base(3, 5);
+        assert_eq!(&b.value()[..], b"xxxxx");
+        c.put(&Bytes::from_static(b"k"), b.clone());
+        assert_eq!(
+            c.frame_if(b"k", &b.header).as_deref(),
+            Some(&b"$5\r\nxxxxx\r\n"[..])
+        );
+        assert_eq!(c.frame_if(b"k", &base(4, 5).header), None);
+        assert_eq!(c.frame_if(b"other", &b.header), None);
+        let f = Bytes::from_static(b"$2\r\nab\r\n");
+        let g = Base::from_frame(b.header, 3, f).unwrap_or_else(|| panic!("frame"));
+        assert_eq!(&g.value()[..], b"ab");
+        assert!(Base::from_frame(b.header, 3, Bytes::from_static(b"+OK\r\n")).is_none());
     }
 
     #[test]

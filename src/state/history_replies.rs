@@ -113,11 +113,11 @@ impl Apply<'_> {
                 Ok(Some(v)) if v.meta.base.is_none() && stored.len() >= HEADER_LEN => {
                     let mut header = [0u8; HEADER_LEN];
                     header.copy_from_slice(&stored[..HEADER_LEN]);
-                    Some(super::cache::Base {
+                    Some(super::cache::Base::from_value(
                         header,
-                        version: v.meta.version,
-                        value: Bytes::from(v.value),
-                    })
+                        v.meta.version,
+                        &v.value,
+                    ))
                 }
                 _ => None,
             },

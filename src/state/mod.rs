@@ -207,7 +207,7 @@ impl StateEngine {
             .filter(|b| predicted > 0 && !rule.full_version(b.version));
         let delta_of = |b: &Base| {
             envelope::encode_delta(
-                &b.value,
+                &b.value(),
                 value,
                 predicted,
                 rule.level,
@@ -232,14 +232,7 @@ impl StateEngine {
         if let Some(c) = cache
             && predicted > 0
         {
-            c.put(
-                key,
-                Base {
-                    header,
-                    version: predicted,
-                    value: value.clone(),
-                },
-            );
+            c.put(key, Base::from_value(header, predicted, value));
         }
         let (base_header, delta) = match (base, delta) {
             (Some(b), Some(d)) => (Bytes::copy_from_slice(&b.header), Bytes::from(d)),
@@ -292,7 +285,7 @@ impl StateEngine {
             .filter(|b| rule.delta && predicted > 0 && !rule.full_version(b.version))
             .and_then(|b| {
                 envelope::encode_delta(
-                    &b.value,
+                    &b.value(),
                     value,
                     predicted,
                     rule.level,
@@ -303,14 +296,7 @@ impl StateEngine {
         let mut header = [0u8; HEADER_LEN];
         header.copy_from_slice(&stored[..HEADER_LEN]);
         if let (Some(c), true) = (self.bases(rule), predicted > 0) {
-            c.put(
-                key,
-                Base {
-                    header,
-                    version: predicted,
-                    value: value.clone(),
-                },
-            );
+            c.put(key, Base::from_value(header, predicted, value));
         }
         let (base_header, delta) = match (base, delta) {
             (Some(b), Some(d)) => (Bytes::copy_from_slice(&b.header), Bytes::from(d)),
@@ -336,9 +322,9 @@ impl StateEngine {
         crate::telemetry::state_write(rule.index, original, stored);
     }
 
-    /// Remembers what `key` holds now (a value just read and verified), as the base of its
-    /// next write's delta.
-    pub fn remember(&self, key: &Bytes, stored: &[u8], value: Bytes) {
+    /// Remembers what `key` holds now (a value just read and verified, as its reply frame),
+    /// as the base of its next write's delta and the answer to its next GET.
+    pub fn remember(&self, key: &Bytes, stored: &[u8], frame: Bytes) {
         let Some(rule) = self.rule_for(key) else {
             return;
         };
@@ -356,14 +342,21 @@ impl StateEngine {
         }
         let mut header = [0u8; HEADER_LEN];
         header.copy_from_slice(head);
-        cache.put(
-            key,
-            Base {
-                header,
-                version: meta.version,
-                value,
-            },
-        );
+        if let Some(b) = Base::from_frame(header, meta.version, frame) {
+            cache.put(key, b);
+        }
+    }
+
+    /// The reply for a GET of `key` when Redis holds `stored` and the proxy already has that
+    /// exact value (same header: version, length, CRC32, time): the cached frame, without
+    /// decompressing. The stored payload is checked by every read that misses the cache,
+    /// STATE.LOAD and `statecar verify`.
+    pub fn cached_frame(&self, key: &[u8], stored: &[u8]) -> Option<Bytes> {
+        let cache = self.rule_for(key).and_then(|r| self.bases(r))?;
+        let frame = cache.frame_if(key, stored.get(..HEADER_LEN)?)?;
+        self.totals.reads.fetch_add(1, Ordering::Relaxed);
+        crate::telemetry::state_read(stored.len(), frame.len());
+        Some(frame)
     }
 
     /// Forgets the cached base of `key` (deleted).

@@ -418,6 +418,9 @@ impl Apply<'_> {
     async fn value(&self, key: &Bytes, reply: Bytes) -> Bytes {
         // An intact value needs no parser; a damaged one goes the slow way, which reports it.
         if let Some(stored) = bulk_payload(&reply) {
+            if let Some(frame) = self.engine.cached_frame(key, stored) {
+                return frame;
+            }
             let at = stored.as_ptr() as usize - reply.as_ptr() as usize;
             let span = at..at + stored.len();
             let frame = if stored.len() >= DECODE_OFF_THREAD {
@@ -430,10 +433,8 @@ impl Apply<'_> {
                 self.engine.decode_frame(stored, &reply)
             };
             if let Some(frame) = frame {
-                if frame.len() > 2 && !std::ptr::eq(frame.as_ptr(), reply.as_ptr()) {
-                    let head = frame.len() - 2 - frame_value_len(&frame);
-                    self.engine
-                        .remember(key, &reply[span], frame.slice(head..frame.len() - 2));
+                if !std::ptr::eq(frame.as_ptr(), reply.as_ptr()) {
+                    self.engine.remember(key, &reply[span], frame.clone());
                 }
                 return frame;
             }
@@ -578,11 +579,7 @@ impl Apply<'_> {
         cache.remove_if(&note.key, &note.header);
         cache.put(
             &note.key,
-            super::cache::Base {
-                header,
-                version: v,
-                value: note.value.clone(),
-            },
+            super::cache::Base::from_value(header, v, &note.value),
         );
     }
 
@@ -748,13 +745,6 @@ impl Apply<'_> {
         }
         out.freeze()
     }
-}
-
-/// The length of the value inside a bulk frame `$<len>\r\n<value>\r\n` made by
-/// [`envelope::decode_bulk`].
-fn frame_value_len(frame: &[u8]) -> usize {
-    let nl = memchr::memchr(b'\n', frame).unwrap_or(0);
-    frame.len().saturating_sub(nl + 1 + 2)
 }
 
 /// GETRANGE semantics on a byte string.
