@@ -377,6 +377,8 @@ thread_local! {
     static ZLIB_DECOMPRESS: RefCell<Option<flate2::Decompress>> = const { RefCell::new(None) };
     static ZSTD_CCTX: RefCell<Option<zstd_safe::CCtx<'static>>> = const { RefCell::new(None) };
     static ZSTD_DCTX: RefCell<Option<zstd_safe::DCtx<'static>>> = const { RefCell::new(None) };
+    // Output room for zstd below `PARALLEL_FRAMES` (at most about 2 MiB per thread).
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` on this thread's cached context, creating it with `make` on first use. `None` when
@@ -437,22 +439,43 @@ const LONG_DELTA: usize = 1 << 20;
 /// did. `out` is left as it was on failure.
 pub fn zstd_append(input: &[u8], out: &mut Vec<u8>, level: i32, with: ZstdRef<'_>) -> bool {
     let start = out.len();
-    // zstd writes into initialized memory only (no unsafe here): zeroing the room first costs
-    // about as much as copying the result from a second buffer would.
-    out.resize(start + zstd_safe::compress_bound(input.len()), 0);
-    let done = match with {
-        ZstdRef::Prefix(prefix) if prefix.len().saturating_add(input.len()) > LONG_DELTA => {
-            long_delta(input, prefix, level, &mut out[start..])
-        }
-        ZstdRef::None if input.len() >= PARALLEL_FRAMES => {
-            parallel_frames(input, level, &mut out[start..])
-        }
-        _ => with_context(&ZSTD_CCTX, zstd_safe::CCtx::try_create, |cctx| {
-            zstd_with(cctx, input, &mut out[start..], level, with)
-        })
-        .flatten(),
+    let bound = zstd_safe::compress_bound(input.len());
+    let big = match with {
+        ZstdRef::Prefix(prefix) => prefix.len().saturating_add(input.len()) > LONG_DELTA,
+        ZstdRef::None => input.len() >= PARALLEL_FRAMES,
+        ZstdRef::Dict(_) => false,
     };
-    out.truncate(start + done.unwrap_or(0));
+    if big {
+        // zstd writes into initialized memory only (no unsafe here): zeroing the room costs
+        // about what copying the result from a second buffer would.
+        out.resize(start + bound, 0);
+        let done = match with {
+            ZstdRef::Prefix(prefix) => long_delta(input, prefix, level, &mut out[start..]),
+            _ => parallel_frames(input, level, &mut out[start..]),
+        };
+        out.truncate(start + done.unwrap_or(0));
+        return done.is_some();
+    }
+    // Small and medium values go through a scratch buffer kept per thread (zeroed once, as it
+    // grows), so no write zeroes a fresh worst-case buffer; the result is copied once.
+    let done = SCRATCH.with(|cell| {
+        let mut scratch = match cell.try_borrow_mut() {
+            Ok(s) => s,
+            Err(_) => return None,
+        };
+        if scratch.len() < bound {
+            scratch.resize(bound, 0);
+        }
+        let n = with_context(&ZSTD_CCTX, zstd_safe::CCtx::try_create, |cctx| {
+            zstd_with(cctx, input, &mut scratch[..bound], level, with)
+        })
+        .flatten()?;
+        out.extend_from_slice(scratch.get(..n)?);
+        Some(())
+    });
+    if done.is_none() {
+        out.truncate(start);
+    }
     done.is_some()
 }
 
