@@ -1088,7 +1088,8 @@ async fn sanity(cfg: &Cfg, admin: &mut Conn) -> Res<()> {
     let mut sc = Conn::connect(cfg.sc_port).await?;
     let v = agent_session_json(7, 4096);
     // Two writes: the first version moves into the history when the second arrives.
-    sc.cmd(&[b"SET", b"session:__bench_probe", b"first"]).await?;
+    sc.cmd(&[b"SET", b"session:__bench_probe", b"first"])
+        .await?;
     sc.cmd(&[b"SET", b"session:__bench_probe", &v]).await?;
     let stored = admin.cmd(&[b"GET", b"session:__bench_probe"]).await?;
     let hist = admin
