@@ -480,7 +480,7 @@ except OSError: print(0)" "$1"
     redis_pid=$!
     wait_status /readyz 200 15 || die "/readyz did not turn 200 once Redis was up"
     ok "/readyz turns 200 once Redis is up"
-    # config/statecar.toml's example rule makes session:* a state key (lz4, min_size 64).
+    # config/statecar.toml's example rule makes session:* a state key (zstd, min_size 64).
     value=$("$PY" -c 'import json; print(json.dumps({"user": "u" * 300, "items": list(range(100))}))')
     [ "$(redis-cli -p "$port" SET session:deploy-check "$value")" = OK ] || die "SET through the container"
     [ "$(redis-cli -p "$port" GET session:deploy-check)" = "$value" ] || die "GET through the container returned other bytes"

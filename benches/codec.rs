@@ -4,12 +4,17 @@
 //! (uncompressed) size, so MB/s figures compare codecs by the work a client's value represents.
 //! Absolute numbers vary between machines; compare codecs and sizes within one run.
 
+#[path = "../tests/common/agent_data.rs"]
+#[allow(dead_code)]
+mod agent_data;
+
 use std::hint::black_box;
+
+use agent_data::{Checkpoints, agent_session_json};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use statecar::state::codec::Codec;
 use statecar::state::envelope::{self, Decoded};
-use statecar::state::sample::agent_session_json;
 
 const SIZES: [(usize, &str); 3] = [(1024, "1KiB"), (16 * 1024, "16KiB"), (256 * 1024, "256KiB")];
 const CODECS: [Codec; 4] = [Codec::None, Codec::Lz4, Codec::Zlib, Codec::Zstd];
@@ -66,6 +71,34 @@ fn bench(c: &mut Criterion) {
         }
     }
     decode.finish();
+
+    // What a versioned write of an agent checkpoint compresses: the new value whole, and the
+    // value it replaces as a delta against it (step 20 to 21 of a session, about 38 KB).
+    let mut session = Checkpoints::new(1);
+    session.advance(19);
+    let old = session.checkpoint();
+    session.step();
+    let new = session.checkpoint();
+    let mut g = c.benchmark_group("versioned_write");
+    g.throughput(Throughput::Bytes(new.len() as u64));
+    for level in [1, 3] {
+        let enc = envelope::Encoding {
+            codec: Codec::Zstd,
+            level,
+            min_size: 0,
+            dict: None,
+        };
+        g.bench_function(BenchmarkId::new("zstd_whole", level), |b| {
+            b.iter(|| envelope::encode_with(black_box(&new), &enc, 1, 2));
+        });
+        g.bench_function(BenchmarkId::new("zstd_delta", level), |b| {
+            b.iter(|| envelope::encode_delta(black_box(&old), &new, 2, level, 1, 1));
+        });
+    }
+    g.bench_function("lz4_whole", |b| {
+        b.iter(|| envelope::encode(black_box(&new), Codec::Lz4, 0, 1, 2));
+    });
+    g.finish();
 }
 
 criterion_group!(benches, bench);

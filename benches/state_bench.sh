@@ -16,7 +16,7 @@
 #   BENCH_SECONDS=3     seconds measured per run (after BENCH_WARMUP_MS=500 of warm-up)
 #   BENCH_CONNS=32      concurrent connections
 #   BENCH_DEPTHS=1,16   pipeline depths
-#   BENCH_SIZES=1024,16384   value sizes (agent-session JSON from statecar::state::sample)
+#   BENCH_SIZES=1024,16384   value sizes (agent-session JSON from tests/common/agent_data.rs)
 #   BENCH_KEYS=1000     keys per kind, prefilled
 #   BENCH_PARTS=throughput,memory
 #   MEM_STATES=10000    states in the memory measurement (16 KB each, MAX_VERSIONS versions)

@@ -18,6 +18,11 @@
 //! checked: SET must answer +OK, GET must return the value's length, and one GET in 32 is
 //! compared byte for byte with what was written.
 
+#[path = "../tests/common/agent_data.rs"]
+#[allow(dead_code)]
+mod agent_data;
+use agent_data::agent_session_json;
+
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::str::FromStr;
@@ -25,7 +30,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use statecar::state::sample::agent_session_json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -739,9 +743,12 @@ async fn memory(cfg: &Cfg, admin: &mut Conn) -> Res<MemReport> {
             let s = mem_snap(admin).await?;
             rows.push(MemRow {
                 what: if j == 0 {
-                    "statecar, written once (key + history of 1)".into()
+                    "statecar, written once (the key; no older version, so no history)".into()
                 } else {
-                    format!("statecar, written {versions} times (key + history of {versions})")
+                    format!(
+                        "statecar, written {versions} times (the key + {} older versions)",
+                        versions - 1
+                    )
                 },
                 copies: j + 1,
                 used: s.used - base.used,
@@ -1080,6 +1087,9 @@ fn report(cfg: &Cfg, cases: &[Case], mem: Option<&MemReport>) -> String {
 async fn sanity(cfg: &Cfg, admin: &mut Conn) -> Res<()> {
     let mut sc = Conn::connect(cfg.sc_port).await?;
     let v = agent_session_json(7, 4096);
+    // Two writes: the first version moves into the history when the second arrives.
+    sc.cmd(&[b"SET", b"session:__bench_probe", b"first"])
+        .await?;
     sc.cmd(&[b"SET", b"session:__bench_probe", &v]).await?;
     let stored = admin.cmd(&[b"GET", b"session:__bench_probe"]).await?;
     let hist = admin

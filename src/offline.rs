@@ -11,8 +11,11 @@ use tokio::io::AsyncWriteExt;
 
 use crate::config::{Config, Mode};
 use crate::protocol::{ReplyScanner, encode_multibulk};
-use crate::state::envelope::{self, Decoded, Meta};
+use std::collections::BTreeMap;
+
+use crate::state::envelope::{self, Meta};
 use crate::state::keys::{history_key, is_reserved};
+use crate::state::{dict, history};
 use crate::upstream::connect::{self, Stream, decode_reply, read_frame};
 use crate::upstream::url::Addr;
 use crate::upstream::{PoolKey, UpstreamError, cluster, sentinel};
@@ -117,7 +120,7 @@ fn bulk(f: &BytesFrame) -> Option<Bytes> {
 }
 
 fn describe(meta: &Meta) -> String {
-    format!(
+    let mut s = format!(
         "version {} created_ms {} size {} stored {} codec {} crc32 {:08x}",
         meta.version,
         meta.timestamp_ms,
@@ -125,17 +128,34 @@ fn describe(meta: &Meta) -> String {
         meta.stored_len,
         meta.codec.name(),
         meta.crc32
-    )
+    );
+    if let Some(b) = meta.base {
+        s.push_str(&format!(" delta_of {}", b.version));
+    }
+    if let Some(id) = meta.dict {
+        s.push_str(&format!(" dictionary {id}"));
+    }
+    s
 }
 
-/// Versions in the history hash, sorted, with their stored bytes.
-async fn history(d: &mut Direct, key: &[u8]) -> Result<(Vec<(u64, Bytes)>, u64), String> {
+/// A key's history as stored: the version fields, the kept bases of deleted versions (`d<v>`),
+/// and the newest version number (`last`, 0 when the key has no history hash).
+struct Stored {
+    live: BTreeMap<u32, Bytes>,
+    kept: BTreeMap<u32, Bytes>,
+    last: u32,
+}
+
+async fn history(d: &mut Direct, key: &[u8]) -> Result<Stored, String> {
     let f = d.call(&[b"HGETALL", &history_key(key)]).await?;
-    let BytesFrame::Array { data, .. } = f else {
-        return Ok((vec![], 0));
+    let mut out = Stored {
+        live: BTreeMap::new(),
+        kept: BTreeMap::new(),
+        last: 0,
     };
-    let mut out = Vec::new();
-    let mut last = 0;
+    let BytesFrame::Array { data, .. } = f else {
+        return Ok(out);
+    };
     for pair in data.chunks(2) {
         let [k, v] = pair else { continue };
         let (Some(k), Some(v)) = (bulk(k), bulk(v)) else {
@@ -143,13 +163,32 @@ async fn history(d: &mut Direct, key: &[u8]) -> Result<(Vec<(u64, Bytes)>, u64),
         };
         let name = String::from_utf8_lossy(&k);
         if name == "last" {
-            last = String::from_utf8_lossy(&v).parse().unwrap_or(0);
-        } else if let Ok(n) = name.parse::<u64>() {
-            out.push((n, v));
+            out.last = String::from_utf8_lossy(&v).parse().unwrap_or(0);
+        } else if let Ok(n) = name.parse::<u32>() {
+            out.live.insert(n, v);
+        } else if let Some(n) = name.strip_prefix('d').and_then(|n| n.parse().ok()) {
+            out.kept.insert(n, v);
         }
     }
-    out.sort_by_key(|(n, _)| *n);
-    Ok((out, last))
+    Ok(out)
+}
+
+/// Fetches the trained dictionaries `stored` values name that this process has not loaded.
+async fn load_dicts<'a>(d: &mut Direct, stored: impl IntoIterator<Item = &'a Bytes>) {
+    for id in crate::state::followup::dicts_needed(stored) {
+        if let Ok(f) = d.call(&[b"GET", &dict::dict_key(id)]).await
+            && let Some(raw) = bulk(&f)
+        {
+            dict::register(id, raw);
+        }
+    }
+}
+
+/// The key's value, when it is an envelope (its version and bytes).
+fn current_of(stored: Option<&Bytes>) -> Option<(u32, &Bytes)> {
+    let s = stored?;
+    let meta = envelope::inspect(s).ok().flatten()?;
+    Some((meta.version, s))
 }
 
 /// `statecar decode KEY [--version N] [--versions]`: prints the decoded value (raw bytes to
@@ -174,60 +213,82 @@ pub async fn decode(cfg: &Config, key: &str, version: Option<u64>, list: bool) -
         }
     };
     let key = key.as_bytes();
-    if list {
-        return match history(&mut d, key).await {
-            Ok((versions, _)) => {
-                let mut bad = 0;
-                for (n, stored) in versions {
-                    match envelope::decode(&stored, cfg.max_decoded_size) {
-                        Ok(Decoded::State { mut meta, .. }) => {
-                            // History entries are numbered by their field, not their header.
-                            meta.version = n as u32;
-                            println!("{n}: ok {}", describe(&meta));
-                        }
-                        Ok(Decoded::Plain) => println!("{n}: plain value ({} bytes)", stored.len()),
-                        Err(e) => {
-                            bad += 1;
-                            println!("{n}: DAMAGED {e}");
-                        }
-                    }
-                }
-                i32::from(bad > 0)
-            }
-            Err(e) => {
-                eprintln!("statecar decode: {e}");
-                2
-            }
-        };
-    }
-    let stored = match version {
-        None => d.call(&[b"GET", key]).await.map(|f| bulk(&f)),
-        Some(v) => d
-            .call(&[b"HGET", &history_key(key), v.to_string().as_bytes()])
-            .await
-            .map(|f| bulk(&f)),
-    };
-    let stored = match stored {
-        Ok(Some(s)) => s,
-        Ok(None) => {
-            eprintln!("statecar decode: no such key or version");
-            return 1;
-        }
-        Err(e) => {
+    let current = match d.call(&[b"GET", key]).await {
+        Ok(f) => bulk(&f),
+        Err(e) if list || version.is_some() => {
             eprintln!("statecar decode: {e}");
             return 2;
         }
+        Err(_) => None,
     };
-    match envelope::decode(&stored, cfg.max_decoded_size) {
-        Ok(Decoded::State { value, mut meta }) => {
-            if let Some(v) = version {
-                meta.version = v as u32;
+    let max = cfg.max_decoded_size;
+    if list || version.is_some() {
+        let h = match history(&mut d, key).await {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("statecar decode: {e}");
+                return 2;
             }
-            eprintln!("{}", describe(&meta));
-            let _ = std::io::stdout().write_all(&value);
+        };
+        load_dicts(
+            &mut d,
+            h.live.values().chain(h.kept.values()).chain(&current),
+        )
+        .await;
+        let cur = current_of(current.as_ref());
+        let all = history::decode_all(&h.live, &h.kept, cur, max, &dict::lookup);
+        if list {
+            let mut bad = 0;
+            for (n, r) in all {
+                match r {
+                    Ok(Some(mut v)) => {
+                        // Entries written before format 2 are numbered by their field.
+                        v.meta.version = n;
+                        println!("{n}: ok {}", describe(&v.meta));
+                    }
+                    Ok(None) => println!("{n}: plain value"),
+                    Err(e) => {
+                        bad += 1;
+                        println!("{n}: DAMAGED {}", e.error);
+                    }
+                }
+            }
+            return i32::from(bad > 0);
+        }
+        let want = u32::try_from(version.unwrap_or(0)).unwrap_or(u32::MAX);
+        return match all.into_iter().find(|(n, _)| *n == want) {
+            None => {
+                eprintln!("statecar decode: no such key or version");
+                1
+            }
+            Some((_, Ok(Some(mut v)))) => {
+                v.meta.version = want;
+                eprintln!("{}", describe(&v.meta));
+                let _ = std::io::stdout().write_all(&v.value);
+                0
+            }
+            Some((_, Ok(None))) => {
+                eprintln!("statecar decode: version {want} is a plain value");
+                1
+            }
+            Some((_, Err(e))) => {
+                eprintln!("statecar decode: version {want} is damaged: {e}");
+                1
+            }
+        };
+    }
+    let Some(stored) = current else {
+        eprintln!("statecar decode: no such key or version");
+        return 1;
+    };
+    load_dicts(&mut d, [&stored]).await;
+    match history::decode_entry(0, &stored, None, max, &dict::lookup) {
+        Ok(Some(v)) => {
+            eprintln!("{}", describe(&v.meta));
+            let _ = std::io::stdout().write_all(&v.value);
             0
         }
-        Ok(Decoded::Plain) => {
+        Ok(None) => {
             eprintln!(
                 "plain value (not written by statecar), {} bytes",
                 stored.len()
@@ -236,14 +297,15 @@ pub async fn decode(cfg: &Config, key: &str, version: Option<u64>, list: bool) -
             0
         }
         Err(e) => {
-            eprintln!("statecar decode: value is damaged: {e}");
+            eprintln!("statecar decode: value is damaged: {}", e.error);
             1
         }
     }
 }
 
-/// `statecar verify`: checks every state key (current value and history) and that each
-/// history is numbered without gaps up to the current version. Returns the exit code.
+/// `statecar verify`: checks every state key (current value and history: every version
+/// decodes, deltas through their bases) and that each history is numbered without gaps up to
+/// the current version. Returns the exit code.
 pub async fn verify(cfg: &Config, pattern: Option<&str>) -> i32 {
     let nodes = match servers(cfg, None).await {
         Ok(n) => n,
@@ -317,42 +379,57 @@ async fn verify_node(
                 Ok(f) => bulk(&f),
                 Err(_) => None,
             };
-            let mut current_version = None;
-            if let Some(stored) = current {
-                match envelope::decode(&stored, cfg.max_decoded_size) {
-                    Ok(Decoded::State { meta, .. }) => current_version = Some(meta.version as u64),
-                    Ok(Decoded::Plain) => {}
-                    Err(e) => {
+            let max = cfg.max_decoded_size;
+            if !rule.versioning {
+                if let Some(stored) = &current {
+                    load_dicts(d, [stored]).await;
+                    if let Err(e) = history::decode_entry(0, stored, None, max, &dict::lookup) {
                         *problems += 1;
-                        println!("{shown}: current value DAMAGED: {e}");
+                        println!("{shown}: current value DAMAGED: {}", e.error);
                     }
                 }
-            }
-            if !rule.versioning {
                 continue;
             }
-            let Ok((hist, last)) = history(d, k).await else {
+            let Ok(h) = history(d, k).await else {
                 continue;
             };
-            for (n, stored) in &hist {
+            load_dicts(d, h.live.values().chain(h.kept.values()).chain(&current)).await;
+            let cur = current_of(current.as_ref());
+            if let Some(stored) = &current
+                && cur.is_none()
+                && let Err(e) = envelope::inspect(stored)
+            {
+                *problems += 1;
+                println!("{shown}: current value DAMAGED: {e}");
+            }
+            let all = history::decode_all(&h.live, &h.kept, cur, max, &dict::lookup);
+            for (n, r) in &all {
                 *versions += 1;
-                if let Err(e) = envelope::decode(stored, cfg.max_decoded_size) {
+                if let Err(e) = r {
                     *problems += 1;
-                    println!("{shown}: version {n} DAMAGED: {e}");
+                    let what = if cur.is_some_and(|(c, _)| c == *n) {
+                        "current value".to_string()
+                    } else {
+                        format!("version {n}")
+                    };
+                    println!("{shown}: {what} DAMAGED: {}", e.error);
                 }
             }
-            if let Some(cv) = current_version
-                && cv != last
+            let last = u64::from(h.last);
+            if let Some((cv, _)) = cur
+                && last > 0
+                && u64::from(cv) != last
             {
                 *problems += 1;
                 println!("{shown}: current value is version {cv} but the history's last is {last}");
             }
-            if let Some(&(first, _)) = hist.first() {
-                let expected = last.saturating_sub(first) + 1;
-                if hist.len() as u64 != expected {
+            let top = cur.map_or(last, |(c, _)| u64::from(c).max(last));
+            if let Some(&(first, _)) = all.first() {
+                let expected = top.saturating_sub(u64::from(first)) + 1;
+                if all.len() as u64 != expected {
                     println!(
-                        "{shown}: history has {} versions between {first} and {last} (deleted with STATE.DELVERSION?)",
-                        hist.len()
+                        "{shown}: history has {} versions between {first} and {top} (deleted with STATE.DELVERSION?)",
+                        all.len()
                     );
                 }
             }

@@ -39,8 +39,31 @@ async fn a_silent_redis_gives_timeouts_then_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_versioned_writes_leaves_every_history_whole() {
-    let redis = RedisServer::start();
     let rules = "[[state]]\npattern = \"s:*\"\ncompression = \"lz4\"\nmax_versions = 10000\n";
+    sigkill_during_writes(rules, |w, i| {
+        format!("writer {w} write {i} {}", "x".repeat(200)).into_bytes()
+    })
+    .await;
+}
+
+/// The same with delta histories (zstd, format 2): the values are growing agent checkpoints,
+/// so nearly every older version is a delta against the next, and a kill at any point must
+/// leave each of them decodable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_delta_writes_leaves_every_version_decodable() {
+    let rules = "[[state]]\npattern = \"s:*\"\ncompression = \"zstd\"\nmax_versions = 10000\n";
+    sigkill_during_writes(rules, |w, i| {
+        let mut c = common::agent_data::Checkpoints::new(w as u64);
+        c.advance(u64::from(i % 30));
+        let mut v = c.checkpoint();
+        v.extend_from_slice(format!(" writer {w} write {i}").as_bytes());
+        v
+    })
+    .await;
+}
+
+async fn sigkill_during_writes(rules: &str, value: fn(usize, u32) -> Vec<u8>) {
+    let redis = RedisServer::start();
     let mut sc = Statecar::start(redis.port(), rules);
     let port = sc.port();
     let mut writers = Vec::new();
@@ -49,8 +72,9 @@ async fn sigkill_during_versioned_writes_leaves_every_history_whole() {
             let mut c = RawConn::connect(port).await;
             let mut acked = 0u32;
             for i in 0..100_000u32 {
-                let value = format!("writer {w} write {i} {}", "x".repeat(200));
-                if c.try_send(&encode(&["SET", &format!("s:{}", w % 4), &value]))
+                let value = value(w, i);
+                let key = format!("s:{}", w % 4);
+                if c.try_send(&encode(&[&b"SET"[..], key.as_bytes(), &value]))
                     .await
                     .is_err()
                 {

@@ -646,8 +646,9 @@ async fn clients_vanishing_mid_pipeline_and_mid_transaction_leave_nothing_behind
     assert!(ok && report.contains(" 0 problems"), "{report}");
 }
 
-/// One load client of the recovery test: pipelines of 10 commands (versioned state writes,
-/// plain writes and reads of its own keys) until `stop`. Every value it writes names it, so a
+/// One load client of the recovery test: pipelines of 10 commands (versioned state writes, two
+/// to the same key so the second stores the first as a delta, plain writes and reads of its
+/// own keys) until `stop`. Every value it writes names it, so a
 /// reply meant for another client cannot pass unnoticed. Returns (wrong replies, errors, last
 /// acknowledged state write).
 async fn mixed_load(port: u16, c: usize, stop: Arc<AtomicBool>) -> (Vec<String>, u64, u64) {
@@ -702,7 +703,7 @@ async fn recovery_after_redis_is_killed_under_mixed_load() {
     let sc = Statecar::start(
         redis.port(),
         "[upstream]\ntimeout_ms = 2000\nconnect_timeout_ms = 500\n\
-         [[state]]\npattern = \"s:*\"\ncompression = \"lz4\"\nversioning = true\n\
+         [[state]]\npattern = \"s:*\"\ncompression = \"zstd\"\nversioning = true\n\
          max_versions = 10000\n",
     );
     let port = sc.port();

@@ -12,8 +12,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use common::agent_data::agent_session_json;
 use common::*;
-use statecar::state::sample::agent_session_json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The first five bytes of every stored envelope: magic E5 'S' 'C' 'K' and format version 1.
@@ -88,6 +88,10 @@ async fn pttl(c: &mut RawConn, key: &str) -> i64 {
 
 async fn exists(c: &mut RawConn, key: &str) -> bool {
     as_int(&c.cmd(&["EXISTS", key]).await) == 1
+}
+
+async fn exists_field(c: &mut RawConn, key: &str, field: &str) -> bool {
+    as_int(&c.cmd(&["HEXISTS", key, field]).await) == 1
 }
 
 async fn strlen(c: &mut RawConn, key: &str) -> i64 {
@@ -441,8 +445,10 @@ async fn compare_scenarios(scenarios: &[&[&[&str]]]) -> Vec<String> {
                     let ty = d.cmd(&["TYPE", k]).await.text();
                     let h = hist(k);
                     if ty == "string" {
+                        // A key written once has no older version, so no history hash (-2);
+                        // a history that exists always has the key's expiry.
                         let (kc, hc) = (ttl_class(&mut d, k).await, ttl_class(&mut d, &h).await);
-                        if kc != hc {
+                        if hc != -2 && kc != hc {
                             problems.push(format!(
                                 "scenario {n} {scenario:?}: {k} has TTL class {kc}, its history {hc}"
                             ));
@@ -821,6 +827,12 @@ async fn mset_and_mget_mix_state_plain_and_missing_keys() {
     let json = agent_session_json(9, 4000);
     let plain_bin = pseudo_random_bytes(5, 300);
 
+    // Written twice, so each state key has an older version in its history.
+    assert_eq!(
+        p.cmd(&args!["MSET", "st:m:1", "a0", "st:m:2", &json[..3000]])
+            .await,
+        ok()
+    );
     assert_eq!(
         p.cmd(&args![
             "MSET", "st:m:1", "a", "pl:m:1", plain_bin, "st:m:2", json
@@ -962,8 +974,14 @@ async fn default_ttl_applies_only_without_an_expiry_and_history_follows_the_key(
     let json = agent_session_json(3, 2000);
     let hour = 3_600_000i64;
 
-    // No expiry given: the rule's default, on the key and on its history.
+    // No expiry given: the rule's default, on the key and on its history. (A key written
+    // once has no history hash: its only version is the key itself.)
     assert_eq!(p.cmd(&args!["SET", "ttl:a", json]).await, ok());
+    assert!(
+        !exists(&mut d, &hist("ttl:a")).await,
+        "one version, no history"
+    );
+    assert_eq!(p.cmd(&args!["SET", "ttl:a", "second"]).await, ok());
     for k in ["ttl:a".to_string(), hist("ttl:a")] {
         let t = pttl(&mut d, &k).await;
         assert!(
@@ -971,16 +989,25 @@ async fn default_ttl_applies_only_without_an_expiry_and_history_follows_the_key(
             "{k}: PTTL {t}, expected about an hour"
         );
     }
-    for (cmd, key) in [
-        (args!["SETNX", "ttl:b", "v"], "ttl:b"),
-        (args!["GETSET", "ttl:a", "w"], "ttl:a"),
-        (args!["MSET", "ttl:c", "v", "keep:c", "v"], "ttl:c"),
-        (args!["MSETNX", "ttl:d", "v"], "ttl:d"),
-        (args!["STATE.SAVE", "ttl:e", "v"], "ttl:e"),
-        (args!["SET", "ttl:f", "v", "NX", "GET"], "ttl:f"),
+    // The keys the non-NX commands write already hold a version, so they get a history.
+    assert_eq!(p.cmd(&["SET", "ttl:c", "v0"]).await, ok());
+    assert_eq!(p.cmd(&["SET", "ttl:e", "v0"]).await, ok());
+    for (cmd, key, history) in [
+        (args!["SETNX", "ttl:b", "v"], "ttl:b", false),
+        (args!["GETSET", "ttl:a", "w"], "ttl:a", true),
+        (args!["MSET", "ttl:c", "v", "keep:c", "v"], "ttl:c", true),
+        (args!["MSETNX", "ttl:d", "v"], "ttl:d", false),
+        (args!["STATE.SAVE", "ttl:e", "v"], "ttl:e", true),
+        (args!["SET", "ttl:f", "v", "NX", "GET"], "ttl:f", false),
     ] {
         assert!(!p.cmd(&cmd).await.is_error(), "{cmd:?}");
-        for k in [key.to_string(), hist(key)] {
+        assert_eq!(exists(&mut d, &hist(key)).await, history, "{cmd:?}");
+        let keys = if history {
+            vec![key.to_string(), hist(key)]
+        } else {
+            vec![key.to_string()]
+        };
+        for k in keys {
             let t = pttl(&mut d, &k).await;
             assert!(
                 t > hour - 600_000 && t <= hour,
@@ -988,7 +1015,10 @@ async fn default_ttl_applies_only_without_an_expiry_and_history_follows_the_key(
             );
         }
     }
-    // Explicit expiries win, and are the history's too.
+    // Explicit expiries win, and are the history's too (each key already holds a version).
+    for k in ["ttl:x1", "ttl:x2", "ttl:x3", "ttl:x4", "ttl:x5", "ttl:x6"] {
+        assert_eq!(p.cmd(&["SET", k, "v0"]).await, ok());
+    }
     for (cmd, key, max) in [
         (args!["SET", "ttl:x1", "v", "EX", "100"], "ttl:x1", 100_000),
         (args!["SET", "ttl:x2", "v", "PX", "50000"], "ttl:x2", 50_000),
@@ -1025,6 +1055,7 @@ async fn default_ttl_applies_only_without_an_expiry_and_history_follows_the_key(
     assert!(pttl(&mut d, "ttl:x1").await <= 100_000);
     assert!(pttl(&mut d, &hist("ttl:x1")).await <= 100_000);
     // A rule without a default: no expiry on either.
+    assert_eq!(p.cmd(&["SET", "keep:a", "v0"]).await, ok());
     assert_eq!(p.cmd(&["SET", "keep:a", "v"]).await, ok());
     assert_eq!(ttl_class(&mut d, "keep:a").await, -1);
     assert_eq!(ttl_class(&mut d, &hist("keep:a")).await, -1);
@@ -1071,6 +1102,7 @@ async fn default_ttl_applies_only_without_an_expiry_and_history_follows_the_key(
     assert_eq!(ttl_class(&mut d, "keep:a").await, -1);
     assert_eq!(ttl_class(&mut d, &hist("keep:a")).await, -1);
     // ... and on a key with the default TTL.
+    assert_eq!(p.cmd(&["SET", "ttl:b", "v2"]).await, ok());
     assert_eq!(p.cmd(&["PERSIST", "ttl:b"]).await, int(1));
     assert_eq!(ttl_class(&mut d, &hist("ttl:b")).await, -1);
 
@@ -1214,9 +1246,15 @@ async fn a_flipped_byte_gives_an_error_never_data() {
                 key,
                 &format!("GETEX, {what}"),
             );
-            // The history's copy of the version is intact and still loads.
-            let ok2 = p.cmd(&["STATE.LOAD", key, "VERSION", "2"]).await;
-            assert_eq!(field(&ok2, "value"), bulk(&v2), "{what}");
+            // Version 2 is stored once, in the key: damaged there, damaged everywhere.
+            assert_damaged_error(
+                &p.cmd(&["STATE.LOAD", key, "VERSION", "2"]).await,
+                key,
+                &format!("STATE.LOAD VERSION 2, {what}"),
+            );
+            // Version 1 is whole in the history (these rules keep no deltas): it still loads.
+            let ok1 = p.cmd(&["STATE.LOAD", key, "VERSION", "1"]).await;
+            assert_eq!(field(&ok1, "value"), bulk(&v1), "{what}");
             let run = run_statecar(&["decode", key, "--upstream", &upstream]).await;
             assert_eq!(
                 run.code, 1,
@@ -1275,27 +1313,29 @@ async fn previous_version_policy_serves_the_newest_intact_version() {
     let current = as_bytes(&d.cmd(&["GET", key]).await);
     let payload_off = HEADER + 10;
 
-    // Only the current value damaged: the history still holds version 3 intact.
-    flip(&mut d, key, &current, payload_off).await;
-    assert_eq!(
-        p.cmd(&["GET", key]).await,
-        bulk(&vals[2]),
-        "key damaged, history copy of v3 intact"
+    // The newest version is stored once, in the key: damaged there, the newest intact one is
+    // version 2, whole in the history (previous_version rules keep no deltas).
+    assert!(
+        !exists_field(&mut d, &h, "3").await,
+        "v3 is not stored twice"
     );
-
-    // Version 3 damaged everywhere: version 2.
-    let h3 = as_bytes(&d.cmd(&["HGET", &h, "3"]).await);
-    let mut bad = h3.clone();
-    bad[payload_off] ^= 0x5A;
-    d.cmd(&args!["HSET", h, "3", bad]).await;
+    flip(&mut d, key, &current, payload_off).await;
     assert_eq!(p.cmd(&["GET", key]).await, bulk(&vals[1]), "v3 damaged: v2");
     assert_eq!(
         p.cmd(&["MGET", key, "prev:none"]).await,
         Frame::Array(vec![bulk(&vals[1]), Frame::NullBulk])
     );
-
-    // Versions 3 and 2 damaged: version 1.
+    // Version 2 damaged too (its payload): version 1.
     let h2 = as_bytes(&d.cmd(&["HGET", &h, "2"]).await);
+    let mut bad = h2.clone();
+    bad[payload_off] ^= 0x5A;
+    d.cmd(&args!["HSET", h, "2", bad]).await;
+    assert_eq!(
+        p.cmd(&["GET", key]).await,
+        bulk(&vals[0]),
+        "v3, v2 damaged: v1"
+    );
+    // ... or its version field: still version 1.
     let mut bad = h2.clone();
     bad[29] ^= 0x01; // version field
     d.cmd(&args!["HSET", h, "2", bad]).await;
@@ -1410,12 +1450,24 @@ async fn concurrent_writers_get_gapless_versions() {
         (491..=500).collect::<Vec<_>>(),
         "the last ten versions"
     );
-    // The Redis side: ten versions plus the bookkeeping fields, nothing else.
+    // The Redis side: the nine older versions plus the bookkeeping field, nothing else (the
+    // newest is the key itself, never stored twice).
     let names = hkeys(&mut d, &hist("small:k")).await;
-    let mut want: Vec<String> = (491..=500).map(|v| v.to_string()).collect();
+    let mut want: Vec<String> = (491..=499).map(|v| v.to_string()).collect();
     want.push("last".to_string());
     want.sort();
     assert_eq!(names, want);
+    // Every one of them reads back as one of the writes (zstd: most are deltas against their
+    // newer neighbour, written while 20 clients raced for the key), each a different one.
+    let mut seen = BTreeSet::new();
+    for v in 491..=500 {
+        let r = p
+            .cmd(&["STATE.LOAD", "small:k", "VERSION", &v.to_string()])
+            .await;
+        let value = as_bytes(&field(&r, "value"));
+        assert!(written.contains(&value), "version {v}: {}", show(&r));
+        assert!(seen.insert(value), "version {v} repeats another version");
+    }
     let last = p.cmd(&["STATE.LOAD", "small:k", "VERSION", "500"]).await;
     assert!(written.contains(&as_bytes(&field(&last, "value"))));
     assert_eq!(p.cmd(&["GET", "small:k"]).await, field(&last, "value"));
@@ -1574,11 +1626,11 @@ async fn versions_outside_the_window_are_gone_and_tidied_away() {
     let r = p.cmd(&["STATE.LOAD", "small:t", "VERSION", "12"]).await;
     assert_eq!(field(&r, "value"), bulk(value(12)));
 
-    // Version 64 tidies: only `last` and the window 55..=64 remain.
+    // Version 64 tidies: only `last` and the window 55..=64 remain (64 in the key).
     for i in 21..=64 {
         assert_eq!(p.cmd(&args!["SET", "small:t", value(i)]).await, ok());
     }
-    let mut want: Vec<String> = (55..=64).map(|v| v.to_string()).collect();
+    let mut want: Vec<String> = (55..=63).map(|v| v.to_string()).collect();
     want.push("last".into());
     want.sort();
     assert_eq!(hkeys(&mut d, &h).await, want);
@@ -1765,7 +1817,12 @@ async fn state_save_load_versions_rollback_delversion() {
         assert_eq!(e["codec"], bulk("lz4"));
         assert_eq!(e["current"], int((n == 4) as i64), "version {n}");
         assert_eq!(e["intact"], int(1));
-        let stored = as_int(&d.cmd(&["HSTRLEN", &hist("sv:a"), &n.to_string()]).await);
+        // The current version is the key; older ones are history fields.
+        let stored = if n == 4 {
+            strlen(&mut d, "sv:a").await
+        } else {
+            as_int(&d.cmd(&["HSTRLEN", &hist("sv:a"), &n.to_string()]).await)
+        };
         assert_eq!(e["stored_size"], int(stored));
         let created = as_int(&e["created"]) as u64;
         assert!(created >= t0 && created <= t1);
@@ -2007,7 +2064,9 @@ async fn state_list_iterates_every_state_key_exactly_once() {
     let mut cmds = Vec::new();
     let mut want = BTreeSet::new();
     for i in 0..300 {
+        // Two versions each, so every key has a history hash for SCAN to meet.
         let k = format!("lst:{i}");
+        cmds.push(args!["SET", k, format!("first {i}")]);
         cmds.push(args!["SET", k, format!("value {i}")]);
         want.insert(k);
     }
@@ -2085,8 +2144,9 @@ max_versions = 3
     let (redis, sc) = start_pair(rules);
     let mut p = RawConn::connect(sc.port()).await;
     let mut d = RawConn::connect(redis.port()).await;
-    let cmds: Vec<Vec<Vec<u8>>> = (0..50)
-        .map(|i| args!["SET", format!("k{i}"), "v"])
+    // Two versions each: 50 keys and 50 histories.
+    let cmds: Vec<Vec<Vec<u8>>> = (0..100)
+        .map(|i| args!["SET", format!("k{}", i % 50), "v"])
         .collect();
     assert!(pipeline(sc.port(), &cmds).await.iter().all(|r| *r == ok()));
     assert_eq!(d.cmd(&["DBSIZE"]).await, int(100));
@@ -2097,7 +2157,7 @@ max_versions = 3
     // statecar's own keys are not state keys: reading one through the proxy is plain.
     let h = hist("k1");
     assert_eq!(p.cmd(&["TYPE", &h]).await, Frame::Simple("hash".into()));
-    assert_eq!(p.cmd(&["HGET", &h, "last"]).await, bulk("1"));
+    assert_eq!(p.cmd(&["HGET", &h, "last"]).await, bulk("2"));
 }
 
 // ------------------------------------------------------------------------------------------
@@ -2161,6 +2221,11 @@ async fn legacy_values_read_unchanged_and_plain_keys_stay_byte_identical() {
     let stored = as_bytes(&d.cmd(&["GET", "st:legacy:json"]).await);
     assert_eq!(&stored[..5], &SIGNATURE);
     assert_eq!(p.cmd(&["GET", "st:legacy:json"]).await, bulk(&upd));
+    // The legacy value was no version of statecar's: the first write starts the history at 1,
+    // and a second one gives it a history hash.
+    let r = p.cmd(&["STATE.LOAD", "st:legacy:json"]).await;
+    assert_eq!(field(&r, "version"), int(1));
+    assert_eq!(p.cmd(&args!["SET", "st:legacy:json", upd]).await, ok());
 
     // Plain keys are stored exactly as written, whatever the bytes, even a state signature.
     let mut fake = SIGNATURE.to_vec();

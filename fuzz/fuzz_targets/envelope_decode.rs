@@ -1,6 +1,6 @@
-//! The stored format: arbitrary stored values, and forged envelopes (a valid header CRC around
-//! fuzzed codec ids, lengths, checksums and payloads, so the fuzzer gets past the header
-//! checks). decode must never panic, never return more than the limit, and never return bytes
+//! The stored format: arbitrary stored values, and forged envelopes of both formats (a valid
+//! header CRC around fuzzed codec ids, lengths, checksums, extensions and payloads, so the
+//! fuzzer gets past the header checks). decode must never panic, never return more than the limit, and never return bytes
 //! whose CRC32 or length differ from the header's; decode_bulk must agree with decode.
 #![no_main]
 
@@ -66,17 +66,34 @@ fuzz_target!(|data: &[u8]| {
             data[0],
         ])
     };
-    let mut h = Vec::with_capacity(HEADER_LEN + payload.len());
+    // Format 1 (no extension), or format 2 with a fuzzed extension: a delta's base (8 bytes) or
+    // a dictionary id (4 bytes), which decode must refuse cleanly without the base or the
+    // dictionary.
+    let (format, flags, ext): (u8, u16, &[u8]) = match data[1] & 0x06 {
+        0x02 if payload.len() >= 8 => (
+            envelope::FORMAT_VERSION,
+            envelope::FLAG_DELTA,
+            &payload[..8],
+        ),
+        0x04 if payload.len() >= 4 => {
+            (envelope::FORMAT_VERSION, envelope::FLAG_DICT, &payload[..4])
+        }
+        _ => (envelope::FORMAT_V1, flags, &[][..]),
+    };
+    let mut h = Vec::with_capacity(HEADER_LEN + ext.len() + payload.len());
     h.extend_from_slice(&envelope::MAGIC);
-    h.push(envelope::FORMAT_VERSION);
+    h.push(format);
     h.push(codec);
     h.extend_from_slice(&flags.to_be_bytes());
     h.extend_from_slice(&1_700_000_000_000u64.to_be_bytes());
     h.extend_from_slice(&claimed.to_be_bytes());
     h.extend_from_slice(&crc.to_be_bytes());
-    let header_crc = crc32fast::hash(&h[..24]);
-    h.extend_from_slice(&header_crc.to_be_bytes());
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&h[..24]);
+    hasher.update(ext);
+    h.extend_from_slice(&hasher.finalize().to_be_bytes());
     h.extend_from_slice(&envelope::version_patch(version));
+    h.extend_from_slice(ext);
     h.extend_from_slice(payload);
     check(&h, MAX);
     check(&h, (claimed as usize) / 2);

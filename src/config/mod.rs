@@ -395,12 +395,19 @@ impl Config {
         let mut rules = Vec::new();
         for (i, r) in file.state.iter().enumerate() {
             // Rule errors read "state[i].field: what is wrong".
-            rules.push(
-                Rule::from_config(i, r).map_err(|m| match m.split_once(": ") {
-                    Some((field, message)) => invalid(field, message),
-                    None => invalid(&format!("state[{i}]"), m),
-                })?,
-            );
+            let rule = Rule::from_config(i, r).map_err(|m| match m.split_once(": ") {
+                Some((field, message)) => invalid(field, message),
+                None => invalid(&format!("state[{i}]"), m),
+            })?;
+            // A dictionary lives under one key, which in a cluster sits in one slot that the
+            // values' nodes cannot read in their scripts and replies.
+            if rule.dictionary && matches!(mode, Mode::Cluster { .. }) {
+                return Err(invalid(
+                    &format!("state[{i}].dictionary"),
+                    "auto is not supported with upstream.mode = \"cluster\"".to_string(),
+                ));
+            }
+            rules.push(rule);
         }
         Ok(Config {
             listen,

@@ -75,6 +75,31 @@ fn bad_value_names_the_field() {
 }
 
 #[test]
+fn state_rule_options_are_validated_with_the_upstream() {
+    let rule = "[[state]]\npattern = \"d:*\"\ncompression = \"zstd\"\ndictionary = \"auto\"\n";
+    let c = build(rule).unwrap();
+    assert!(
+        c.rules
+            .iter()
+            .next()
+            .is_some_and(|r| r.dictionary && r.delta)
+    );
+    let e = build(&format!(
+        "[upstream]\nmode = \"cluster\"\nnodes = [\"127.0.0.1:7000\"]\n{rule}"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("state[0].dictionary: auto is not supported with upstream.mode = \"cluster\""),
+        "{e}"
+    );
+    let e = build("[[state]]\npattern = \"x:*\"\ndelta_chain = 0\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("state[0].delta_chain"), "{e}");
+}
+
+#[test]
 fn tls_sections() {
     // rediss:// gets a connector even without [upstream.tls] (webpki roots, URL host as SNI).
     let c = build("[upstream]\nurl = \"rediss://redis.example.com:6380\"\n").unwrap();

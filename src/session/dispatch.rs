@@ -11,7 +11,7 @@ use crate::telemetry;
 use crate::upstream::lease::Returned;
 
 impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
-    pub(super) async fn dispatch(&mut self, cmd: Command) -> Flow {
+    pub(super) async fn dispatch(&mut self, mut cmd: Command) -> Flow {
         if self.cur.evalsha_in_flight {
             // The previous state write went out as EVALSHA; if Redis lost the script it is
             // re-sent as EVAL, and nothing of ours may overtake it.
@@ -68,10 +68,25 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         if self.pinned.is_some() {
             return Box::pin(self.dispatch_pinned(kind, cmd)).await;
         }
-        let plan = (kind == Kind::Plain)
+        let state = (kind == Kind::Plain)
             .then(|| self.ctx.state.load())
-            .filter(|state| !state.is_empty())
-            .and_then(|state| state.plan(&cmd));
+            .filter(|state| !state.is_empty());
+        let plan = match state {
+            // Compressing a large value here would hold up every client on this thread: it is
+            // encoded on the blocking pool while this client's earlier replies keep flowing.
+            Some(s) if s.plan_is_heavy(&cmd) => {
+                let s = arc_swap::Guard::into_inner(s);
+                match self.wait(crate::state::plan::plan_on_pool(s, cmd)).await {
+                    Some((c, p)) => {
+                        cmd = c;
+                        p
+                    }
+                    None => return Flow::Stop,
+                }
+            }
+            Some(s) => s.plan(&cmd),
+            None => None,
+        };
         if let Some(plan) = plan {
             self.cur.read_only = self.retry_gate.is_some() && retry::read_only(&cmd);
             return Box::pin(self.run_plan(plan)).await;

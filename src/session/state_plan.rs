@@ -8,8 +8,9 @@ use super::pinned::{Expect, NOT_COUNTED};
 use super::{Flow, Session};
 use crate::command::Command;
 use crate::protocol::reply;
+use crate::state::followup::FollowUp;
 use crate::state::plan::Plan;
-use crate::state::transform::{FollowUp, Pending, Reshape};
+use crate::state::transform::{Pending, Reshape};
 use crate::upstream::conn::SharedConn;
 use std::sync::Arc;
 
@@ -68,6 +69,11 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         };
         let state = self.ctx.state.load();
         let script = state.scripts.get(call.script);
+        // STATE.ROLLBACK finishes on the reply path (it writes the version it read): the
+        // client's next command waits for it, as after an EVALSHA.
+        if call.script == crate::state::scripts::ScriptKind::Rollback {
+            self.cur.evalsha_in_flight = true;
+        }
         if allow_fast && self.ctx.upstream.functions() {
             Plan::Send {
                 raw: state.scripts.fcall(call.script, &call.keys, &call.args),

@@ -1,16 +1,29 @@
-//! State keys: which keys they are (rules), how their values are stored (codec, envelope), how
-//! versions are kept (scripts, keys), and how replies are turned back into what the client
-//! wrote (transform).
+//! State keys: which keys they are (rules, glob), how their values are stored (codec,
+//! envelope, dict), how versions are kept (scripts, keys, history, and the delta bases in
+//! cache), what each command becomes upstream (plan), and how replies are turned back into
+//! what the client wrote (transform).
 
+pub mod cache;
 pub mod codec;
+pub mod dict;
 pub mod envelope;
+pub mod followup;
+pub mod glob;
+pub mod history;
+mod history_replies;
 pub mod keys;
 pub mod plan;
 mod rule_info;
 pub mod rules;
-pub mod sample;
 pub mod scripts;
 pub mod transform;
+
+/// Realistic test data (agent sessions, checkpoints, small documents), shared with the tests and
+/// benchmarks; not part of the library.
+#[cfg(test)]
+#[allow(dead_code)]
+#[path = "../../tests/common/agent_data.rs"]
+pub(crate) mod sample;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,13 +31,24 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use envelope::{Decoded, EnvelopeError};
+use cache::{Base, BaseCache};
+use dict::Trainer;
+use envelope::{Decoded, DictRef, Encoding, EnvelopeError, HEADER_LEN, Refs};
 use rules::{Rule, Rules};
 use scripts::Scripts;
 
 /// Running totals for STATE.STATS (Prometheus has the same figures with labels).
 #[derive(Default)]
 pub struct Totals {
+    /// Older versions stored as deltas.
+    pub deltas: AtomicU64,
+    /// Older versions stored whole (no base cached, another writer in between, or a periodic
+    /// full version).
+    pub full_copies: AtomicU64,
+    /// Values written compressed with a trained dictionary.
+    pub dict_writes: AtomicU64,
+    /// Dictionaries trained by this process.
+    pub dicts_trained: AtomicU64,
     /// State values written.
     pub writes: AtomicU64,
     /// State values read and verified.
@@ -49,6 +73,28 @@ pub struct StateEngine {
     pub scripts: Scripts,
     /// Counters for STATE.STATS, kept across configuration reloads.
     pub totals: Arc<Totals>,
+    /// Per rule (by index): the current values kept as delta bases (rules with deltas).
+    bases: Vec<Option<BaseCache>>,
+    /// Per rule (by index): the dictionary in use and its training (`dictionary = "auto"`).
+    trainers: Vec<Option<Trainer>>,
+}
+
+/// Values at least this long are encoded with their two compressions (whole, and the
+/// replaced version as a delta) on two threads.
+pub const PARALLEL_ENCODE: usize = 1 << 20;
+
+/// A versioned write, encoded (see [`StateEngine::encode_write`]).
+pub struct EncodedWrite {
+    /// The new value's envelope.
+    pub stored: Bytes,
+    /// The header the key must hold for `delta` to be stored (empty: no delta).
+    pub base_header: Bytes,
+    /// The replaced version as a delta against the new value (empty: none).
+    pub delta: Bytes,
+    /// The version stamped into `stored` (0: unknown, the script stamps it).
+    pub predicted: u32,
+    /// The first 36 bytes of `stored`, for the cache once the version is known.
+    pub header: [u8; HEADER_LEN],
 }
 
 /// A value read back from Redis.
@@ -85,11 +131,120 @@ impl StateEngine {
 
     /// Builds an engine that continues the counters of a previous one (configuration reload).
     pub fn with_totals(rules: Rules, max_decoded: usize, totals: Arc<Totals>) -> StateEngine {
+        let bases = rules
+            .iter()
+            .map(|r| (r.versioning && r.delta).then(|| BaseCache::new(r.delta_cache_bytes)))
+            .collect();
+        let trainers = rules
+            .iter()
+            .map(|r| r.dictionary.then(Trainer::default))
+            .collect();
         StateEngine {
             rules,
             max_decoded,
             scripts: Scripts::default(),
             totals,
+            bases,
+            trainers,
+        }
+    }
+
+    /// The delta bases of `rule`, when it keeps deltas.
+    pub fn bases(&self, rule: &Rule) -> Option<&BaseCache> {
+        self.bases.get(rule.index).and_then(Option::as_ref)
+    }
+
+    /// The dictionary machinery of `rule`, when it has `dictionary = "auto"`.
+    pub fn trainer(&self, rule: &Rule) -> Option<&Trainer> {
+        self.trainers.get(rule.index).and_then(Option::as_ref)
+    }
+
+    /// Encodes `value` whole for `rule`, with the rule's dictionary when it has one in use.
+    fn encode_full(&self, rule: &Rule, value: &[u8], ts: u64, version: u32) -> Vec<u8> {
+        let trainer = self.trainer(rule);
+        let dict = trainer
+            .filter(|_| value.len() <= dict::MAX_DICT_VALUE)
+            .and_then(Trainer::active);
+        let cdict = dict.as_ref().and_then(|d| d.cdict(rule.level));
+        let enc = Encoding {
+            codec: rule.codec,
+            level: rule.level,
+            min_size: rule.min_size,
+            dict: match (&dict, &cdict) {
+                (Some(d), Some(c)) => Some(DictRef { id: d.id, cdict: c }),
+                _ => None,
+            },
+        };
+        let stored = envelope::encode_with(value, &enc, ts, version);
+        if let Some(t) = trainer {
+            let with_dict = envelope::inspect(&stored)
+                .ok()
+                .flatten()
+                .filter(|m| m.dict.is_some())
+                .map(|m| stored.len() - m.header_len);
+            if with_dict.is_some() {
+                self.totals.dict_writes.fetch_add(1, Ordering::Relaxed);
+            }
+            t.offer(value, with_dict);
+        }
+        stored
+    }
+
+    /// Encodes a write of `value` to `key` for a versioned `rule`: the new envelope (stamped
+    /// with the version it will get if the key still holds the cached base), and, when the
+    /// proxy holds the key's current value, that value as a delta against the new one with
+    /// the header the write script must find in the key. The new value becomes the key's
+    /// cached base at once, so a write pipelined right behind this one finds it.
+    pub fn encode_write(&self, rule: &Rule, key: &Bytes, value: &Bytes) -> EncodedWrite {
+        let ts = now_ms();
+        let cache = self.bases(rule);
+        let base = cache.and_then(|c| c.get(key));
+        let predicted = base
+            .as_ref()
+            .and_then(|b| b.version.checked_add(1))
+            .unwrap_or(0);
+        let wants_delta = base
+            .as_ref()
+            .filter(|b| predicted > 0 && !rule.full_version(b.version));
+        let delta_of = |b: &Base| {
+            envelope::encode_delta(
+                &b.value(),
+                value,
+                predicted,
+                rule.level,
+                b.timestamp_ms(),
+                b.version,
+            )
+        };
+        // A large value's two compressions (whole, and the old value as a delta) run on two
+        // threads: the caller is already off the async threads (see `plan_is_heavy`).
+        let (stored, delta) = match wants_delta {
+            Some(b) if value.len() >= PARALLEL_ENCODE => std::thread::scope(|s| {
+                let d = s.spawn(|| delta_of(b));
+                let stored = self.encode_full(rule, value, ts, predicted);
+                (stored, d.join().ok().flatten())
+            }),
+            Some(b) => (self.encode_full(rule, value, ts, predicted), delta_of(b)),
+            None => (self.encode_full(rule, value, ts, predicted), None),
+        };
+        self.count_write(rule, value.len(), stored.len());
+        let mut header = [0u8; HEADER_LEN];
+        header.copy_from_slice(&stored[..HEADER_LEN]);
+        if let Some(c) = cache
+            && predicted > 0
+        {
+            c.put(key, Base::from_value(header, predicted, value));
+        }
+        let (base_header, delta) = match (base, delta) {
+            (Some(b), Some(d)) => (Bytes::copy_from_slice(&b.header), Bytes::from(d)),
+            _ => (Bytes::new(), Bytes::new()),
+        };
+        EncodedWrite {
+            stored: Bytes::from(stored),
+            base_header,
+            delta,
+            predicted,
+            header,
         }
     }
 
@@ -106,24 +261,127 @@ impl StateEngine {
         self.rules.match_key(key)
     }
 
-    /// Encodes a value for `rule` (the version is filled in by the write script).
+    /// Encodes a value for `rule` without a history (the version, if any, is filled in by the
+    /// write script).
     pub fn encode(&self, rule: &Rule, value: &[u8]) -> Bytes {
-        let stored = envelope::encode(value, rule.codec, rule.min_size, now_ms(), 0);
-        self.totals.writes.fetch_add(1, Ordering::Relaxed);
-        self.totals
-            .bytes_in
-            .fetch_add(value.len() as u64, Ordering::Relaxed);
-        self.totals
-            .bytes_stored
-            .fetch_add(stored.len() as u64, Ordering::Relaxed);
-        crate::telemetry::state_write(rule.index, value.len(), stored.len());
+        let stored = self.encode_full(rule, value, now_ms(), 0);
+        self.count_write(rule, value.len(), stored.len());
         Bytes::from(stored)
     }
 
+    /// Encodes `value` as the version a rollback writes: whole, created when it was first
+    /// saved, stamped with the version it will get if the key still holds `base`.
+    pub fn encode_rollback(
+        &self,
+        rule: &Rule,
+        key: &Bytes,
+        value: &Bytes,
+        created_ms: u64,
+        base: Option<&Base>,
+    ) -> EncodedWrite {
+        let predicted = base.and_then(|b| b.version.checked_add(1)).unwrap_or(0);
+        let stored = self.encode_full(rule, value, created_ms, predicted);
+        self.count_write(rule, value.len(), stored.len());
+        let delta = base
+            .filter(|b| rule.delta && predicted > 0 && !rule.full_version(b.version))
+            .and_then(|b| {
+                envelope::encode_delta(
+                    &b.value(),
+                    value,
+                    predicted,
+                    rule.level,
+                    b.timestamp_ms(),
+                    b.version,
+                )
+            });
+        let mut header = [0u8; HEADER_LEN];
+        header.copy_from_slice(&stored[..HEADER_LEN]);
+        if let (Some(c), true) = (self.bases(rule), predicted > 0) {
+            c.put(key, Base::from_value(header, predicted, value));
+        }
+        let (base_header, delta) = match (base, delta) {
+            (Some(b), Some(d)) => (Bytes::copy_from_slice(&b.header), Bytes::from(d)),
+            _ => (Bytes::new(), Bytes::new()),
+        };
+        EncodedWrite {
+            stored: Bytes::from(stored),
+            base_header,
+            delta,
+            predicted,
+            header,
+        }
+    }
+
+    fn count_write(&self, rule: &Rule, original: usize, stored: usize) {
+        self.totals.writes.fetch_add(1, Ordering::Relaxed);
+        self.totals
+            .bytes_in
+            .fetch_add(original as u64, Ordering::Relaxed);
+        self.totals
+            .bytes_stored
+            .fetch_add(stored as u64, Ordering::Relaxed);
+        crate::telemetry::state_write(rule.index, original, stored);
+    }
+
+    /// Remembers what `key` holds now (a value just read and verified, as its reply frame),
+    /// as the base of its next write's delta and the answer to its next GET.
+    pub fn remember(&self, key: &Bytes, stored: &[u8], frame: Bytes) {
+        let Some(rule) = self.rule_for(key) else {
+            return;
+        };
+        let (Some(cache), Some(head)) = (self.bases(rule), stored.get(..HEADER_LEN)) else {
+            return;
+        };
+        if cache.holds(key, head) {
+            return;
+        }
+        let Ok(Some(meta)) = envelope::inspect(stored) else {
+            return;
+        };
+        if meta.base.is_some() {
+            return;
+        }
+        let mut header = [0u8; HEADER_LEN];
+        header.copy_from_slice(head);
+        if let Some(b) = Base::from_frame(header, meta.version, frame) {
+            cache.put(key, b);
+        }
+    }
+
+    /// The reply for a GET of `key` when Redis holds `stored` and the proxy already has that
+    /// exact value (same header: version, length, CRC32, time): the cached frame, without
+    /// decompressing. The stored payload is checked by every read that misses the cache,
+    /// STATE.LOAD and `statecar verify`.
+    pub fn cached_frame(&self, key: &[u8], stored: &[u8]) -> Option<Bytes> {
+        let cache = self.rule_for(key).and_then(|r| self.bases(r))?;
+        let frame = cache.frame_if(key, stored.get(..HEADER_LEN)?)?;
+        self.totals.reads.fetch_add(1, Ordering::Relaxed);
+        crate::telemetry::state_read(stored.len(), frame.len());
+        Some(frame)
+    }
+
+    /// Forgets the cached base of `key` (deleted).
+    pub fn forget(&self, key: &[u8]) {
+        if let Some(c) = self.rule_for(key).and_then(|r| self.bases(r)) {
+            c.remove(key);
+        }
+    }
+
     /// Verifies and decodes a stored value; plain (pre-statecar) values come back as they are.
+    /// A value compressed with a dictionary this process has not loaded yet is
+    /// [`EnvelopeError::NeedsDictionary`] (the caller fetches it and tries again).
     pub fn decode(&self, key: &[u8], stored: &Bytes) -> ReadValue {
         self.totals.reads.fetch_add(1, Ordering::Relaxed);
-        match envelope::decode(stored, self.max_decoded) {
+        let dict = envelope::inspect(stored)
+            .ok()
+            .flatten()
+            .and_then(|m| m.dict)
+            .and_then(dict::lookup);
+        let refs = Refs {
+            base: None,
+            dict: dict.as_deref().map(dict::Dictionary::ddict),
+        };
+        match envelope::decode_with(stored, self.max_decoded, refs) {
             Ok(Decoded::Plain) => ReadValue::Value(stored.clone()),
             Ok(Decoded::State { value, .. }) => {
                 crate::telemetry::state_read(stored.len(), value.len());
@@ -142,7 +400,23 @@ impl StateEngine {
     /// string frame the client gets (`reply` itself for a plain value). `None` when the value
     /// fails verification, so the caller takes the slow path, which reports it.
     pub fn decode_frame(&self, stored: &[u8], reply: &Bytes) -> Option<Bytes> {
-        match envelope::decode_bulk(stored, self.max_decoded) {
+        // Only the dictionary byte decides whether a lookup is needed; a damaged header is
+        // reported by the slow path.
+        let dict = match stored.get(6..8) {
+            Some(f) if u16::from_be_bytes([f[0], f[1]]) & envelope::FLAG_DICT != 0 => {
+                let id = envelope::inspect(stored)
+                    .ok()
+                    .flatten()
+                    .and_then(|m| m.dict)?;
+                Some(dict::lookup(id)?)
+            }
+            _ => None,
+        };
+        let refs = Refs {
+            base: None,
+            dict: dict.as_deref().map(dict::Dictionary::ddict),
+        };
+        match envelope::decode_bulk_with(stored, self.max_decoded, refs) {
             Ok(frame) => {
                 self.totals.reads.fetch_add(1, Ordering::Relaxed);
                 match frame {

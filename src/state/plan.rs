@@ -4,12 +4,14 @@
 //! and atomicity) or a local error. Options are validated here with Redis's own error texts,
 //! because once a value is encoded Redis never sees the client's original command.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use super::keys::history_key;
 use super::rules::Rule;
 use super::scripts::ScriptKind;
-use super::transform::{Pending, ScriptCall, Transform, WriteShape, encode_tags};
+use super::transform::{CacheNote, Pending, ScriptCall, Transform, WriteShape, encode_tags};
 use super::{StateEngine, show_key};
 use crate::command::Command;
 use crate::protocol::encode_multibulk;
@@ -76,6 +78,43 @@ fn upper(b: &[u8]) -> Vec<u8> {
     b.to_ascii_uppercase()
 }
 
+/// Writes with a value at least this long are planned (encoded) off the async threads: at
+/// about 400 MB/s for zstd level 1 that is over half a millisecond of compression, which
+/// would otherwise delay every other client served by the same thread.
+pub const HEAVY_VALUE: usize = 256 * 1024;
+
+/// Plans `cmd` on the blocking pool (see [`StateEngine::plan_is_heavy`]); gives the command
+/// back with the plan.
+pub async fn plan_on_pool(engine: Arc<StateEngine>, cmd: Command) -> (Command, Option<Plan>) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::task::spawn_blocking(move || {
+        let plan = engine.plan(&cmd);
+        let _ = tx.send((cmd, plan));
+    });
+    match rx.await {
+        Ok(r) => r,
+        // The pool dropped the job (runtime shutting down): fail this command clearly.
+        Err(_) => (
+            Command::from_args([Bytes::from_static(b"PING")]),
+            Some(Plan::Fail(error(
+                "ERR statecar: shutting down; the write was not encoded",
+            ))),
+        ),
+    }
+}
+
+/// Values STATE.TRAIN reads unless told otherwise.
+const DEFAULT_TRAIN_SAMPLES: usize = 1000;
+
+/// One key of a write, as the WRITE script takes it.
+struct Pair {
+    key: Bytes,
+    hist: Bytes,
+    /// value, max_versions, ttl mode, ttl value, base header, delta, predicted version.
+    args: [Bytes; 7],
+    note: Option<CacheNote>,
+}
+
 /// Expiry for a write, as the WRITE script takes it.
 enum Ttl {
     None,
@@ -85,7 +124,7 @@ enum Ttl {
 }
 
 /// How many version numbers the rule's history keeps (0 without versioning).
-fn window(rule: &Rule) -> u32 {
+pub(crate) fn window(rule: &Rule) -> u32 {
     if rule.versioning {
         rule.max_versions
     } else {
@@ -130,10 +169,40 @@ impl StateEngine {
         }
     }
 
-    fn write_pair(&self, rule: Option<&Rule>, key: &Bytes, value: &[u8], ttl: Ttl) -> [Bytes; 6] {
-        let (hist, stored, maxv) = match rule {
-            Some(r) => (self.hist(r, key), self.encode(r, value), window(r)),
-            None => (key.clone(), Bytes::copy_from_slice(value), 0),
+    /// One key's part of a write: its keys and arguments for the WRITE script, and what the
+    /// reply must tell the delta cache.
+    fn write_pair(&self, rule: Option<&Rule>, key: &Bytes, value: &Bytes, ttl: Ttl) -> Pair {
+        let maxv = rule.map_or(0, window);
+        let (hist, stored, base, delta, predicted, note) = match rule {
+            Some(r) if maxv > 0 => {
+                let w = self.encode_write(r, key, value);
+                let note = self.bases(r).map(|_| CacheNote {
+                    key: key.clone(),
+                    header: w.header,
+                    value: value.clone(),
+                    predicted: w.predicted,
+                });
+                (
+                    self.hist(r, key),
+                    w.stored,
+                    w.base_header,
+                    w.delta,
+                    w.predicted,
+                    note,
+                )
+            }
+            Some(r) => {
+                let stored = self.encode(r, value);
+                (key.clone(), stored, Bytes::new(), Bytes::new(), 0, None)
+            }
+            None => (
+                key.clone(),
+                value.clone(),
+                Bytes::new(),
+                Bytes::new(),
+                0,
+                None,
+            ),
         };
         let ttl = match (ttl, rule.and_then(|r| r.default_ttl_ms)) {
             (Ttl::None, Some(d)) => Ttl::Px(d as i64),
@@ -145,21 +214,27 @@ impl StateEngine {
             Ttl::PxAt(ms) => (b"PXAT", ms.to_string()),
             Ttl::Keep => (b"KEEPTTL", String::new()),
         };
-        [
-            key.clone(),
+        Pair {
+            key: key.clone(),
             hist,
-            stored,
-            Bytes::from(maxv.to_string()),
-            Bytes::from_static(mode),
-            Bytes::from(val),
-        ]
+            args: [
+                stored,
+                Bytes::from(maxv.to_string()),
+                Bytes::from_static(mode),
+                Bytes::from(val),
+                base,
+                delta,
+                Bytes::from(predicted.to_string()),
+            ],
+            note,
+        }
     }
 
     // One call site per write command; a struct would only rename these arguments.
     #[allow(clippy::too_many_arguments)]
     fn write(
         &self,
-        pairs: Vec<[Bytes; 6]>,
+        pairs: Vec<Pair>,
         mode: &'static [u8],
         cond: &'static [u8],
         want_old: bool,
@@ -167,7 +242,7 @@ impl StateEngine {
         tags: Bytes,
         shape: WriteShape,
     ) -> Option<Plan> {
-        let key = pairs.first().map(|p| p[0].clone()).unwrap_or_default();
+        let key = pairs.first().map(|p| p.key.clone()).unwrap_or_default();
         let mut keys = Vec::with_capacity(pairs.len() * 2);
         let mut args = vec![
             Bytes::from_static(mode),
@@ -178,17 +253,44 @@ impl StateEngine {
                 .unwrap_or_default(),
             tags,
         ];
-        for [k, h, v, m, tm, tv] in pairs {
-            keys.push(k);
-            keys.push(h);
-            args.extend([v, m, tm, tv]);
+        let mut notes = Vec::new();
+        for (i, p) in pairs.into_iter().enumerate() {
+            keys.push(p.key);
+            keys.push(p.hist);
+            args.extend(p.args);
+            if let Some(n) = p.note {
+                notes.push((i, n));
+            }
         }
         self.script(
             ScriptKind::Write,
             keys,
             args,
-            Transform::Write { key, shape },
+            Transform::Write { key, shape, notes },
         )
+    }
+
+    /// Whether planning `cmd` compresses enough bytes that it should run on the blocking pool
+    /// ([`plan_on_pool`]) rather than on the thread that serves other clients: a write of a
+    /// value of at least [`HEAVY_VALUE`] bytes. Cheap: looks at argument lengths only.
+    pub fn plan_is_heavy(&self, cmd: &Command) -> bool {
+        if cmd.argc() < 3 || !cmd.args().skip(2).any(|v| v.len() >= HEAVY_VALUE) {
+            return false;
+        }
+        // Only writes to state keys compress anything.
+        if !cmd.entry().state {
+            return false;
+        }
+        let name = cmd.name();
+        let multi = name.eq_ignore_ascii_case(b"MSET") || name.eq_ignore_ascii_case(b"MSETNX");
+        if multi {
+            cmd.args()
+                .skip(1)
+                .step_by(2)
+                .any(|k| self.rule_for(k).is_some())
+        } else {
+            cmd.arg(1).is_some_and(|k| self.rule_for(k).is_some())
+        }
     }
 
     /// Plans `cmd`; `None` means it touches no state key and goes through untouched.
@@ -256,6 +358,9 @@ impl StateEngine {
                     return None;
                 }
                 let key = a[1].clone();
+                if name == b"GETDEL" {
+                    self.forget(&key);
+                }
                 let mut args = vec![a[0].clone()];
                 args.extend(a[2..].iter().cloned());
                 self.script(
@@ -331,6 +436,9 @@ impl StateEngine {
                 self.write(pairs, mode, b"", false, None, Bytes::new(), shape)
             }
             b"DEL" | b"UNLINK" => {
+                for k in &a[1..] {
+                    self.forget(k);
+                }
                 let hist: Vec<Bytes> = a[1..]
                     .iter()
                     .filter_map(|k| {
@@ -610,10 +718,11 @@ impl StateEngine {
                         Transform::Passthrough,
                     )
                 } else {
+                    // Reads the version; the reply path writes it as the newest one.
                     (
                         ScriptKind::Rollback,
                         vec![a[2].clone(), Bytes::from(window(rule).to_string())],
-                        Transform::Passthrough,
+                        Transform::Rollback { key: a[1].clone() },
                     )
                 };
                 unwrap(self.script(kind, vec![a[1].clone(), history_key(&a[1])], args, t))
@@ -671,6 +780,57 @@ impl StateEngine {
                 }
             }
             b"STATE.RULE" => self.plan_rule(cmd),
+            b"STATE.TRAIN" => {
+                let samples = match a.len() {
+                    2 => DEFAULT_TRAIN_SAMPLES,
+                    4 if upper(&a[2]) == b"SAMPLES" => match parse_i64(&a[3]) {
+                        Some(n) if (10..=100_000).contains(&n) => n as usize,
+                        _ => {
+                            return Plan::Fail(error(
+                                "ERR SAMPLES must be an integer from 10 to 100000",
+                            ));
+                        }
+                    },
+                    4 => return Plan::Fail(error("ERR syntax error")),
+                    _ => return arity(),
+                };
+                let rule = match need_rule(&a[1]) {
+                    Ok(r) => r,
+                    Err(p) => return p,
+                };
+                if !rule.dictionary {
+                    return Plan::Fail(error(&format!(
+                        "ERR statecar: rule {} of '{}' has no dictionary (set dictionary = \"auto\")",
+                        rule.index,
+                        show_key(&a[1])
+                    )));
+                }
+                // The reply path reads on from this first SCAN page.
+                let mut raw = bytes::BytesMut::new();
+                encode_multibulk(
+                    &mut raw,
+                    &[
+                        &b"SCAN"[..],
+                        b"0",
+                        b"MATCH",
+                        &rule.pattern,
+                        b"COUNT",
+                        b"1000",
+                        b"TYPE",
+                        b"string",
+                    ],
+                );
+                Plan::Send {
+                    raw: raw.freeze(),
+                    pending: Box::new(Pending {
+                        transform: Transform::Train {
+                            key: a[1].clone(),
+                            samples,
+                        },
+                        retry: None,
+                    }),
+                }
+            }
             b"STATE.STATS" => {
                 if a.len() != 1 {
                     return arity();
@@ -692,3 +852,7 @@ impl StateEngine {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

@@ -1,225 +1,15 @@
 //! State rules: which keys are state keys, and the policy for each.
 //!
-//! Rules are an ordered list of Redis glob patterns; the first that matches a key decides.
-//! Matching follows Redis's `stringmatchlen` exactly, quirks included, so a pattern means here
-//! what it means to `KEYS` and `SCAN MATCH`.
+//! Rules are an ordered list of Redis glob patterns (`glob.rs`); the first that matches a key
+//! decides.
 
 use serde::Deserialize;
 
-use super::codec::Codec;
-
-/// Redis refuses to recurse deeper than this many `*` while matching (since 7.2.6/7.4.1, after
-/// CVE-2024-31228); a pattern that needs more never matches there, so it never matches here.
-const MAX_STAR_NESTING: usize = 1000;
+use super::codec::{Codec, ZSTD_RULE_LEVEL};
+use super::glob::{Compiled, MAX_STAR_NESTING, exceeds_star_nesting};
 
 /// Largest accepted `max_versions`: history lives in Redis and every write trims it.
 pub const MAX_VERSIONS_LIMIT: u32 = 10_000;
-
-/// Matches `string` against a Redis glob `pattern`, with Redis's `stringmatchlen` semantics.
-///
-/// `*` any run of bytes, `?` one byte, `[abc]` `[^abc]` `[a-z]` classes (a reversed range is
-/// swapped, `\` escapes inside a class, an unclosed `[` runs to the end of the pattern), `\x`
-/// the literal `x` (a trailing `\` is a literal backslash). Quirks kept on purpose:
-/// - an empty string matches only the empty pattern and `*`: `stringmatchlen("*", "")` is
-///   false, but `KEYS *` and `SCAN MATCH *` skip matching and list the empty key, and this
-///   follows what users see (so `**` still does not match it);
-/// - `nocase` folds ASCII only, and an escaped byte inside a class is compared case-sensitively;
-/// - range bounds compare as signed chars, as Redis on x86-64 does, so `[a-\xff]` covers
-///   0x80..=0xff and `0x00..=a`;
-/// - more than 1000 `*` groups before the last one never match (Redis's recursion cap).
-///
-/// Runs in O(pattern × string) time without recursion or allocation: on a mismatch it
-/// backtracks to the most recent `*` only, which is enough because every other token matches
-/// exactly one byte.
-pub fn glob_match(pattern: &[u8], string: &[u8], nocase: bool) -> bool {
-    if string.is_empty() {
-        return pattern.is_empty() || pattern == b"*";
-    }
-    if exceeds_star_nesting(pattern) {
-        return false;
-    }
-    match_tokens(pattern, string, nocase)
-}
-
-/// One element of a pattern. `Class` keeps the positions of its body in the pattern.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Token {
-    Star,
-    AnyByte,
-    Literal(u8),
-    Class {
-        negate: bool,
-        start: usize,
-        end: usize,
-    },
-}
-
-/// Parses the token at `at` (which must be < pattern.len()), returning it and where the next
-/// starts. Token boundaries never depend on the string, which is what lets the matcher
-/// re-parse freely while backtracking.
-fn next_token(p: &[u8], at: usize) -> (Token, usize) {
-    match p[at] {
-        b'*' => {
-            let mut next = at + 1;
-            while p.get(next) == Some(&b'*') {
-                next += 1;
-            }
-            (Token::Star, next)
-        }
-        b'?' => (Token::AnyByte, at + 1),
-        b'[' => {
-            let mut j = at + 1;
-            let negate = p.get(j) == Some(&b'^');
-            if negate {
-                j += 1;
-            }
-            let start = j;
-            loop {
-                let left = p.len() - j;
-                if left >= 2 && p[j] == b'\\' {
-                    j += 2;
-                } else if left == 0 {
-                    // Unclosed: Redis treats the rest of the pattern as the class body.
-                    return (
-                        Token::Class {
-                            negate,
-                            start,
-                            end: j,
-                        },
-                        j,
-                    );
-                } else if p[j] == b']' {
-                    return (
-                        Token::Class {
-                            negate,
-                            start,
-                            end: j,
-                        },
-                        j + 1,
-                    );
-                } else if left >= 3 && p[j + 1] == b'-' {
-                    j += 3;
-                } else {
-                    j += 1;
-                }
-            }
-        }
-        b'\\' if at + 1 < p.len() => (Token::Literal(p[at + 1]), at + 2),
-        c => (Token::Literal(c), at + 1),
-    }
-}
-
-/// C `tolower` in the C locale, applied to a value that may be a negative (signed) char.
-fn lower(c: i32) -> i32 {
-    if (i32::from(b'A')..=i32::from(b'Z')).contains(&c) {
-        c + 32
-    } else {
-        c
-    }
-}
-
-fn class_matches(p: &[u8], start: usize, end: usize, c: u8, nocase: bool) -> bool {
-    let mut j = start;
-    let mut matched = false;
-    while j < end {
-        // Element kinds are decided on the distance to the pattern's end, as Redis does.
-        let left = p.len() - j;
-        if left >= 2 && p[j] == b'\\' {
-            matched |= p[j + 1] == c;
-            j += 2;
-        } else if left >= 3 && p[j + 1] == b'-' {
-            // Redis reads pattern bytes through `char`, which is signed on x86-64.
-            let (mut lo, mut hi) = (i32::from(p[j] as i8), i32::from(p[j + 2] as i8));
-            let mut ch = i32::from(c as i8);
-            if lo > hi {
-                std::mem::swap(&mut lo, &mut hi);
-            }
-            if nocase {
-                (lo, hi, ch) = (lower(lo), lower(hi), lower(ch));
-            }
-            matched |= lo <= ch && ch <= hi;
-            j += 3;
-        } else {
-            matched |= if nocase {
-                p[j].eq_ignore_ascii_case(&c)
-            } else {
-                p[j] == c
-            };
-            j += 1;
-        }
-    }
-    matched
-}
-
-fn token_matches(p: &[u8], token: Token, c: u8, nocase: bool) -> bool {
-    match token {
-        Token::Star | Token::AnyByte => true,
-        Token::Literal(l) => {
-            if nocase {
-                l.eq_ignore_ascii_case(&c)
-            } else {
-                l == c
-            }
-        }
-        Token::Class { negate, start, end } => class_matches(p, start, end, c, nocase) != negate,
-    }
-}
-
-/// True when Redis's recursion cap makes `pattern` unmatchable: a match passes every `*`
-/// group, and each group except a final one recurses one level deeper.
-fn exceeds_star_nesting(p: &[u8]) -> bool {
-    let mut at = 0;
-    let mut nested = 0usize;
-    while at < p.len() {
-        let (token, next) = next_token(p, at);
-        if token == Token::Star && next < p.len() {
-            nested += 1;
-            if nested > MAX_STAR_NESTING {
-                return true;
-            }
-        }
-        at = next;
-    }
-    false
-}
-
-/// Plain glob matching (a `*` also matches the empty run); the empty-string and nesting quirks
-/// are the caller's business.
-fn match_tokens(p: &[u8], s: &[u8], nocase: bool) -> bool {
-    let (mut pi, mut si) = (0usize, 0usize);
-    // Pattern position after the latest `*`, and where in the string that `*`'s run ends.
-    let mut resume: Option<(usize, usize)> = None;
-    while si < s.len() {
-        if pi < p.len() {
-            let (token, next) = next_token(p, pi);
-            if token == Token::Star {
-                resume = Some((next, si));
-                pi = next;
-                continue;
-            }
-            if token_matches(p, token, s[si], nocase) {
-                pi = next;
-                si += 1;
-                continue;
-            }
-        }
-        match resume {
-            Some((after_star, run_end)) => {
-                resume = Some((after_star, run_end + 1));
-                pi = after_star;
-                si = run_end + 1;
-            }
-            None => return false,
-        }
-    }
-    while pi < p.len() {
-        match next_token(p, pi) {
-            (Token::Star, next) => pi = next,
-            _ => return false,
-        }
-    }
-    true
-}
 
 fn default_compression() -> String {
     "lz4".to_string()
@@ -261,7 +51,31 @@ pub struct RuleConfig {
     /// What a read does when the value fails verification: error or previous_version.
     #[serde(default = "default_on_corruption")]
     pub on_corruption: String,
+    /// zstd level (-7 to 22); default [`ZSTD_RULE_LEVEL`].
+    #[serde(default)]
+    pub compression_level: Option<i32>,
+    /// Keep older versions as deltas against their newer neighbour; default on for versioned
+    /// zstd rules with `on_corruption = "error"`.
+    #[serde(default)]
+    pub delta: Option<bool>,
+    /// At most this many deltas are read to decode any version: with a longer history every
+    /// `delta_chain`-th version is kept whole. Default [`DEFAULT_DELTA_CHAIN`].
+    #[serde(default)]
+    pub delta_chain: Option<u32>,
+    /// Memory for the current values the proxy keeps as delta bases, in MiB; default
+    /// [`DEFAULT_DELTA_CACHE_MB`].
+    #[serde(default)]
+    pub delta_cache_mb: Option<u64>,
+    /// "none" (default) or "auto": train a zstd dictionary from the rule's values.
+    #[serde(default)]
+    pub dictionary: Option<String>,
 }
+
+/// Default `delta_chain`: reading the oldest of 1,000 versions of a 70 KB checkpoint then
+/// applies at most 63 deltas (docs/BENCHMARKS.md has the measured time).
+pub const DEFAULT_DELTA_CHAIN: u32 = 64;
+/// Default `delta_cache_mb`.
+pub const DEFAULT_DELTA_CACHE_MB: u64 = 64;
 
 /// What a read of a damaged value answers.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -301,9 +115,26 @@ pub struct Rule {
     pub on_corruption: OnCorruption,
     /// Position in the `[[state]]` list, 0-based; used in messages and metric labels.
     pub index: usize,
+    /// zstd level.
+    pub level: i32,
+    /// Older versions are stored as deltas (versioned rules only).
+    pub delta: bool,
+    /// Longest run of deltas a read follows (see [`RuleConfig::delta_chain`]).
+    pub delta_chain: u32,
+    /// Bytes of delta bases the proxy keeps for this rule.
+    pub delta_cache_bytes: usize,
+    /// Train and use a zstd dictionary.
+    pub dictionary: bool,
 }
 
 impl Rule {
+    /// Whether version `n`, on leaving the key, is kept whole rather than as a delta: every
+    /// `delta_chain`-th version when the history is longer than that, so no read follows more
+    /// than `delta_chain - 1` deltas (with a shorter history the window bounds every chain).
+    pub fn full_version(&self, n: u32) -> bool {
+        self.max_versions > self.delta_chain && n.is_multiple_of(self.delta_chain)
+    }
+
     /// Validates a configuration table; the error is one line naming the field, as
     /// `state[1].compression: unknown codec "lz5" (expected lz4, zlib, zstd or none)`.
     pub fn from_config(index: usize, c: &RuleConfig) -> Result<Rule, String> {
@@ -362,6 +193,66 @@ impl Rule {
                 field("on_corruption")
             ));
         }
+        let level = c.compression_level.unwrap_or(ZSTD_RULE_LEVEL);
+        if !(-7..=22).contains(&level) {
+            return Err(format!(
+                "{}: {level} is out of range (expected -7 to 22)",
+                field("compression_level")
+            ));
+        }
+        if c.compression_level.is_some() && codec != Codec::Zstd {
+            return Err(format!(
+                "{}: only zstd has levels (compression = {:?})",
+                field("compression_level"),
+                codec.name()
+            ));
+        }
+        // Deltas are read through their newer neighbour, so a damaged newest value takes the
+        // versions that depend on it along: previous_version could not serve them.
+        let delta = match c.delta {
+            Some(true) if !c.versioning => {
+                return Err(format!("{}: needs versioning = true", field("delta")));
+            }
+            Some(true) if on_corruption == OnCorruption::PreviousVersion => {
+                return Err(format!(
+                    "{}: cannot be combined with on_corruption = \"previous_version\" (older \
+                     versions are read through the newest one); set delta = false",
+                    field("delta")
+                ));
+            }
+            Some(d) => d,
+            None => c.versioning && codec == Codec::Zstd && on_corruption == OnCorruption::Error,
+        };
+        let delta_chain = c.delta_chain.unwrap_or(DEFAULT_DELTA_CHAIN);
+        if !(1..=MAX_VERSIONS_LIMIT).contains(&delta_chain) {
+            return Err(format!(
+                "{}: {delta_chain} is out of range (expected 1 to {MAX_VERSIONS_LIMIT})",
+                field("delta_chain")
+            ));
+        }
+        let cache_mb = c.delta_cache_mb.unwrap_or(DEFAULT_DELTA_CACHE_MB);
+        if !(1..=65_536).contains(&cache_mb) {
+            return Err(format!(
+                "{}: {cache_mb} is out of range (expected 1 to 65536)",
+                field("delta_cache_mb")
+            ));
+        }
+        let dictionary = match c.dictionary.as_deref() {
+            None | Some("none") => false,
+            Some("auto") if codec == Codec::Zstd => true,
+            Some("auto") => {
+                return Err(format!(
+                    "{}: auto needs compression = \"zstd\"",
+                    field("dictionary")
+                ));
+            }
+            Some(other) => {
+                return Err(format!(
+                    "{}: unknown value {other:?} (expected none or auto)",
+                    field("dictionary")
+                ));
+            }
+        };
         Ok(Rule {
             pattern: c.pattern.as_bytes().to_vec(),
             codec,
@@ -371,72 +262,13 @@ impl Rule {
             default_ttl_ms,
             on_corruption,
             index,
+            level,
+            delta,
+            delta_chain,
+            delta_cache_bytes: usize::try_from(cache_mb << 20).unwrap_or(usize::MAX),
+            dictionary,
         })
     }
-}
-
-/// What follows a rule pattern's literal prefix.
-#[derive(Clone, Debug)]
-enum Tail {
-    /// Nothing: the pattern is a literal key.
-    Nothing,
-    /// A single trailing `*` group: any key with the prefix.
-    AnySuffix,
-    /// Anything else, matched from this pattern offset.
-    Glob(usize),
-}
-
-/// A rule's pattern, pre-split so the common `prefix:*` costs one `starts_with`.
-#[derive(Clone, Debug)]
-struct Compiled {
-    prefix: Vec<u8>,
-    tail: Tail,
-    unmatchable: bool,
-}
-
-impl Compiled {
-    fn new(p: &[u8]) -> Compiled {
-        let mut prefix = Vec::new();
-        let mut at = 0;
-        while at < p.len() {
-            match next_token(p, at) {
-                (Token::Literal(c), next) => {
-                    prefix.push(c);
-                    at = next;
-                }
-                _ => break,
-            }
-        }
-        let tail = match next_token_at(p, at) {
-            None => Tail::Nothing,
-            Some((Token::Star, next)) if next == p.len() => Tail::AnySuffix,
-            Some(_) => Tail::Glob(at),
-        };
-        Compiled {
-            prefix,
-            tail,
-            unmatchable: p.is_empty() || exceeds_star_nesting(p),
-        }
-    }
-
-    fn matches(&self, pattern: &[u8], key: &[u8]) -> bool {
-        if key.is_empty() {
-            return glob_match(pattern, key, false);
-        }
-        if self.unmatchable || !key.starts_with(&self.prefix) {
-            return false;
-        }
-        let rest = &key[self.prefix.len()..];
-        match self.tail {
-            Tail::Nothing => rest.is_empty(),
-            Tail::AnySuffix => true,
-            Tail::Glob(at) => match_tokens(&pattern[at..], rest, false),
-        }
-    }
-}
-
-fn next_token_at(p: &[u8], at: usize) -> Option<(Token, usize)> {
-    (at < p.len()).then(|| next_token(p, at))
 }
 
 /// The ordered rule list.
@@ -489,389 +321,8 @@ impl<'a> IntoIterator for &'a Rules {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    // Generated by running `KEYS pattern` against redis-server 7.0.15 (Debian build, which
-    // carries the 7.2.6 recursion-cap fix) with every key below present: character i of each
-    // string says whether KEYS listed KEYS[i].
-    const KEYS: &[&[u8]] = &[
-        b"a",
-        b"b",
-        b"ab",
-        b"abc",
-        b"abd",
-        b"aXc",
-        b"axc",
-        b"a-c",
-        b"a]c",
-        b"a^c",
-        b"a\\c",
-        b"a*c",
-        b"a?c",
-        b"a[c",
-        b"ac",
-        b"abbc",
-        b"ABC",
-        b"Abc",
-        b"session:1",
-        b"session:",
-        b"session:abc:x",
-        b"sessionx",
-        b"]",
-        b"[",
-        b"-",
-        b"^",
-        b"\\",
-        b"*",
-        b"?",
-        b"a]",
-        b"a-",
-        b"x",
-        b"xy",
-        b"_",
-        b"`",
-        b"Z",
-        b"z",
-        b"\xe5",
-        b"\x80",
-        b"\x7f",
-        b"a\xe5c",
-        b"hello",
-        b"hallo",
-        b"hxllo",
-        b"heeeello",
-        b"hllo",
-        b"a]b",
-        b"ab]",
-        b"abc]",
-        b"a\\",
-        b"",
-    ];
-    const EXPECTED: &[(&[u8], &str)] = &[
-        (b"*", "111111111111111111111111111111111111111111111111111"),
-        (b"**", "111111111111111111111111111111111111111111111111110"),
-        (b"?", "110000000000000000000011111110010111111100000000000"),
-        (
-            b"a?c",
-            "000101111111110000000000000000000000000010000000000",
-        ),
-        (b"a*", "101111111111111100000000000001100000000010000011110"),
-        (b"*c", "000101111111111101000000000000000000000010000000000"),
-        (
-            b"a*c",
-            "000101111111111100000000000000000000000010000000000",
-        ),
-        (
-            b"a**c",
-            "000101111111111100000000000000000000000010000000000",
-        ),
-        (
-            b"a[bx]c",
-            "000100100000000000000000000000000000000000000000000",
-        ),
-        (
-            b"a[^b]c",
-            "000001111111110000000000000000000000000010000000000",
-        ),
-        (
-            b"a[a-c]c",
-            "000100000000000000000000000000000000000000000000000",
-        ),
-        (
-            b"a[c-a]c",
-            "000100000000000000000000000000000000000000000000000",
-        ),
-        (
-            b"a[]c",
-            "000000000000000000000000000000000000000000000000000",
-        ),
-        (
-            b"a[]]c",
-            "000000000000000000000000000000000000000000000000000",
-        ),
-        (
-            b"a[\\]]c",
-            "000000001000000000000000000000000000000000000000000",
-        ),
-        (
-            b"a[\\\\]c",
-            "000000000010000000000000000000000000000000000000000",
-        ),
-        (
-            b"a\\*c",
-            "000000000001000000000000000000000000000000000000000",
-        ),
-        (
-            b"a\\?c",
-            "000000000000100000000000000000000000000000000000000",
-        ),
-        (
-            b"a\\[c",
-            "000000000000010000000000000000000000000000000000000",
-        ),
-        (
-            b"a\\",
-            "000000000000000000000000000000000000000000000000010",
-        ),
-        (b"\\", "000000000000000000000000001000000000000000000000000"),
-        (b"a[", "000000000000000000000000000000000000000000000000000"),
-        (
-            b"a[b",
-            "001000000000000000000000000000000000000000000000000",
-        ),
-        (
-            b"a[bc",
-            "001000000000001000000000000000000000000000000000000",
-        ),
-        (b"[", "000000000000000000000000000000000000000000000000000"),
-        (b"[^", "110000000000000000000011111110010111111100000000000"),
-        (
-            b"a[^",
-            "001000000000001000000000000001100000000000000000010",
-        ),
-        (
-            b"a[a-]",
-            "000000000000000000000000000001000000000000000000000",
-        ),
-        (
-            b"a[a-]c",
-            "000000000000001000000000000001000000000000000000000",
-        ),
-        (
-            b"a[-a]c",
-            "000000010000000000000000000000000000000000000000000",
-        ),
-        (
-            b"a[^-]c",
-            "000101101111110000000000000000000000000010000000000",
-        ),
-        (
-            b"[]]",
-            "000000000000000000000000000000000000000000000000000",
-        ),
-        (
-            b"[]a]",
-            "000000000000000000000000000000000000000000000000000",
-        ),
-        (
-            b"[\\]]",
-            "000000000000000000000010000000000000000000000000000",
-        ),
-        (
-            b"[a-\\]",
-            "100000000000000000000010011000000110000000000000000",
-        ),
-        (
-            b"a[!b]c",
-            "000100000000000000000000000000000000000000000000000",
-        ),
-        (
-            b"h?llo",
-            "000000000000000000000000000000000000000001110000000",
-        ),
-        (
-            b"h*llo",
-            "000000000000000000000000000000000000000001111100000",
-        ),
-        (
-            b"h[ae]llo",
-            "000000000000000000000000000000000000000001100000000",
-        ),
-        (
-            b"h[^e]llo",
-            "000000000000000000000000000000000000000000110000000",
-        ),
-        (
-            b"h[a-b]llo",
-            "000000000000000000000000000000000000000000100000000",
-        ),
-        (
-            b"session:*",
-            "000000000000000000111000000000000000000000000000000",
-        ),
-        (
-            b"session:?*",
-            "000000000000000000101000000000000000000000000000000",
-        ),
-        (
-            b"session*",
-            "000000000000000000111100000000000000000000000000000",
-        ),
-        (
-            b"*:*",
-            "000000000000000000111000000000000000000000000000000",
-        ),
-        (
-            b"[A-z]",
-            "110000000000000000000011011000010111100000000000000",
-        ),
-        (
-            b"[a-\xff]",
-            "100000000000000000000011111110000111000000000000000",
-        ),
-        (
-            b"[\x80-\xff]",
-            "000000000000000000000000000000000000011000000000000",
-        ),
-        (
-            b"a[a-\xff]c",
-            "000001011111110000000000000000000000000000000000000",
-        ),
-        (
-            b"[\x00-\x7f]",
-            "110000000000000000000011111110010111100100000000000",
-        ),
-        (
-            b"*a*b*c*",
-            "000100000000000100001000000000000000000000000000100",
-        ),
-        (b"?*", "111111111111111111111111111111111111111111111111110"),
-        (b"*?", "111111111111111111111111111111111111111111111111110"),
-        (
-            b"a*b*c",
-            "000100000000000100000000000000000000000000000000000",
-        ),
-        (
-            b"\\a\\b\\c",
-            "000100000000000000000000000000000000000000000000000",
-        ),
-        (
-            b"[a]b]",
-            "000000000000000000000000000000000000000000000001000",
-        ),
-        (
-            b"a[b-]",
-            "001000000000000000000000000001000000000000000000000",
-        ),
-        (
-            b"[--0]",
-            "000000000000000000000000100000000000000000000000000",
-        ),
-        (
-            b"ab\\",
-            "000000000000000000000000000000000000000000000000000",
-        ),
-        (
-            b"abc\\",
-            "000000000000000000000000000000000000000000000000000",
-        ),
-        (
-            b"a\\b\\",
-            "000000000000000000000000000000000000000000000000000",
-        ),
-        (
-            b"[\\",
-            "000000000000000000000000001000000000000000000000000",
-        ),
-        (
-            b"[a\\]",
-            "100000000000000000000010000000000000000000000000000",
-        ),
-    ];
-
-    #[test]
-    fn matches_what_redis_keys_answers() {
-        for (pattern, expected) in EXPECTED {
-            for (key, want) in KEYS.iter().zip(expected.bytes()) {
-                assert_eq!(
-                    glob_match(pattern, key, false),
-                    want == b'1',
-                    "pattern {:?} key {:?}",
-                    String::from_utf8_lossy(pattern),
-                    String::from_utf8_lossy(key)
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn constructs() {
-        let cases: &[(&[u8], &[u8], bool)] = &[
-            (b"session:*", b"session:42", true),
-            (b"session:*", b"session:", true),
-            (b"session:*", b"sessions:1", false),
-            (b"h?llo", b"hello", true),
-            (b"h?llo", b"hllo", false),
-            (b"h*llo", b"hllo", true),
-            (b"h*llo", b"heeeello", true),
-            (b"h[ae]llo", b"hallo", true),
-            (b"h[ae]llo", b"hillo", false),
-            (b"h[^e]llo", b"hallo", true),
-            (b"h[^e]llo", b"hello", false),
-            (b"h[a-b]llo", b"hbllo", true),
-            (b"h[b-a]llo", b"hbllo", true), // reversed range is swapped
-            (b"h[a-b]llo", b"hcllo", false),
-            (b"a\\*c", b"a*c", true),
-            (b"a\\*c", b"abc", false),
-            (b"a[\\]]c", b"a]c", true),
-            (b"a\\", b"a\\", true),    // trailing backslash is literal
-            (b"a[bc", b"ab", true),    // unclosed class runs to the end
-            (b"[", b"[", false),       // empty unclosed class matches nothing
-            (b"[^", b"x", true),       // negated empty class matches anything
-            (b"a[]c", b"ac", false),   // empty class
-            (b"a[]]c", b"a]c", false), // `]` closes at once; then "]c" is literal
-            (b"*a*b*c*", b"xxaxxbxxcxx", true),
-            (b"*a*b*c*", b"xxaxxcxxbxx", false),
-            (b"", b"", true),
-            (b"*", b"", true),
-            (b"**", b"", false),
-            (b"?", b"", false),
-            (b"", b"a", false),
-        ];
-        for (p, s, want) in cases {
-            assert_eq!(
-                glob_match(p, s, false),
-                *want,
-                "{:?} {:?}",
-                String::from_utf8_lossy(p),
-                String::from_utf8_lossy(s)
-            );
-        }
-    }
-
-    #[test]
-    fn nocase() {
-        assert!(glob_match(b"SESSION:*", b"session:1", true));
-        assert!(!glob_match(b"SESSION:*", b"session:1", false));
-        assert!(glob_match(b"h[A-C]llo", b"hbllo", true));
-        assert!(glob_match(b"h[ABC]llo", b"hbllo", true));
-        // Escaped bytes in a class compare exactly even with nocase, as in Redis.
-        assert!(!glob_match(b"h[\\B]llo", b"hbllo", true));
-        // Folding is ASCII only.
-        assert!(!glob_match(b"\xc3\xa9", b"\xc3\x89", true));
-        // [A-z] covers `_` without folding, not with it (bounds fold to a..z).
-        assert!(glob_match(b"[A-z]", b"_", false));
-        assert!(!glob_match(b"[A-z]", b"_", true));
-    }
-
-    #[test]
-    fn recursion_cap_matches_redis() {
-        // Verified against redis-server: n = 1000 matches, 1001 does not.
-        let key = [b"a".repeat(1002), b"b".to_vec()].concat();
-        for (n, nontrailing, trailing) in [
-            (999, true, true),
-            (1000, true, true),
-            (1001, false, true),
-            (1002, false, false),
-        ] {
-            let pattern = b"a*".repeat(n);
-            assert_eq!(glob_match(&pattern, &key, false), trailing, "trailing {n}");
-            let pattern = [pattern, b"b".to_vec()].concat();
-            assert_eq!(glob_match(&pattern, &key, false), nontrailing, "{n}");
-        }
-    }
-
-    #[test]
-    fn pathological_patterns_are_fast() {
-        let pattern = [b"a*".repeat(30), b"b".to_vec()].concat();
-        let key = b"a".repeat(5000);
-        let start = std::time::Instant::now();
-        assert!(!glob_match(&pattern, &key, false));
-        let pattern = b"*?".repeat(400);
-        assert!(!glob_match(&pattern, &b"x".repeat(300), false));
-        // Exponential backtracking would take years here; quadratic takes milliseconds even
-        // unoptimised. The bound is loose so a busy machine does not fail it.
-        assert!(start.elapsed() < std::time::Duration::from_secs(10));
-    }
+    use crate::state::glob::glob_match;
+    use crate::state::glob::tests::{EXPECTED, KEYS};
 
     fn config(pattern: &str) -> RuleConfig {
         RuleConfig {
@@ -882,6 +333,11 @@ mod tests {
             max_versions: default_max_versions(),
             default_ttl_s: None,
             on_corruption: default_on_corruption(),
+            compression_level: None,
+            delta: None,
+            delta_chain: None,
+            delta_cache_mb: None,
+            dictionary: None,
         }
     }
 
@@ -926,6 +382,11 @@ pattern = "agent:*"
                 default_ttl_ms: Some(3_600_000),
                 on_corruption: OnCorruption::Error,
                 index: 0,
+                level: ZSTD_RULE_LEVEL,
+                delta: false,
+                delta_chain: DEFAULT_DELTA_CHAIN,
+                delta_cache_bytes: 64 << 20,
+                dictionary: false,
             }
         );
         // Defaults.
@@ -1009,6 +470,82 @@ pattern = "agent:*"
         assert_eq!(ok.map(|r| r.codec), Ok(Codec::Zstd));
     }
 
+    #[test]
+    fn delta_and_dictionary_options() {
+        let zstd = |extra: &str| {
+            let c: RuleConfig = toml::from_str(&format!(
+                "pattern = \"s:*\"\ncompression = \"zstd\"\n{extra}"
+            ))
+            .unwrap_or_else(|e| panic!("{e}"));
+            Rule::from_config(2, &c)
+        };
+        // Defaults: zstd versioned rules keep deltas at level 1; other codecs do not.
+        let r = zstd("").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (r.delta, r.level, r.delta_chain, r.dictionary),
+            (true, 1, 64, false)
+        );
+        assert_eq!(r.delta_cache_bytes, 64 << 20);
+        let lz4 = Rule::from_config(0, &config("s:*")).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!lz4.delta);
+        assert!(!zstd("versioning = false").map(|r| r.delta).unwrap_or(true));
+        assert!(
+            !zstd("on_corruption = \"previous_version\"")
+                .map(|r| r.delta)
+                .unwrap_or(true)
+        );
+        let r = zstd("delta = false\ncompression_level = 7\ndelta_chain = 8\ndelta_cache_mb = 2\ndictionary = \"auto\"")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (r.delta, r.level, r.delta_chain, r.dictionary),
+            (false, 7, 8, true)
+        );
+        assert_eq!(r.delta_cache_bytes, 2 << 20);
+        for (extra, want) in [
+            (
+                "compression_level = 23",
+                "state[2].compression_level: 23 is out of range (expected -7 to 22)",
+            ),
+            (
+                "delta = true\nversioning = false",
+                "state[2].delta: needs versioning = true",
+            ),
+            (
+                "delta = true\non_corruption = \"previous_version\"",
+                "state[2].delta: cannot be combined with on_corruption = \"previous_version\" (older versions are read through the newest one); set delta = false",
+            ),
+            (
+                "delta_chain = 0",
+                "state[2].delta_chain: 0 is out of range (expected 1 to 10000)",
+            ),
+            (
+                "delta_cache_mb = 0",
+                "state[2].delta_cache_mb: 0 is out of range (expected 1 to 65536)",
+            ),
+            (
+                "dictionary = \"yes\"",
+                "state[2].dictionary: unknown value \"yes\" (expected none or auto)",
+            ),
+        ] {
+            assert_eq!(zstd(extra), Err(want.to_string()), "{extra}");
+        }
+        let c: RuleConfig =
+            toml::from_str("pattern = \"s:*\"\ncompression = \"lz4\"\ndictionary = \"auto\"")
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            Rule::from_config(0, &c),
+            Err("state[0].dictionary: auto needs compression = \"zstd\"".to_string())
+        );
+        let c: RuleConfig = toml::from_str("pattern = \"s:*\"\ncompression_level = 3")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(Rule::from_config(0, &c).is_err(), "levels are zstd's");
+        // Whole versions every delta_chain-th version, only when the history is longer.
+        let r = zstd("max_versions = 100\ndelta_chain = 16").unwrap_or_else(|e| panic!("{e}"));
+        assert!(r.full_version(32) && !r.full_version(33));
+        let r = zstd("max_versions = 16\ndelta_chain = 16").unwrap_or_else(|e| panic!("{e}"));
+        assert!(!r.full_version(32), "the window already bounds every chain");
+    }
+
     fn rules(patterns: &[&str]) -> Rules {
         Rules::new(
             patterns
@@ -1059,6 +596,11 @@ pattern = "agent:*"
                 default_ttl_ms: None,
                 on_corruption: OnCorruption::Error,
                 index: 0,
+                level: ZSTD_RULE_LEVEL,
+                delta: false,
+                delta_chain: DEFAULT_DELTA_CHAIN,
+                delta_cache_bytes: 1 << 20,
+                dictionary: false,
             };
             let r = Rules::new(vec![rule]);
             for key in KEYS

@@ -1,4 +1,5 @@
-//! The reply path for state keys: turns what Redis holds back into what the client wrote.
+//! The reply path for state keys: turns what Redis holds back into what the client wrote
+//! (replies that read the version history are in `history_replies.rs`).
 //!
 //! Each command that touches a state key is sent upstream as exactly one command (a plain read
 //! or a Lua script), in its place in the client's pipeline, together with a [`Transform`] that
@@ -8,25 +9,17 @@
 use bytes::{Bytes, BytesMut};
 use redis_protocol::resp3::types::{BytesFrame, Resp3Frame};
 
-use super::envelope::{self, Decoded, Meta};
-use super::keys::history_key;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::envelope::{self, HEADER_LEN, Meta};
+use super::followup::Link;
+use super::followup::{self, dicts_needed, load_dicts};
 use super::rules::OnCorruption;
 use super::scripts::ScriptKind;
 use super::{ReadValue, StateEngine, show_key};
-use crate::protocol::encode_multibulk;
 use crate::protocol::frames::decode as decode_reply;
 use crate::protocol::reply::{Value, error};
-
-/// The follow-ups a reshape may need (a NOSCRIPT retry, the history read of a fallback to the
-/// newest intact version) go to Redis on the connection the command went to. The session
-/// provides this; the state layer knows commands, not connections.
-pub trait FollowUp: Send + Sync {
-    /// Sends one command and returns its reply frame, or the error line the client should get.
-    fn call(
-        &self,
-        cmd: Bytes,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Bytes, Bytes>> + Send + '_>>;
-}
 
 /// What the reply of a state write becomes for the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,12 +63,26 @@ pub enum Transform {
         /// The key.
         key: Bytes,
     },
-    /// The WRITE script's `{done, old, version}`.
+    /// The WRITE script's `{done, old, version, trimmed, versions, deltas}`.
     Write {
         /// The (first) key written.
         key: Bytes,
         /// What the client's command returns.
         shape: WriteShape,
+        /// For the delta cache, by pair index: what each versioned key now holds.
+        notes: Vec<(usize, CacheNote)>,
+    },
+    /// STATE.ROLLBACK: the version's entries; the transform writes it as the newest version.
+    Rollback {
+        /// The key.
+        key: Bytes,
+    },
+    /// STATE.TRAIN: SCAN's first reply; the transform reads values, trains and stores.
+    Train {
+        /// A key of the rule.
+        key: Bytes,
+        /// How many values to train on.
+        samples: usize,
     },
     /// STATE.LOAD
     Load {
@@ -94,6 +101,19 @@ pub enum Transform {
     Passthrough,
     /// An answer statecar knows itself (STATE.RULE); the upstream command only keeps its place.
     Fixed(Value),
+}
+
+/// What a versioned write left in a key, for the delta cache once its version is known.
+#[derive(Debug, Clone)]
+pub struct CacheNote {
+    /// The key.
+    pub key: Bytes,
+    /// The header written, stamped with `predicted`.
+    pub header: [u8; HEADER_LEN],
+    /// The value written.
+    pub value: Bytes,
+    /// The version stamped (0: none; the script stamped the real one).
+    pub predicted: u32,
 }
 
 /// A transform plus what is needed to re-send its script with EVAL if Redis lost it.
@@ -120,11 +140,11 @@ pub use crate::protocol::frames::split_array;
 
 use crate::protocol::frames::bulk_payload;
 
-fn is_error(frame: &[u8]) -> bool {
+pub(super) fn is_error(frame: &[u8]) -> bool {
     matches!(frame.first(), Some(b'-') | Some(b'!'))
 }
 
-fn bulk_of(frame: &BytesFrame) -> Option<Option<Bytes>> {
+pub(super) fn bulk_of(frame: &BytesFrame) -> Option<Option<Bytes>> {
     match frame {
         BytesFrame::Null => Some(None),
         BytesFrame::BlobString { data, .. } | BytesFrame::SimpleString { data, .. } => {
@@ -134,14 +154,14 @@ fn bulk_of(frame: &BytesFrame) -> Option<Option<Bytes>> {
     }
 }
 
-fn int_of(frame: &BytesFrame) -> Option<i64> {
+pub(super) fn int_of(frame: &BytesFrame) -> Option<i64> {
     match frame {
         BytesFrame::Number { data, .. } => Some(*data),
         _ => None,
     }
 }
 
-fn unexpected(what: &str) -> Bytes {
+pub(super) fn unexpected(what: &str) -> Bytes {
     error(&format!(
         "ERR statecar: unexpected reply from Redis to {what}"
     ))
@@ -182,7 +202,11 @@ pub fn decode_tags(blob: &[u8]) -> Vec<Bytes> {
     out
 }
 
-fn meta_fields(meta: Option<&Meta>, stored_len: usize, tags: &[u8]) -> Vec<(Value, Value)> {
+pub(super) fn meta_fields(
+    meta: Option<&Meta>,
+    stored_len: usize,
+    tags: &[u8],
+) -> Vec<(Value, Value)> {
     let (version, created, size, codec, checksum) = match meta {
         Some(m) => (
             m.version as i64,
@@ -216,7 +240,7 @@ pub struct Reshape {
     /// The client's RESP version at the time of the command.
     pub proto: u8,
     /// For follow-ups.
-    pub conn: Option<std::sync::Arc<dyn FollowUp>>,
+    pub conn: Option<Link>,
 }
 
 impl Reshape {
@@ -225,7 +249,8 @@ impl Reshape {
         Apply {
             engine: &self.engine,
             proto: self.proto,
-            conn: self.conn.as_deref(),
+            conn: self.conn.as_ref(),
+            in_exec: false,
         }
         .run(&self.pending, reply)
         .await
@@ -235,12 +260,20 @@ impl Reshape {
 /// Context for applying a transform.
 pub struct Apply<'a> {
     /// The engine (rules, limits, counters).
-    pub engine: &'a StateEngine,
+    pub engine: &'a Arc<StateEngine>,
     /// The client's RESP version.
     pub proto: u8,
-    /// A shared connection for follow-ups (NOSCRIPT retry, previous-version fallback).
-    pub conn: Option<&'a dyn FollowUp>,
+    /// A shared connection for follow-ups (NOSCRIPT retry, previous-version fallback,
+    /// dictionaries, the second step of STATE.ROLLBACK).
+    pub conn: Option<&'a Link>,
+    /// Reshaping an element of an EXEC reply: no follow-up may write (it would run outside
+    /// the transaction).
+    pub in_exec: bool,
 }
+
+/// Stored values at least this long are decoded on the blocking pool, not on the thread that
+/// serves other clients' replies.
+pub(super) const DECODE_OFF_THREAD: usize = 1 << 20;
 
 impl Apply<'_> {
     /// Applies `p` to one reply frame.
@@ -295,22 +328,26 @@ impl Apply<'_> {
             }
             match t {
                 Transform::Passthrough => reply,
+                Transform::Fixed(v) => v.encode(self.proto),
                 Transform::Value { key } => self.value(key, reply).await,
                 Transform::Range { key, start, end } => self.range(key, *start, *end, reply).await,
                 Transform::Values { keys } => self.values(keys, reply).await,
                 Transform::Strlen { key } => self.strlen(key, reply),
-                Transform::Write { key, shape } => self.write(key, *shape, reply).await,
-                Transform::Load { key } => self.load(key, reply),
+                Transform::Write { key, shape, notes } => {
+                    self.write(key, *shape, notes, reply).await
+                }
+                Transform::Rollback { key } => self.rollback(key, reply).await,
+                Transform::Train { key, samples } => self.train(key, *samples, reply).await,
+                Transform::Load { key } => self.load(key, reply).await,
                 Transform::Versions => self.versions(reply),
                 Transform::List => self.list(reply),
                 Transform::Stats => self.stats(reply),
                 Transform::Exec(items) => self.exec(items, reply).await,
-                Transform::Fixed(v) => v.encode(self.proto),
             }
         })
     }
 
-    fn bulk(&self, v: Option<Bytes>) -> Bytes {
+    pub(super) fn bulk(&self, v: Option<Bytes>) -> Bytes {
         match v {
             Some(b) => Value::Bulk(b).encode(self.proto),
             None => Value::Null.encode(self.proto),
@@ -318,7 +355,11 @@ impl Apply<'_> {
     }
 
     /// Decodes a stored value, falling back to the newest intact version where configured.
-    async fn read(&self, key: &Bytes, stored: Bytes) -> Result<Bytes, Bytes> {
+    pub(super) async fn read(&self, key: &Bytes, stored: Bytes) -> Result<Bytes, Bytes> {
+        let ids = dicts_needed([&stored]);
+        if !ids.is_empty() {
+            load_dicts(self.conn, &ids).await;
+        }
         match self.engine.decode(key, &stored) {
             ReadValue::Value(v) => Ok(v),
             ReadValue::Damaged(e) => {
@@ -339,47 +380,29 @@ impl Apply<'_> {
         }
     }
 
-    async fn newest_intact(&self, key: &Bytes) -> Option<Bytes> {
-        let conn = self.conn?;
-        let mut cmd = BytesMut::new();
-        encode_multibulk(&mut cmd, &[&b"HGETALL"[..], &history_key(key)]);
-        let reply = conn.call(cmd.freeze()).await.ok()?;
-        // HGETALL is an array in RESP2 and a map in RESP3.
-        let flat: Vec<BytesFrame> = match decode_reply(&reply)? {
-            BytesFrame::Array { data, .. } => data,
-            BytesFrame::Map { data, .. } => data.into_iter().flat_map(|(k, v)| [k, v]).collect(),
-            _ => return None,
-        };
-        let mut versions: Vec<(u64, Bytes)> = Vec::new();
-        for pair in flat.chunks(2) {
-            let [k, v] = pair else { continue };
-            let (Some(Some(k)), Some(Some(v))) = (bulk_of(k), bulk_of(v)) else {
-                continue;
-            };
-            if let Some(n) = std::str::from_utf8(&k)
-                .ok()
-                .and_then(|s| s.parse::<u64>().ok())
-            {
-                versions.push((n, v));
-            }
-        }
-        versions.sort_by_key(|v| std::cmp::Reverse(v.0));
-        for (_, stored) in versions {
-            if let Ok(Decoded::State { value, .. }) =
-                envelope::decode(&stored, self.engine.max_decoded)
-            {
-                return Some(Bytes::from(value));
-            }
-        }
-        None
-    }
-
     async fn value(&self, key: &Bytes, reply: Bytes) -> Bytes {
         // An intact value needs no parser; a damaged one goes the slow way, which reports it.
-        if let Some(stored) = bulk_payload(&reply)
-            && let Some(frame) = self.engine.decode_frame(stored, &reply)
-        {
-            return frame;
+        if let Some(stored) = bulk_payload(&reply) {
+            if let Some(frame) = self.engine.cached_frame(key, stored) {
+                return frame;
+            }
+            let at = stored.as_ptr() as usize - reply.as_ptr() as usize;
+            let span = at..at + stored.len();
+            let frame = if stored.len() >= DECODE_OFF_THREAD {
+                let (engine, r, sp) = (self.engine.clone(), reply.clone(), span.clone());
+                tokio::task::spawn_blocking(move || engine.decode_frame(&r[sp], &r))
+                    .await
+                    .ok()
+                    .flatten()
+            } else {
+                self.engine.decode_frame(stored, &reply)
+            };
+            if let Some(frame) = frame {
+                if !std::ptr::eq(frame.as_ptr(), reply.as_ptr()) {
+                    self.engine.remember(key, &reply[span], frame.clone());
+                }
+                return frame;
+            }
         }
         let Some(f) = decode_reply(&reply) else {
             return unexpected("GET");
@@ -446,14 +469,47 @@ impl Apply<'_> {
         }
     }
 
-    async fn write(&self, key: &Bytes, shape: WriteShape, reply: Bytes) -> Bytes {
+    pub(super) async fn write(
+        &self,
+        key: &Bytes,
+        shape: WriteShape,
+        notes: &[(usize, CacheNote)],
+        reply: Bytes,
+    ) -> Bytes {
         let Some(BytesFrame::Array { data, .. }) = decode_reply(&reply) else {
+            self.forget_notes(notes);
             return unexpected("a state write");
         };
         let done = data.first().and_then(int_of).unwrap_or(0);
         let version = data.get(2).and_then(int_of).unwrap_or(0);
         if version > 0 {
             crate::telemetry::version_written(data.get(3).and_then(int_of).unwrap_or(0));
+        }
+        let list = |i: usize| -> Vec<i64> {
+            match data.get(i) {
+                Some(BytesFrame::Array { data, .. }) => data.iter().filter_map(int_of).collect(),
+                _ => Vec::new(),
+            }
+        };
+        let (versions, used) = (list(4), list(5));
+        let t = &self.engine.totals;
+        for (v, u) in versions.iter().zip(&used) {
+            if *u == 1 {
+                t.deltas.fetch_add(1, Ordering::Relaxed);
+            } else if *v > 1 {
+                t.full_copies.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        for (i, note) in notes {
+            match versions.get(*i).and_then(|v| u32::try_from(*v).ok()) {
+                Some(v) if done == 1 && v > 0 => self.note_written(note, v),
+                _ => self.forget_note(note),
+            }
+        }
+        if done == 1
+            && let Some(rule) = self.engine.rule_for(key)
+        {
+            followup::dictionary_work(self.engine, rule, self.conn);
         }
         match shape {
             WriteShape::Ok => Bytes::from_static(crate::protocol::reply::OK),
@@ -471,80 +527,64 @@ impl Apply<'_> {
         }
     }
 
-    fn load(&self, key: &Bytes, reply: Bytes) -> Bytes {
-        let f = decode_reply(&reply);
-        let Some(BytesFrame::Array { data, .. }) = f else {
-            return match f {
-                Some(BytesFrame::Null) => Value::Null.encode(self.proto),
-                _ => unexpected("STATE.LOAD"),
-            };
+    /// A versioned write took version `v`: its value is the key's delta base from now on.
+    pub(super) fn note_written(&self, note: &CacheNote, v: u32) {
+        if v == note.predicted {
+            return; // cached when it was planned
+        }
+        let Some(cache) = self
+            .engine
+            .rule_for(&note.key)
+            .and_then(|r| self.engine.bases(r))
+        else {
+            return;
         };
-        let (Some(Some(stored)), Some(Some(tags)), Some(pttl)) = (
-            data.first().and_then(bulk_of),
-            data.get(1).and_then(bulk_of),
-            data.get(2).and_then(int_of),
-        ) else {
-            return unexpected("STATE.LOAD");
-        };
-        let version = data.get(3).and_then(int_of).unwrap_or(0);
-        let (value, meta) = match envelope::decode(&stored, self.engine.max_decoded) {
-            Ok(Decoded::State { value, mut meta }) => {
-                // History entries keep version 0 in their header; the script names the version.
-                if meta.version == 0 {
-                    meta.version = version as u32;
-                }
-                (Bytes::from(value), Some(meta))
-            }
-            Ok(Decoded::Plain) => (stored.clone(), None),
-            Err(e) => {
-                self.engine.decode(key, &stored);
-                return error(&StateEngine::damaged_error(key, &e));
-            }
-        };
-        let ttl = if pttl < 0 { pttl } else { (pttl + 999) / 1000 };
-        let mut fields = vec![(Value::text("value"), Value::Bulk(value))];
-        fields.extend(meta_fields(meta.as_ref(), stored.len(), &tags));
-        fields.push((Value::text("ttl"), Value::Int(ttl)));
-        Value::Map(fields).encode(self.proto)
+        let mut header = note.header;
+        header[envelope::VERSION_OFFSET..HEADER_LEN].copy_from_slice(&envelope::version_patch(v));
+        cache.remove_if(&note.key, &note.header);
+        cache.put(
+            &note.key,
+            super::cache::Base::from_value(header, v, &note.value),
+        );
     }
 
-    fn versions(&self, reply: Bytes) -> Bytes {
-        let Some(BytesFrame::Array { data, .. }) = decode_reply(&reply) else {
-            return unexpected("STATE.VERSIONS");
-        };
-        let current = data
-            .get(1)
-            .and_then(bulk_of)
-            .flatten()
-            .and_then(|h| envelope::inspect(&h).ok().flatten())
-            .map(|m| m.version);
-        let Some(BytesFrame::Array { data: list, .. }) = data.first() else {
-            return unexpected("STATE.VERSIONS");
-        };
-        let mut out = Vec::new();
-        for entry in list {
-            let BytesFrame::Array { data: e, .. } = entry else {
-                continue;
-            };
-            let (Some(v), Some(Some(header)), Some(stored_len), Some(Some(tags))) = (
-                e.first().and_then(int_of),
-                e.get(1).and_then(bulk_of),
-                e.get(2).and_then(int_of),
-                e.get(3).and_then(bulk_of),
-            ) else {
-                continue;
-            };
-            let meta = envelope::inspect(&header).ok().flatten();
-            let mut fields = meta_fields(meta.as_ref(), stored_len as usize, &tags);
-            fields[0] = (Value::text("version"), Value::Int(v));
-            fields.push((
-                Value::text("current"),
-                Value::Int((current == Some(v as u32)) as i64),
-            ));
-            fields.push((Value::text("intact"), Value::Int(meta.is_some() as i64)));
-            out.push(Value::Map(fields));
+    /// A write that did not happen: its value must not stay cached as the key's.
+    pub(super) fn forget_note(&self, note: &CacheNote) {
+        if let Some(cache) = self
+            .engine
+            .rule_for(&note.key)
+            .and_then(|r| self.engine.bases(r))
+        {
+            cache.remove_if(&note.key, &note.header);
         }
-        Value::Array(out).encode(self.proto)
+    }
+
+    fn forget_notes(&self, notes: &[(usize, CacheNote)]) {
+        for (_, n) in notes {
+            self.forget_note(n);
+        }
+    }
+
+    /// STATE.TRAIN: trains the rule's dictionary from its stored values.
+    async fn train(&self, key: &Bytes, samples: usize, reply: Bytes) -> Bytes {
+        let (Some(rule), Some(conn)) = (self.engine.rule_for(key), self.conn) else {
+            return error("ERR statecar: STATE.TRAIN needs a connection to Redis");
+        };
+        let Some(trainer) = self.engine.trainer(rule) else {
+            return error("ERR statecar: internal error: no dictionary for the rule");
+        };
+        // One training at a time per rule; a background one running counts.
+        let Some(work) = trainer.claim() else {
+            return error(
+                "ERR statecar: a dictionary is being trained for this rule right now; try again",
+            );
+        };
+        let r = followup::train_from_keys(self.engine, rule, conn, reply, samples).await;
+        trainer.done(work, r.is_ok());
+        match r {
+            Ok(id) => Value::Int(i64::from(id)).encode(self.proto),
+            Err(e) => error(&format!("ERR statecar: {e}")),
+        }
     }
 
     fn list(&self, reply: Bytes) -> Bytes {
@@ -605,6 +645,22 @@ impl Apply<'_> {
                 Value::text("previous_version_fallbacks"),
                 Value::Int(t.fallbacks.load(Relaxed) as i64),
             ),
+            (
+                Value::text("versions_stored_as_deltas"),
+                Value::Int(t.deltas.load(Relaxed) as i64),
+            ),
+            (
+                Value::text("versions_stored_whole"),
+                Value::Int(t.full_copies.load(Relaxed) as i64),
+            ),
+            (
+                Value::text("dictionary_writes"),
+                Value::Int(t.dict_writes.load(Relaxed) as i64),
+            ),
+            (
+                Value::text("dictionaries_trained"),
+                Value::Int(t.dicts_trained.load(Relaxed) as i64),
+            ),
         ];
         for line in info.lines() {
             if let Some((k, v)) = line.trim().split_once(':')
@@ -640,9 +696,15 @@ impl Apply<'_> {
         }
         let mut out = BytesMut::new();
         out.extend_from_slice(format!("*{}\r\n", elements.len()).as_bytes());
+        let inner = Apply {
+            engine: self.engine,
+            proto: self.proto,
+            conn: self.conn,
+            in_exec: true,
+        };
         for (e, t) in elements.into_iter().zip(items) {
             match t {
-                Some(t) => out.extend_from_slice(&self.transform(t, e).await),
+                Some(t) => out.extend_from_slice(&inner.transform(t, e).await),
                 None => out.extend_from_slice(&e),
             }
         }

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod agent_data;
 pub mod cluster;
 pub mod exchange;
 
