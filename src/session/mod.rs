@@ -12,10 +12,12 @@
 //! executes a client's commands in the client's order. While it waits it keeps writing replies
 //! and reading (a bounded amount of) input, so no client can stall itself.
 
+mod batch;
 mod client;
 mod cluster;
 mod dedicated;
 mod dispatch;
+mod events;
 mod gather;
 mod links;
 mod local;
@@ -31,16 +33,16 @@ mod subscriptions;
 mod transaction;
 
 use std::future::Future;
-use std::io::IoSlice;
+
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
-use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::{mpsc, oneshot};
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -51,13 +53,13 @@ use crate::protocol::{Parsed, RequestParser};
 use crate::state::StateEngine;
 use crate::telemetry;
 use crate::upstream::Upstream;
-use crate::upstream::conn::Batch;
+
 use client::ClientState;
 use gather::Gather;
 use links::Links;
-use output::{MAX_SLICES, Output};
+use output::Output;
 use pinned::{Pinned, Relayed};
-use pipeline::{BatchOut, Item, Pipeline};
+use pipeline::{Item, Pipeline};
 use subscriptions::Subscriptions;
 use transaction::Transaction;
 
@@ -317,289 +319,5 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
     /// in Redis).
     fn input_room(&self) -> bool {
         self.pipeline.outstanding() < self.cfg.max_pending_requests.max(1)
-    }
-
-    /// Moves finished replies to the output buffer and writes what the socket takes at once.
-    /// False if the client must be disconnected (output buffer over its limit).
-    async fn settle(&mut self) -> bool {
-        if self.io.gone {
-            return false;
-        }
-        self.pipeline.settle(&mut self.out.q).await;
-        if !self.account() {
-            self.io.gone = true;
-            return false;
-        }
-        if let Some(which) = self.out.over_limit() {
-            self.out.report_disconnect(self.client.id, which);
-            self.io.gone = true;
-            return false;
-        }
-        true
-    }
-
-    /// Waits for the next thing to happen. Cancel-safe: every branch either takes nothing or
-    /// returns what it took in the event.
-    async fn next_event(&mut self, read: bool) -> Event {
-        if self.io.inbuf.capacity() - self.io.inbuf.len() < 512 {
-            let want = self.io.parser.pending_bulk().unwrap_or(0);
-            self.io.inbuf.reserve(want.clamp(16 * 1024, 1 << 20));
-        }
-        let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-        let n = self.out.q.slices(&mut slices);
-        let deadline = self.out.soft_deadline();
-        tokio::select! {
-            biased;
-            _ = self.pipeline.front_ready() => Event::Replied,
-            r = self.io.wr.write_vectored(&slices[..n]), if n > 0 => Event::Wrote(r),
-            r = recv_relay(&mut self.relay) => Event::Relay(r),
-            r = self.io.rd.read_buf(&mut self.io.inbuf), if read => Event::Read(r),
-            _ = sleep_until(deadline), if deadline.is_some() => Event::SoftDeadline,
-            // Last: it is only polled when nothing else is ready, that is when the task is
-            // about to sleep (the loop also checks the flags behind it on every turn).
-            ev = &mut self.signals => {
-                // Each signal is acted on once.
-                self.signals = Box::pin(std::future::pending());
-                ev
-            }
-        }
-    }
-
-    /// Writes what the socket takes now without waiting, saving a turn of the event loop
-    /// for the common case of a reply that fits in the socket buffer.
-    fn write_now(&mut self) -> bool {
-        if self.out.q.is_empty() {
-            return true;
-        }
-        let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-        let n = self.out.q.slices(&mut slices);
-        match futures_util::FutureExt::now_or_never(self.io.wr.write_vectored(&slices[..n])) {
-            None => true,
-            Some(r) => self.handle(Event::Wrote(r)),
-        }
-    }
-
-    /// Applies an event; false when the client is gone.
-    fn handle(&mut self, ev: Event) -> bool {
-        match ev {
-            Event::Replied | Event::SoftDeadline => true,
-            Event::Wrote(Ok(0)) | Event::Wrote(Err(_)) => {
-                self.io.gone = true;
-                false
-            }
-            Event::Wrote(Ok(n)) => {
-                self.out.q.advance(n);
-                true
-            }
-            // The client closed its side: what it already sent is still answered (a client that
-            // half-closes after its last command reads the replies), then the session ends.
-            Event::Read(Ok(0)) => {
-                self.io.eof = true;
-                self.client.closing = true;
-                true
-            }
-            Event::Read(Err(_)) => {
-                self.io.gone = true;
-                false
-            }
-            Event::Read(Ok(_)) => {
-                self.cur.read_at = Instant::now();
-                self.me.info.active();
-                true
-            }
-            Event::Relay(Some(Relayed::Reply(b))) => {
-                self.pipeline.relayed(b, &mut self.out.q);
-                true
-            }
-            Event::Relay(Some(Relayed::Push(b))) => {
-                self.out.pubsub();
-                self.out.q.push(&b);
-                true
-            }
-            Event::Relay(Some(Relayed::Stream(b))) => {
-                self.out.q.push(&b);
-                true
-            }
-            Event::Relay(Some(Relayed::Closed)) => {
-                self.client.closing = true;
-                true
-            }
-            Event::Relay(None) => {
-                self.relay = None;
-                true
-            }
-            Event::Drain => {
-                self.client.closing = true;
-                true
-            }
-            Event::Killed => {
-                self.io.gone = true;
-                false
-            }
-        }
-    }
-
-    /// Waits for `fut` while the client's replies keep flowing; None if the client went away.
-    async fn wait<T>(&mut self, fut: impl std::future::Future<Output = T>) -> Option<T> {
-        tokio::pin!(fut);
-        loop {
-            if !self.settle().await {
-                return None;
-            }
-            let room = self.io.inbuf.len() < MAX_BUFFER_WHILE_WAITING && !self.client.closing;
-            let ev = tokio::select! {
-                biased;
-                v = &mut fut => return Some(v),
-                ev = self.next_event(room) => ev,
-            };
-            // A client that hung up while waiting (blocked in BLPOP, say) is gone: what it
-            // waits for is abandoned.
-            if !self.handle(ev) || self.io.eof {
-                return None;
-            }
-        }
-    }
-
-    /// Waits until every reply queued so far has reached the output buffer: the next command
-    /// may go elsewhere. False if the client went away meanwhile.
-    async fn barrier(&mut self) -> bool {
-        self.flush_batch().await;
-        loop {
-            if !self.settle().await {
-                return false;
-            }
-            if self.pipeline.is_empty() {
-                return true;
-            }
-            let room = self.io.inbuf.len() < MAX_BUFFER_WHILE_WAITING && !self.client.closing;
-            let ev = self.next_event(room).await;
-            if !self.handle(ev) || self.io.eof {
-                return false;
-            }
-        }
-    }
-
-    /// Queues a reply made here (respecting `CLIENT REPLY`), in its place among the others.
-    async fn reply(&mut self, b: impl Into<Bytes>) -> Flow {
-        let b = b.into();
-        telemetry::command(self.cur.metric, b.first() == Some(&b'-'));
-        if self.client.take_discard() {
-            return Flow::Continue;
-        }
-        self.flush_batch().await;
-        self.pipeline.push(Item::Ready(b));
-        Flow::Continue
-    }
-
-    /// Sends the gathered commands to the shared connection.
-    async fn flush_batch(&mut self) {
-        if self.gather.is_empty() {
-            return;
-        }
-        let n = self.gather.len();
-        let max = self.cfg.max_pending_requests.max(1);
-        // Room for `n` more commands awaiting replies; one batch may always go.
-        while self.pipeline.outstanding() > 0 && self.pipeline.outstanding() + n > max {
-            if !self.settle().await {
-                self.gather.clear();
-                return;
-            }
-            if self.pipeline.outstanding() + n <= max {
-                break;
-            }
-            let ev = self.next_event(false).await;
-            if !self.handle(ev) {
-                self.gather.clear();
-                return;
-            }
-        }
-        let route = self.gather.route.take();
-        let conn = self
-            .links
-            .conn(&self.ctx.upstream, route.as_ref(), self.client.key());
-        let (tx, rx) = oneshot::channel();
-        let bytes = self.gather.bytes.split().freeze();
-        let redirect = route.map(|node| {
-            Box::new(reshape::Redirectable {
-                cmds: bytes.clone(),
-                ends: std::mem::take(&mut self.gather.ends),
-                node,
-                key: self.client.key(),
-                up: self.ctx.upstream.clone(),
-            })
-        });
-        // Cluster batches are not retried: a redirect already re-sends what needs it.
-        let retryable = self.gather.read_only && redirect.is_none();
-        let retry = retry::send(
-            &conn,
-            self.retry_gate.as_ref(),
-            Batch {
-                bytes,
-                replies: n,
-                tx,
-            },
-            retryable,
-        );
-        self.pipeline.push(Item::Batch(BatchOut {
-            rx,
-            done: None,
-            ids: std::mem::take(&mut self.gather.ids),
-            reshapes: std::mem::take(&mut self.gather.reshapes),
-            started: self.cur.read_at,
-            discard: self.gather.discard,
-            redirect,
-            retry,
-        }));
-    }
-
-    /// Adds a plain command to the batch for the shared connection.
-    async fn forward(&mut self, raw: &[u8]) -> Flow {
-        self.forward_with(raw, None).await
-    }
-
-    /// Adds a command to the batch; `reshape` turns its reply into what the client expects
-    /// (state keys), so state and plain commands share one upstream batch.
-    async fn forward_with(
-        &mut self,
-        raw: &[u8],
-        reshape: Option<Box<crate::state::transform::Reshape>>,
-    ) -> Flow {
-        let discard = self.client.take_discard();
-        let other_node = match (&self.links.route, &self.gather.route) {
-            (Some(a), Some(b)) => a.id != b.id,
-            _ => false,
-        };
-        if !self.gather.is_empty() && (discard != self.gather.discard || other_node) {
-            self.flush_batch().await;
-        }
-        self.gather.discard = discard;
-        if self.gather.is_empty()
-            && let Some(node) = &self.links.route
-        {
-            self.gather.route = Some(node.clone());
-        }
-        let ro = std::mem::take(&mut self.cur.read_only);
-        // A state command is retried only if it went out as a plain read (not a script).
-        let ro = ro && (reshape.is_none() || retry::read_only_raw(raw));
-        self.gather.add(raw, self.cur.metric, reshape, ro);
-        if self.gather.full() {
-            self.flush_batch().await;
-        }
-        Flow::Continue
-    }
-}
-
-/// The relay's next item, or never when there is no relay.
-async fn recv_relay(relay: &mut Option<mpsc::Receiver<Relayed>>) -> Option<Relayed> {
-    match relay {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
