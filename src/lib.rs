@@ -144,12 +144,8 @@ async fn reload_on_sighup(ctx: Arc<session::Ctx>, reload: Reloader) {
                 let mut merged = (*old).clone();
                 merged.rules = new.rules;
                 merged.limits = new.limits;
-                merged.max_pending_requests = new.max_pending_requests;
-                merged.output_limits = new.output_limits;
+                merged.clients = new.clients;
                 merged.max_decoded_size = new.max_decoded_size;
-                merged.max_clients = new.max_clients;
-                merged.max_client_memory = new.max_client_memory;
-                merged.max_client_query_buffer = new.max_client_query_buffer;
                 merged.deny_commands = new.deny_commands;
                 merged.tls = new.tls;
                 let rules = merged.rules.len();

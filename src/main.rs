@@ -107,7 +107,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    statecar::telemetry::init_logging(&cfg.log_level, cfg.log_json);
+    statecar::telemetry::init_logging(&cfg.log.level, cfg.log.json);
     match cli.command.take().unwrap_or(Cmd::Run) {
         Cmd::CheckConfig => {
             println!("configuration ok");
@@ -158,12 +158,12 @@ fn main() -> ExitCode {
 fn serve(cfg: Config, cli: &Cli, dev_port: Option<u16>) -> ExitCode {
     // One thread by default, like twemproxy: a sidecar shares its node with the app (and
     // often Redis), and one thread saves every cross-thread wake-up per command.
-    let mut rt = if cfg.worker_threads == 1 {
+    let mut rt = if cfg.process.worker_threads == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
         let mut b = tokio::runtime::Builder::new_multi_thread();
-        if cfg.worker_threads > 1 {
-            b.worker_threads(cfg.worker_threads);
+        if cfg.process.worker_threads > 1 {
+            b.worker_threads(cfg.process.worker_threads);
         }
         b
     };

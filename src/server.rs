@@ -59,7 +59,7 @@ pub async fn run(ctx: Arc<Ctx>, listener: TcpListener, shutdown: impl Future<Out
                     }
                 };
                 let _ = sock.set_nodelay(true);
-                if active.load(Ordering::Relaxed) >= ctx.cfg.load().max_clients {
+                if active.load(Ordering::Relaxed) >= ctx.cfg.load().clients.max_clients {
                     telemetry::client_rejected("max_clients");
                     tokio::spawn(async move {
                         let _ = sock.write_all(b"-ERR max number of clients reached\r\n").await;
@@ -93,7 +93,7 @@ pub async fn run(ctx: Arc<Ctx>, listener: TcpListener, shutdown: impl Future<Out
     tracing::info!(clients = open, "draining");
     ctx.drain.cancel();
     tracker.close();
-    let limit = Duration::from_secs(ctx.cfg.load().drain_timeout_s);
+    let limit = Duration::from_secs(ctx.cfg.load().process.drain_timeout_s);
     if tokio::time::timeout(limit, tracker.wait()).await.is_err() {
         tracing::warn!(
             clients = active.load(Ordering::Relaxed),

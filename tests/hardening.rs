@@ -146,4 +146,29 @@ async fn denied_commands_get_noperm_and_others_pass() {
     assert!(!c.read().await.is_error(), "CONFIG GET is not denied");
     c.send_cmd(&["SET", "k", "v"]).await;
     assert_eq!(c.read().await, ok());
+
+    // Inside MULTI a denied command aborts the whole transaction at EXEC, as Redis does for a
+    // command its ACLs refuse: the SET queued before it must not run.
+    for cmd in [
+        &["MULTI"][..],
+        &["SET", "k", "changed"],
+        &["FLUSHALL"],
+        &["EXEC"],
+    ] {
+        c.send_cmd(cmd).await;
+    }
+    assert_eq!(c.read().await, ok());
+    assert_eq!(c.read().await, Frame::Simple("QUEUED".into()));
+    assert!(
+        c.read()
+            .await
+            .error_text()
+            .is_some_and(|t| t.starts_with("NOPERM"))
+    );
+    assert_eq!(
+        c.read().await.error_text(),
+        Some("EXECABORT Transaction discarded because of previous errors.")
+    );
+    c.send_cmd(&["GET", "k"]).await;
+    assert_eq!(c.read().await, bulk("v"));
 }

@@ -96,29 +96,16 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     /// Client input limits.
     pub limits: Limits,
-    /// Per-client buffering limits.
-    pub max_pending_requests: usize,
-    /// Output-buffer limits per client class (`limits.max_output_buffer` and friends).
-    pub output_limits: OutputLimits,
+    /// What clients may hold and how many there may be.
+    pub clients: ClientLimits,
     /// See [`LimitsSection::max_decoded_size`].
     pub max_decoded_size: usize,
-    /// See [`LimitsSection::max_clients`].
-    pub max_clients: usize,
-    /// Bytes all clients together may hold (0: no budget); see
-    /// [`LimitsSection::max_client_memory`].
-    pub max_client_memory: usize,
-    /// See [`LimitsSection::max_client_query_buffer`].
-    pub max_client_query_buffer: usize,
     /// Sidecar authentication.
     pub auth: AuthSection,
-    /// Log filter.
-    pub log_level: String,
-    /// Log as JSON lines instead of text.
-    pub log_json: bool,
-    /// SIGTERM drain deadline.
-    pub drain_timeout_s: u64,
-    /// Runtime threads (1 = one thread, 0 = one per core).
-    pub worker_threads: usize,
+    /// Logging.
+    pub log: LogSettings,
+    /// The process: runtime threads and draining.
+    pub process: ProcessSettings,
     /// Metrics listener.
     pub metrics_listen: Option<SocketAddr>,
     /// State-key rules.
@@ -127,6 +114,40 @@ pub struct Config {
     pub deny_commands: Vec<String>,
     /// TLS for the client listener (`[tls]`); `None` means plain TCP.
     pub tls: Option<ServerTls>,
+}
+
+/// Limits on clients: how many, and what each and all may hold.
+#[derive(Debug, Clone)]
+pub struct ClientLimits {
+    /// Commands of one client whose replies are not yet written (`limits.max_pending_requests`).
+    pub max_pending_requests: usize,
+    /// Output-buffer limits per client class (`limits.max_output_buffer` and friends).
+    pub output: OutputLimits,
+    /// See [`LimitsSection::max_clients`].
+    pub max_clients: usize,
+    /// Bytes all clients together may hold (0: no budget); see
+    /// [`LimitsSection::max_client_memory`].
+    pub max_memory: usize,
+    /// See [`LimitsSection::max_client_query_buffer`].
+    pub max_query_buffer: usize,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    /// Log filter.
+    pub level: String,
+    /// JSON lines instead of text.
+    pub json: bool,
+}
+
+/// Process settings.
+#[derive(Debug, Clone)]
+pub struct ProcessSettings {
+    /// SIGTERM drain deadline.
+    pub drain_timeout_s: u64,
+    /// Runtime threads (1 = one thread, 0 = one per core).
+    pub worker_threads: usize,
 }
 
 fn parse_addr(field: &str, s: &str) -> Result<SocketAddr, ConfigError> {
@@ -428,28 +449,34 @@ impl Config {
                 max_multibulk_len: l.max_multibulk_len,
                 max_inline_len: l.max_inline_len,
             },
-            max_pending_requests: l.max_pending_requests,
-            output_limits: OutputLimits {
-                normal: BufferLimit {
-                    hard: l.max_output_buffer,
-                    soft: l.output_buffer_soft_limit,
-                    soft_for: std::time::Duration::from_secs(l.output_buffer_soft_s),
+            clients: ClientLimits {
+                max_pending_requests: l.max_pending_requests,
+                output: OutputLimits {
+                    normal: BufferLimit {
+                        hard: l.max_output_buffer,
+                        soft: l.output_buffer_soft_limit,
+                        soft_for: std::time::Duration::from_secs(l.output_buffer_soft_s),
+                    },
+                    pubsub: BufferLimit {
+                        hard: l.pubsub_max_output_buffer,
+                        soft: l.pubsub_output_buffer_soft_limit,
+                        soft_for: std::time::Duration::from_secs(l.pubsub_output_buffer_soft_s),
+                    },
                 },
-                pubsub: BufferLimit {
-                    hard: l.pubsub_max_output_buffer,
-                    soft: l.pubsub_output_buffer_soft_limit,
-                    soft_for: std::time::Duration::from_secs(l.pubsub_output_buffer_soft_s),
-                },
+                max_clients: l.max_clients,
+                max_memory: max_client_memory,
+                max_query_buffer: l.max_client_query_buffer,
             },
             max_decoded_size: l.max_decoded_size,
-            max_clients: l.max_clients,
-            max_client_memory,
-            max_client_query_buffer: l.max_client_query_buffer,
             auth: file.auth,
-            log_level,
-            log_json,
-            drain_timeout_s: file.server.drain_timeout_s,
-            worker_threads: file.server.worker_threads,
+            log: LogSettings {
+                level: log_level,
+                json: log_json,
+            },
+            process: ProcessSettings {
+                drain_timeout_s: file.server.drain_timeout_s,
+                worker_threads: file.server.worker_threads,
+            },
             metrics_listen,
             rules: Rules::new(rules),
             deny_commands: deny,

@@ -29,7 +29,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             return;
         }
         let n = self.gather.len();
-        let max = self.cfg.max_pending_requests.max(1);
+        let max = self.cfg.clients.max_pending_requests.max(1);
         // Room for `n` more commands awaiting replies; one batch may always go.
         while self.pipeline.outstanding() > 0 && self.pipeline.outstanding() + n > max {
             if !self.settle().await {
@@ -64,7 +64,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         let retryable = self.gather.read_only && redirect.is_none();
         let retry = retry::send(
             &conn,
-            self.retry_gate.as_ref(),
+            self.links.retry_gate.as_ref(),
             Batch {
                 bytes,
                 replies: n,

@@ -17,6 +17,21 @@ pub enum ReplyMode {
     Skip,
 }
 
+/// Modes a client is in, as CLIENT LIST's `flags=` shows them.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Modes {
+    /// CLIENT NO-EVICT ON: the memory budget never picks this client.
+    pub no_evict: bool,
+    /// MONITOR is on.
+    pub monitor: bool,
+    /// CLIENT TRACKING is on.
+    pub tracking: bool,
+    /// CLIENT TRACKING ... REDIRECT: the statecar client the invalidations go to.
+    pub redirect: Option<u64>,
+    /// Waiting in a blocking command.
+    pub blocked: bool,
+}
+
 /// One client's connection state.
 #[derive(Debug)]
 pub struct ClientState {
@@ -35,16 +50,8 @@ pub struct ClientState {
     /// No more input is read: the connection closes once every reply is written (QUIT, a
     /// protocol error, a lost dedicated connection, shutdown).
     pub closing: bool,
-    /// CLIENT NO-EVICT ON: the memory budget never picks this client.
-    pub no_evict: bool,
-    /// MONITOR is on.
-    pub monitor: bool,
-    /// CLIENT TRACKING is on.
-    pub tracking: bool,
-    /// CLIENT TRACKING ... REDIRECT: the statecar client the invalidations go to.
-    pub redirect: Option<u64>,
-    /// Waiting in a blocking command.
-    pub blocked: bool,
+    /// Modes CLIENT LIST shows as flags.
+    pub modes: Modes,
     /// Who Redis knows the client as, when Redis checked its AUTH (statecar has no password
     /// of its own); None: statecar's upstream credentials.
     pub identity: Option<std::sync::Arc<crate::upstream::Identity>>,
@@ -61,11 +68,7 @@ impl ClientState {
             authed,
             reply_mode: ReplyMode::On,
             closing: false,
-            no_evict: false,
-            monitor: false,
-            tracking: false,
-            redirect: None,
-            blocked: false,
+            modes: Modes::default(),
             identity: None,
         }
     }

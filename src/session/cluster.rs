@@ -37,7 +37,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
     /// Routes a command in cluster mode: sets `self.links.route` and returns None to let normal
     /// dispatch continue, or handles the command and returns its flow.
     pub(super) async fn route_cluster(&mut self, kind: Kind, cmd: &Command) -> Option<Flow> {
-        if self.pinned.is_some() {
+        if self.ded.pinned.is_some() {
             // The pinned connection's node decides; Redis answers MOVED or CROSSSLOT itself
             // for keys that do not belong there (and aborts the transaction, as it would).
             return None;

@@ -36,8 +36,8 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                     .info
                     .upstream_id
                     .store(upstream_id, std::sync::atomic::Ordering::Relaxed);
-                self.pinned = Some(Pinned::start(lease, pool, tx, addr));
-                self.relay = Some(rx);
+                self.ded.pinned = Some(Pinned::start(lease, pool, tx, addr));
+                self.ded.relay = Some(rx);
                 Ok(())
             }
         }
@@ -45,11 +45,11 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
 
     /// Gives the dedicated connection back once the client no longer needs it.
     pub(super) async fn maybe_unpin(&mut self) -> Flow {
-        let done = matches!(&self.pinned, Some(p) if !p.sticky) && !self.tx.holds_connection();
+        let done = matches!(&self.ded.pinned, Some(p) if !p.sticky) && !self.tx.holds_connection();
         if !done {
             return Flow::Continue;
         }
-        let Some(p) = self.pinned.take() else {
+        let Some(p) = self.ded.pinned.take() else {
             return Flow::Continue;
         };
         self.me
@@ -80,7 +80,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             }
             visible = *frames;
         }
-        let Some(p) = self.pinned.as_mut() else {
+        let Some(p) = self.ded.pinned.as_mut() else {
             return Flow::Stop;
         };
         if p.is_broken() {
@@ -202,8 +202,8 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 }
             }
             Kind::Monitor => {
-                self.client.monitor = true;
-                if let Some(p) = self.pinned.as_mut() {
+                self.client.modes.monitor = true;
+                if let Some(p) = self.ded.pinned.as_mut() {
                     p.sticky = true;
                     p.dirty = true;
                 }
@@ -260,7 +260,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 let subscribe = matches!(kind, Kind::Subscribe(_));
                 let names = cmd.args_bytes();
                 let frames = self.subs.track(k, subscribe, &names[1..]);
-                if let Some(p) = self.pinned.as_mut() {
+                if let Some(p) = self.ded.pinned.as_mut() {
                     p.sticky = true;
                     p.dirty = true;
                 }

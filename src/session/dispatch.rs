@@ -38,6 +38,11 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         }
         if self.denied(&cmd) {
             telemetry::command_rejected("denied");
+            // Inside MULTI a refused command aborts the transaction at EXEC, as Redis does
+            // for a command its ACLs refuse at queue time.
+            if self.tx.in_multi {
+                self.tx.poisoned = true;
+            }
             let name = String::from_utf8_lossy(cmd.name()).to_lowercase();
             return self
                 .reply(reply::error(&format!(
@@ -65,7 +70,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 )))
                 .await;
         }
-        if self.pinned.is_some() {
+        if self.ded.pinned.is_some() {
             return Box::pin(self.dispatch_pinned(kind, cmd)).await;
         }
         let state = (kind == Kind::Plain)
@@ -88,12 +93,12 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             None => None,
         };
         if let Some(plan) = plan {
-            self.cur.read_only = self.retry_gate.is_some() && retry::read_only(&cmd);
+            self.cur.read_only = self.links.retry_gate.is_some() && retry::read_only(&cmd);
             return Box::pin(self.run_plan(plan)).await;
         }
         match kind {
             Kind::Plain | Kind::BlockingWithOption => {
-                self.cur.read_only = self.retry_gate.is_some() && retry::read_only(&cmd);
+                self.cur.read_only = self.links.retry_gate.is_some() && retry::read_only(&cmd);
                 self.forward(cmd.raw()).await
             }
             Kind::Blocking => Box::pin(self.blocking(cmd)).await,
@@ -124,7 +129,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             Kind::Local(Local::State) => "state",
             Kind::Local(_) => "local",
             _ if cmd.args().skip(1).any(|k| state.rule_for(k).is_some()) => "state",
-            _ if self.pinned.is_some() => "pinned",
+            _ if self.ded.pinned.is_some() => "pinned",
             Kind::Multi | Kind::Watch | Kind::Subscribe(_) | Kind::Monitor => "pinned",
             Kind::Blocking | Kind::OutOfBand => "leased",
             _ => "plain",
@@ -200,11 +205,11 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             .info
             .upstream_id
             .store(upstream_id, std::sync::atomic::Ordering::Relaxed);
-        self.client.blocked = true;
+        self.client.modes.blocked = true;
         self.publish();
         let work = lease.call(cmd.raw(), &addr);
         let r = self.wait(work).await;
-        self.client.blocked = false;
+        self.client.modes.blocked = false;
         self.me
             .info
             .upstream_id

@@ -45,7 +45,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             biased;
             _ = self.pipeline.front_ready() => Event::Replied,
             r = self.io.wr.write_vectored(&slices[..n]), if n > 0 => Event::Wrote(r),
-            r = recv_relay(&mut self.relay) => Event::Relay(r),
+            r = recv_relay(&mut self.ded.relay) => Event::Relay(r),
             r = self.io.rd.read_buf(&mut self.io.inbuf), if read => Event::Read(r),
             _ = sleep_until(deadline), if deadline.is_some() => Event::SoftDeadline,
             // Last: it is only polled when nothing else is ready, that is when the task is
@@ -118,7 +118,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 true
             }
             Event::Relay(None) => {
-                self.relay = None;
+                self.ded.relay = None;
                 true
             }
             Event::Drain => {

@@ -18,9 +18,20 @@ pub struct Links {
     epoch: u64,
     /// Cluster: the node the command being dispatched goes to (`None`: the primary).
     pub route: Option<Arc<Node>>,
+    /// Set when `upstream.retry_on_timeout` is on: orders retries on these connections with the
+    /// client's later batches (see `session::retry`).
+    pub retry_gate: Option<Arc<super::retry::Gate>>,
 }
 
 impl Links {
+    /// No connection yet; `retries`: `upstream.retry_on_timeout` is on.
+    pub fn new(retries: bool) -> Links {
+        Links {
+            retry_gate: retries.then(|| Arc::new(super::retry::Gate::default())),
+            ..Links::default()
+        }
+    }
+
     /// The client's shared connection to `node` (`None`: the primary) for `key`.
     pub fn conn(&mut self, up: &Upstream, node: Option<&Arc<Node>>, key: PoolKey) -> SharedConn {
         let epoch = up.epoch();

@@ -25,16 +25,16 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         if self.tx.in_multi {
             flags |= flag::MULTI;
         }
-        if self.client.no_evict {
+        if self.client.modes.no_evict {
             flags |= flag::NO_EVICT;
         }
-        if self.client.monitor {
+        if self.client.modes.monitor {
             flags |= flag::MONITOR;
         }
-        if self.client.tracking {
+        if self.client.modes.tracking {
             flags |= flag::TRACKING;
         }
-        if self.client.blocked {
+        if self.client.modes.blocked {
             flags |= flag::BLOCKED;
         }
         let multi = if self.tx.in_multi {
@@ -68,30 +68,29 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         let clients = &self.ctx.clients;
         let total = clients.account(&self.me.info, qbuf, omem);
         let cfg = &self.cfg;
-        if qbuf > cfg.max_client_query_buffer {
+        if qbuf > cfg.clients.max_query_buffer {
             telemetry::client_rejected("query_buffer");
             tracing::warn!(
                 client = self.client.id,
                 addr = self.me.info.addr(),
                 query_buffer = qbuf,
-                limit = cfg.max_client_query_buffer,
+                limit = cfg.clients.max_query_buffer,
                 "closing client that reached max query buffer length (limits.max_client_query_buffer)"
             );
             return false;
         }
-        let budget = cfg.max_client_memory;
+        let budget = cfg.clients.max_memory;
         if budget > 0 && total > budget {
             // Evict until under budget (each victim's bytes leave the total at once).
             while clients.memory() > budget {
-                let Some(victim) = clients.evict_largest() else {
+                let Some((victim, held)) = clients.evict_largest() else {
                     break;
                 };
                 telemetry::client_rejected("memory_budget");
                 tracing::warn!(
                     client = victim.id,
                     addr = victim.addr(),
-                    held = victim.qbuf.load(std::sync::atomic::Ordering::Relaxed)
-                        + victim.omem.load(std::sync::atomic::Ordering::Relaxed),
+                    held,
                     total,
                     budget,
                     "clients hold more than limits.max_client_memory; disconnecting the client that holds the most"

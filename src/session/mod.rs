@@ -134,6 +134,16 @@ struct ClientIo<S> {
     accounted: (usize, usize),
 }
 
+/// The client's own upstream connection, while it has one (MULTI/WATCH, blocking commands,
+/// SUBSCRIBE, CLIENT REPLY and other connection state that cannot live on a shared connection).
+#[derive(Default)]
+struct Dedicated {
+    pinned: Option<Pinned>,
+    /// Replies and pushes from the dedicated connection's relay (kept after unpinning until
+    /// the relay has handed over everything).
+    relay: Option<mpsc::Receiver<Relayed>>,
+}
+
 /// One client.
 pub struct Session<S> {
     ctx: Arc<Ctx>,
@@ -143,15 +153,10 @@ pub struct Session<S> {
     out: Output,
     gather: Gather,
     links: Links,
-    pinned: Option<Pinned>,
-    /// Replies and pushes from the dedicated connection's relay (kept after unpinning until
-    /// the relay has handed over everything).
-    relay: Option<mpsc::Receiver<Relayed>>,
+    ded: Dedicated,
     tx: Transaction,
     subs: Subscriptions,
     cur: Current,
-    /// Set when `upstream.retry_on_timeout` is on (see [`retry`]).
-    retry_gate: Option<Arc<retry::Gate>>,
     /// This client's entry in the registry (removed when the session ends).
     me: registry::Registered,
     /// CLIENT KILL, the memory budget or SIGTERM, as one future kept across turns.
@@ -211,11 +216,10 @@ where
         },
         client: ClientState::new(id, cfg.upstream.url.db, authed),
         pipeline: Pipeline::default(),
-        out: Output::new(cfg.output_limits),
+        out: Output::new(cfg.clients.output),
         gather: Gather::default(),
-        links: Links::default(),
-        pinned: None,
-        relay: None,
+        links: Links::new(cfg.upstream.retry_on_timeout),
+        ded: Dedicated::default(),
         tx: Transaction::default(),
         subs: Subscriptions::default(),
         cur: Current {
@@ -224,10 +228,6 @@ where
             read_only: false,
             evalsha_in_flight: false,
         },
-        retry_gate: cfg
-            .upstream
-            .retry_on_timeout
-            .then(|| Arc::new(retry::Gate::default())),
         me,
         signals,
         cfg: cfg.clone(),
@@ -235,7 +235,7 @@ where
     };
     tracing::debug!(client = id, %peer, "client connected");
     s.run().await;
-    if let Some(p) = s.pinned.take() {
+    if let Some(p) = s.ded.pinned.take() {
         p.abandon();
     }
     let _ = tokio::time::timeout(SHUTDOWN_LIMIT, s.io.wr.shutdown()).await;
@@ -318,6 +318,6 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
     /// commands awaiting replies (one that never reads its replies cannot queue unbounded work
     /// in Redis).
     fn input_room(&self) -> bool {
-        self.pipeline.outstanding() < self.cfg.max_pending_requests.max(1)
+        self.pipeline.outstanding() < self.cfg.clients.max_pending_requests.max(1)
     }
 }

@@ -39,36 +39,58 @@ fn now_ms() -> u64 {
     START.elapsed().as_millis() as u64
 }
 
-/// One client, as the others may see it.
-pub struct ClientInfo {
-    /// statecar's id.
-    pub id: u64,
+/// Where a client connects from and to.
+struct Place {
     addr: String,
     laddr: String,
     fd: i32,
+}
+
+/// When a client connected, last sent something, and what it last ran.
+struct Activity {
     created_ms: u64,
     last_active_ms: AtomicU64,
     /// The last command's row in the command table (0: none yet).
     last_cmd: AtomicU32,
-    name: Mutex<Option<Bytes>>,
-    user: Mutex<String>,
+}
+
+/// The connection state a session publishes after each command.
+#[derive(Default)]
+struct Published {
     db: AtomicU32,
     resp: AtomicU8,
     flags: AtomicU32,
     subs: [AtomicU32; 3],
     /// Commands queued in MULTI, or -1 outside it.
     multi: AtomicI64,
-    /// Bytes of input buffered.
-    pub qbuf: AtomicUsize,
-    /// Bytes of replies waiting for the socket.
-    pub omem: AtomicUsize,
+}
+
+/// The bytes a client holds in statecar.
+#[derive(Default)]
+struct Held {
+    /// Input buffered.
+    qbuf: AtomicUsize,
+    /// Replies waiting for the socket.
+    omem: AtomicUsize,
+    /// Their sum as last accounted in the registry's total.
+    total: AtomicUsize,
+}
+
+/// One client, as the others may see it.
+pub struct ClientInfo {
+    /// statecar's id.
+    pub id: u64,
+    place: Place,
+    activity: Activity,
+    name: Mutex<Option<Bytes>>,
+    user: Mutex<String>,
+    state: Published,
+    held: Held,
     /// Redis's id for the connection the client holds on its own (pinned or blocked), or -1.
     pub upstream_id: AtomicI64,
     /// Set once the client is told to go (CLIENT KILL, the memory budget).
     kill: CancellationToken,
     killed_by_budget: AtomicBool,
-    /// Bytes last accounted for this client in the registry's total.
-    held: AtomicUsize,
 }
 
 impl ClientInfo {
@@ -90,23 +112,25 @@ impl ClientInfo {
 
     /// Records a command (its row in the command table).
     pub fn touch(&self, index: u32) {
-        self.last_cmd.store(index, Ordering::Relaxed);
+        self.activity.last_cmd.store(index, Ordering::Relaxed);
     }
 
     /// Records that the client sent something now.
     pub fn active(&self) {
-        self.last_active_ms.store(now_ms(), Ordering::Relaxed);
+        self.activity
+            .last_active_ms
+            .store(now_ms(), Ordering::Relaxed);
     }
 
     /// Publishes the connection state that CLIENT LIST shows.
     pub fn publish(&self, db: u32, resp: u8, flags: u32, subs: [usize; 3], multi: i64) {
-        self.db.store(db, Ordering::Relaxed);
-        self.resp.store(resp, Ordering::Relaxed);
-        self.flags.store(flags, Ordering::Relaxed);
-        for (a, n) in self.subs.iter().zip(subs) {
+        self.state.db.store(db, Ordering::Relaxed);
+        self.state.resp.store(resp, Ordering::Relaxed);
+        self.state.flags.store(flags, Ordering::Relaxed);
+        for (a, n) in self.state.subs.iter().zip(subs) {
             a.store(n.min(u32::MAX as usize) as u32, Ordering::Relaxed);
         }
-        self.multi.store(multi, Ordering::Relaxed);
+        self.state.multi.store(multi, Ordering::Relaxed);
     }
 
     /// The client's name changed.
@@ -130,22 +154,22 @@ impl ClientInfo {
 
     /// Flag bits.
     pub fn flags(&self) -> u32 {
-        self.flags.load(Ordering::Relaxed)
+        self.state.flags.load(Ordering::Relaxed)
     }
 
     /// `host:port` of the client.
     pub fn addr(&self) -> &str {
-        &self.addr
+        &self.place.addr
     }
 
     /// `host:port` of statecar's side.
     pub fn laddr(&self) -> &str {
-        &self.laddr
+        &self.place.laddr
     }
 
     /// Bytes the client holds in statecar (input and output buffers), as last accounted.
     pub fn memory(&self) -> usize {
-        self.held.load(Ordering::Relaxed)
+        self.held.total.load(Ordering::Relaxed)
     }
 
     /// Whether the client has been told to go.
@@ -188,13 +212,13 @@ impl ClientInfo {
         if f.is_empty() {
             f.push('N');
         }
-        let qbuf = self.qbuf.load(Ordering::Relaxed);
-        let omem = self.omem.load(Ordering::Relaxed);
+        let qbuf = self.held.qbuf.load(Ordering::Relaxed);
+        let omem = self.held.omem.load(Ordering::Relaxed);
         let name = self.name.lock().ok().and_then(|n| n.clone());
-        let cmd = crate::command::name_of(self.last_cmd.load(Ordering::Relaxed));
+        let cmd = crate::command::name_of(self.activity.last_cmd.load(Ordering::Relaxed));
         let mut out = format!(
             "id={} addr={} laddr={} fd={} name=",
-            self.id, self.addr, self.laddr, self.fd
+            self.id, self.place.addr, self.place.laddr, self.place.fd
         )
         .into_bytes();
         if let Some(n) = name {
@@ -205,16 +229,16 @@ impl ClientInfo {
                 " age={} idle={} flags={f} db={} sub={} psub={} ssub={} multi={} qbuf={qbuf} \
                  qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem={omem} \
                  tot-mem={} events=r cmd={cmd} user={} redir=-1 resp={}",
-                now.saturating_sub(self.created_ms) / 1000,
-                now.saturating_sub(self.last_active_ms.load(Ordering::Relaxed)) / 1000,
-                self.db.load(Ordering::Relaxed),
-                self.subs[0].load(Ordering::Relaxed),
-                self.subs[1].load(Ordering::Relaxed),
-                self.subs[2].load(Ordering::Relaxed),
-                self.multi.load(Ordering::Relaxed),
+                now.saturating_sub(self.activity.created_ms) / 1000,
+                now.saturating_sub(self.activity.last_active_ms.load(Ordering::Relaxed)) / 1000,
+                self.state.db.load(Ordering::Relaxed),
+                self.state.subs[0].load(Ordering::Relaxed),
+                self.state.subs[1].load(Ordering::Relaxed),
+                self.state.subs[2].load(Ordering::Relaxed),
+                self.state.multi.load(Ordering::Relaxed),
                 qbuf.saturating_add(omem),
                 self.user(),
-                self.resp.load(Ordering::Relaxed),
+                self.state.resp.load(Ordering::Relaxed),
             )
             .as_bytes(),
         );
@@ -242,25 +266,27 @@ impl Registry {
         let now = now_ms();
         let info = Arc::new(ClientInfo {
             id,
-            addr: peer.to_string(),
-            laddr: local.map(|l| l.to_string()).unwrap_or_default(),
-            fd,
-            created_ms: now,
-            last_active_ms: AtomicU64::new(now),
-            last_cmd: AtomicU32::new(0),
+            place: Place {
+                addr: peer.to_string(),
+                laddr: local.map(|l| l.to_string()).unwrap_or_default(),
+                fd,
+            },
+            activity: Activity {
+                created_ms: now,
+                last_active_ms: AtomicU64::new(now),
+                last_cmd: AtomicU32::new(0),
+            },
             name: Mutex::new(None),
             user: Mutex::new("default".into()),
-            db: AtomicU32::new(0),
-            resp: AtomicU8::new(2),
-            flags: AtomicU32::new(0),
-            subs: Default::default(),
-            multi: AtomicI64::new(-1),
-            qbuf: AtomicUsize::new(0),
-            omem: AtomicUsize::new(0),
+            state: Published {
+                resp: AtomicU8::new(2),
+                multi: AtomicI64::new(-1),
+                ..Published::default()
+            },
+            held: Held::default(),
             upstream_id: AtomicI64::new(-1),
             kill: CancellationToken::new(),
             killed_by_budget: AtomicBool::new(false),
-            held: AtomicUsize::new(0),
         });
         self.clients.insert(id, info.clone());
         Registered {
@@ -296,14 +322,14 @@ impl Registry {
 
     /// Records what `c` holds now (input and output bytes); returns the new total.
     pub fn account(&self, c: &ClientInfo, qbuf: usize, omem: usize) -> usize {
-        c.qbuf.store(qbuf, Ordering::Relaxed);
-        c.omem.store(omem, Ordering::Relaxed);
+        c.held.qbuf.store(qbuf, Ordering::Relaxed);
+        c.held.omem.store(omem, Ordering::Relaxed);
         if c.is_killed() {
             // Already taken out of the total when it was told to go.
             return self.total.load(Ordering::Relaxed);
         }
         let now = qbuf.saturating_add(omem);
-        let before = c.held.swap(now, Ordering::Relaxed);
+        let before = c.held.total.swap(now, Ordering::Relaxed);
         if now >= before {
             self.total.fetch_add(now - before, Ordering::Relaxed) + (now - before)
         } else {
@@ -315,14 +341,14 @@ impl Registry {
 
     /// Takes a departing (or evicted) client's bytes out of the total.
     fn release(&self, c: &ClientInfo) {
-        let held = c.held.swap(0, Ordering::Relaxed);
+        let held = c.held.total.swap(0, Ordering::Relaxed);
         self.total.fetch_sub(held, Ordering::Relaxed);
     }
 
     /// Over budget: disconnects the client holding the most (never one with NO-EVICT), as
     /// Redis's `maxmemory-clients` does, and returns it. Its bytes leave the total at once, so
     /// that the next check does not pick a second victim for the same excess.
-    pub fn evict_largest(&self) -> Option<Arc<ClientInfo>> {
+    pub fn evict_largest(&self) -> Option<(Arc<ClientInfo>, usize)> {
         let victim = self
             .clients
             .iter()
@@ -331,8 +357,9 @@ impl Registry {
             .map(|e| e.value().clone())?;
         victim.killed_by_budget.store(true, Ordering::Relaxed);
         victim.kill();
+        let held = victim.memory();
         self.release(&victim);
-        Some(victim)
+        Some((victim, held))
     }
 
     /// How many clients are connected.
@@ -405,8 +432,8 @@ mod tests {
         c.info.publish(0, 2, flag::NO_EVICT, [0; 3], -1);
         assert_eq!(r.account(&c.info, 0, 900), 1500);
         assert_eq!(r.account(&a.info, 50, 0), 1450);
-        let v = r.evict_largest().unwrap();
-        assert_eq!(v.id, 2);
+        let (v, held) = r.evict_largest().unwrap();
+        assert_eq!((v.id, held), (2, 500));
         assert!(v.evicted());
         assert_eq!(
             r.memory(),
@@ -415,7 +442,7 @@ mod tests {
         );
         // Already told to go: it is not counted again, and the next victim is another one.
         assert_eq!(r.account(&b.info, 400, 100), 950);
-        assert_eq!(r.evict_largest().unwrap().id, 1);
+        assert_eq!(r.evict_largest().unwrap().0.id, 1);
         assert!(r.evict_largest().is_none());
         drop(c);
         assert_eq!(r.memory(), 0);

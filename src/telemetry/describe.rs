@@ -172,3 +172,30 @@ pub fn install() -> Result<PrometheusHandle, String> {
     gauge!("statecar_upstream_shared_connections").set(0.0);
     Ok(handle)
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every metric described here has its row in OPERATIONS.md's metrics table, so an operator
+    /// reading the docs sees all of them.
+    #[test]
+    fn every_metric_is_in_the_operations_table() {
+        let source = include_str!("describe.rs");
+        let docs = include_str!("../../docs/OPERATIONS.md");
+        let mut missing = Vec::new();
+        let mut seen = 0;
+        for piece in source.split('"').skip(1).step_by(2) {
+            if !piece.starts_with("statecar_") || piece.contains(' ') {
+                continue;
+            }
+            seen += 1;
+            if !docs.contains(&format!("| `{piece}` |")) {
+                missing.push(piece);
+            }
+        }
+        assert!(seen > 20, "found only {seen} metric names in describe.rs");
+        assert!(
+            missing.is_empty(),
+            "metrics missing from docs/OPERATIONS.md: {missing:?}"
+        );
+    }
+}

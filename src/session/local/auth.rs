@@ -141,13 +141,13 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             self.me.info.set_name(self.client.name.clone());
         }
         if proto != self.client.proto {
-            if self.pinned.is_some() {
+            if self.ded.pinned.is_some() {
                 // The dedicated connection must speak the new protocol too.
                 let raw = Command::from_args(["HELLO", &proto.to_string()])
                     .raw()
                     .clone();
                 let swallow = Expect::replies(1, true);
-                if let Some(p) = self.pinned.as_mut() {
+                if let Some(p) = self.ded.pinned.as_mut() {
                     p.dirty = true;
                 }
                 if self.send_pinned(&raw, Some(swallow)).await == Flow::Stop {
@@ -207,14 +207,14 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             return false;
         }
         self.me.info.set_user(&id.user);
-        if self.pinned.is_some() {
+        if self.ded.pinned.is_some() {
             // The dedicated connection changes user too.
             let mut raw = BytesMut::new();
             encode_multibulk(
                 &mut raw,
                 &[&b"AUTH"[..], id.user.as_bytes(), id.password.as_bytes()],
             );
-            if let Some(p) = self.pinned.as_mut() {
+            if let Some(p) = self.ded.pinned.as_mut() {
                 p.dirty = true;
             }
             if self.send_pinned(&raw, Some(Expect::replies(1, true))).await == Flow::Stop {

@@ -133,18 +133,18 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             },
             b"NO-EVICT" => match args[2].to_ascii_uppercase().as_slice() {
                 b"ON" => {
-                    self.client.no_evict = true;
+                    self.client.modes.no_evict = true;
                     self.reply(Bytes::from_static(reply::OK)).await
                 }
                 b"OFF" => {
-                    self.client.no_evict = false;
+                    self.client.modes.no_evict = false;
                     self.reply(Bytes::from_static(reply::OK)).await
                 }
                 _ => self.reply(reply::error(SYNTAX)).await,
             },
             b"UNBLOCK" => self.client_unblock(&args).await,
             b"GETREDIR" => {
-                let n = match (self.client.tracking, self.client.redirect) {
+                let n = match (self.client.modes.tracking, self.client.modes.redirect) {
                     (false, _) => -1,
                     (true, None) => 0,
                     (true, Some(id)) => id as i64,
@@ -156,7 +156,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             b"CACHING" | b"TRACKINGINFO" => self.send_on_own_connection(cmd.raw()).await,
             // Redis-wide (PAUSE, UNPAUSE) or text (HELP): Redis answers.
             _ => {
-                if self.pinned.is_some() {
+                if self.ded.pinned.is_some() {
                     let discard = self.client.take_discard();
                     self.send_pinned(cmd.raw(), Some(Expect::replies(1, discard)))
                         .await
@@ -170,14 +170,14 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
     /// Sends a command to the client's dedicated connection, leasing one for the rest of the
     /// client's life if it has none.
     async fn send_on_own_connection(&mut self, raw: &[u8]) -> Flow {
-        if self.pinned.is_none() {
+        if self.ded.pinned.is_none() {
             match self.pin().await {
                 Err(None) => return Flow::Stop,
                 Err(Some(e)) => return self.reply(Bytes::from(e.to_resp())).await,
                 Ok(()) => {}
             }
         }
-        if let Some(p) = self.pinned.as_mut() {
+        if let Some(p) = self.ded.pinned.as_mut() {
             p.sticky = true;
             p.dirty = true;
         }
@@ -391,8 +391,8 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         }
         let raw = Command::from_args(&args).raw().clone();
         let flow = self.send_on_own_connection(&raw).await;
-        self.client.tracking = on;
-        self.client.redirect = if on { redirect } else { None };
+        self.client.modes.tracking = on;
+        self.client.modes.redirect = if on { redirect } else { None };
         flow
     }
 }

@@ -46,7 +46,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             Local::Client => self.client_command(cmd).await,
             Local::State => {
                 let plan = self.ctx.state.load().plan_state(&cmd);
-                if self.pinned.is_some() {
+                if self.ded.pinned.is_some() {
                     self.run_plan_pinned(plan).await
                 } else {
                     self.run_plan(plan).await
@@ -57,7 +57,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
 
     /// RESET: the connection as new (the dedicated connection, if any, is given back).
     async fn reset(&mut self) -> Flow {
-        if let Some(mut p) = self.pinned.take() {
+        if let Some(mut p) = self.ded.pinned.take() {
             p.dirty = true;
             match self.wait(p.finish()).await {
                 Some(Ok(())) => {}
@@ -74,10 +74,10 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         self.client.proto = 2;
         self.client.name = None;
         self.me.info.set_name(None);
-        self.client.tracking = false;
-        self.client.redirect = None;
-        self.client.monitor = false;
-        self.client.no_evict = false;
+        self.client.modes.tracking = false;
+        self.client.modes.redirect = None;
+        self.client.modes.monitor = false;
+        self.client.modes.no_evict = false;
         self.client.reply_mode = ReplyMode::On;
         self.client.authed = !self.ctx.auth.required();
         self.client.identity = None;

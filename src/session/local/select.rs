@@ -26,7 +26,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 .await;
         }
         let n = n as u32;
-        if self.pinned.is_some() {
+        if self.ded.pinned.is_some() {
             if self.tx.in_multi {
                 return self
                     .reply(reply::error(
@@ -36,7 +36,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             }
             let (tx, rx) = tokio::sync::oneshot::channel();
             let discard = self.client.take_discard();
-            if let Some(p) = self.pinned.as_mut() {
+            if let Some(p) = self.ded.pinned.as_mut() {
                 p.dirty = true;
             }
             let e = Expect::Replies {
