@@ -62,6 +62,45 @@ async fn commands_behind_a_slow_script_wait_instead_of_timing_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_client_does_not_queue_behind_another_clients_slow_script() {
+    let redis = RedisServer::start_with(&["--lua-time-limit", "100"]);
+    // The default pool: both clients are given the same shared connection.
+    let sc = Statecar::start(redis.port(), "");
+    let mut direct = RawConn::connect(redis.port()).await;
+    assert_eq!(direct.cmd(&["SET", "k", "v"]).await, ok());
+    let mut slow = RawConn::connect(sc.port()).await;
+    let mut other = RawConn::connect(sc.port()).await;
+    assert_eq!(slow.cmd(&["PING"]).await, Frame::Simple("PONG".into()));
+    assert_eq!(other.cmd(&["PING"]).await, Frame::Simple("PONG".into()));
+    slow.send_cmd(&busy_script(20_000)).await;
+    eventually("the script runs", async || {
+        direct
+            .cmd(&["PING"])
+            .await
+            .error_text()
+            .is_some_and(|e| e.starts_with("BUSY"))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // What a direct client gets while the script runs, not a wait behind it.
+    let r = within("the GET while the script runs", other.cmd(&["GET", "k"])).await;
+    assert!(
+        r.error_text().is_some_and(|e| e.starts_with("BUSY")),
+        "an idle client reaches Redis past the slow script: {r:?}"
+    );
+    assert_eq!(other.cmd(&["SCRIPT", "KILL"]).await, ok());
+    let killed = within("the killed script's reply", slow.read()).await;
+    assert!(
+        killed
+            .error_text()
+            .is_some_and(|e| e.contains("killed by user")),
+        "{killed:?}"
+    );
+    assert_eq!(other.cmd(&["GET", "k"]).await, bulk("v"));
+    assert_eq!(slow.cmd(&["GET", "k"]).await, bulk("v"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_redis_times_out_with_may_still_run_and_the_late_reply_is_dropped() {
     let redis = RedisServer::start();
     let sc = Statecar::start(

@@ -45,6 +45,9 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 return;
             }
         }
+        if self.pipeline.outstanding() == 0 {
+            self.links.leave_stalled(self.cur.read_at);
+        }
         let route = self.gather.route.take();
         let conn = self
             .links

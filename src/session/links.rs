@@ -53,6 +53,13 @@ impl Links {
         c
     }
 
+    /// Lets go of connections whose oldest command has waited too long (a slow script ahead
+    /// of us): the next [`Links::conn`] picks one that is moving. Only for a client with
+    /// nothing in flight, so that its commands still reach Redis in its order.
+    pub fn leave_stalled(&mut self, now: tokio::time::Instant) {
+        self.conns.retain(|(_, _, c)| !c.stalled(now));
+    }
+
     /// The node the current command goes to.
     pub fn node(&self, up: &Upstream) -> Arc<Node> {
         match &self.route {

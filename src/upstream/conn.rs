@@ -5,7 +5,8 @@
 //! contiguous slice of the read buffer: no reply is copied or re-encoded on the way back.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Weak};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -73,10 +74,46 @@ impl BatchFailure {
     }
 }
 
+/// How long a connection's oldest unanswered batch may wait before the connection counts as
+/// stalled (a slow script, DEBUG SLEEP, a KEYS over millions of keys, a Redis that stopped):
+/// clients with nothing in flight on it move to another connection rather than queue behind
+/// it, so they reach Redis and get what a direct client gets (often `-BUSY`). Far above the
+/// time any ordinary batch waits, far below `timeout_ms`.
+pub const STALLED_AFTER: Duration = Duration::from_millis(100);
+
+/// The moment [`Front`] times are counted from.
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// When the oldest unanswered batch on a connection was sent (0: none is), shared between the
+/// connection task, which sets it, and the sessions, which read it before sending.
+#[derive(Default)]
+struct Front(AtomicU64);
+
+impl Front {
+    fn set(&self, since: Option<Instant>) {
+        let v = since.map_or(0, |t| {
+            u64::try_from(t.saturating_duration_since(*EPOCH).as_micros())
+                .unwrap_or(u64::MAX)
+                .saturating_add(1)
+        });
+        self.0.store(v, Ordering::Relaxed);
+    }
+
+    fn waited(&self, now: Instant) -> Duration {
+        match self.0.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            v => now
+                .saturating_duration_since(*EPOCH)
+                .saturating_sub(Duration::from_micros(v - 1)),
+        }
+    }
+}
+
 /// Handle to a shared connection task.
 #[derive(Clone)]
 pub struct SharedConn {
     tx: Arc<mpsc::UnboundedSender<Batch>>,
+    front: Arc<Front>,
 }
 
 impl SharedConn {
@@ -88,8 +125,17 @@ impl SharedConn {
         index: usize,
     ) -> SharedConn {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(upstream, ep, key, index, rx));
-        SharedConn { tx: Arc::new(tx) }
+        let front = Arc::new(Front::default());
+        tokio::spawn(run(upstream, ep, key, index, rx, front.clone()));
+        SharedConn {
+            tx: Arc::new(tx),
+            front,
+        }
+    }
+
+    /// Whether the oldest unanswered batch here has waited longer than [`STALLED_AFTER`].
+    pub fn stalled(&self, now: Instant) -> bool {
+        self.front.waited(now) > STALLED_AFTER
     }
 
     /// How many handles to this connection exist besides the pool's own: about the number of
@@ -146,6 +192,7 @@ async fn run(
     key: PoolKey,
     index: usize,
     mut rx: mpsc::UnboundedReceiver<Batch>,
+    front: Arc<Front>,
 ) {
     let mut backoff = BACKOFF_MIN;
     // A batch that arrived during the backoff and triggered an early reconnect.
@@ -187,6 +234,7 @@ async fn run(
                     queued: 0,
                     written: 0,
                     cfg: Arc::new(cfg.clone()),
+                    front: front.clone(),
                 };
                 telemetry::upstream_connections(1);
                 if let Some(b) = held.take() {
@@ -257,6 +305,7 @@ struct Serving {
     queued: u64,
     written: u64,
     cfg: Arc<super::settings::UpstreamConfig>,
+    front: Arc<Front>,
 }
 
 /// Whether Redis answers a PING on a connection of its own within the deadline (any answer
@@ -370,12 +419,16 @@ impl Serving {
 
     fn push(&mut self, b: Batch) {
         self.wbuf.extend_from_slice(&b.bytes);
+        let sent_at = Instant::now();
+        if self.inflight.is_empty() {
+            self.front.set(Some(sent_at));
+        }
         self.inflight.push_back(InFlight {
             remaining: b.replies,
             received: 0,
             errors: 0,
             tx: Some(b.tx),
-            sent_at: Instant::now(),
+            sent_at,
             start: self.queued,
         });
         self.queued += b.bytes.len() as u64;
@@ -459,7 +512,9 @@ impl Serving {
             if head.remaining == 0 {
                 let bytes = self.rbuf.split_to(self.consumed).freeze();
                 self.consumed = 0;
-                if let Some(done) = self.inflight.pop_front()
+                let done = self.inflight.pop_front();
+                self.front.set(self.inflight.front().map(|f| f.sent_at));
+                if let Some(done) = done
                     && let Some(tx) = done.tx
                 {
                     telemetry::upstream_latency(done.sent_at.elapsed());
@@ -475,6 +530,7 @@ impl Serving {
     /// The connection broke: every outstanding batch gets the error, saying whether it may
     /// have run (some of its bytes were written) or certainly did not.
     fn fail_all(&mut self, e: &UpstreamError) {
+        self.front.set(None);
         let mut first = true;
         while let Some(f) = self.inflight.pop_front() {
             let partial = if first {

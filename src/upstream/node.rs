@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::conn::SharedConn;
@@ -61,16 +62,22 @@ struct Pool {
 
 impl Pool {
     fn pick(&self) -> SharedConn {
+        let now = Instant::now();
         if let Some(c) = self
             .shared
             .iter()
-            .find(|c| c.users() < CLIENTS_PER_CONNECTION)
+            .find(|c| c.users() < CLIENTS_PER_CONNECTION && !c.stalled(now))
         {
             return c.clone();
         }
-        // All full: spread the rest round robin.
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.shared.len();
-        self.shared[i].clone()
+        // All full (or stalled): spread the rest round robin, passing over stalled ones.
+        let n = self.shared.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|k| &self.shared[start.wrapping_add(k) % n])
+            .find(|c| !c.stalled(now))
+            .unwrap_or(&self.shared[start % n])
+            .clone()
     }
 }
 
