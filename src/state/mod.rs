@@ -13,7 +13,6 @@ pub mod history;
 mod history_replies;
 pub mod keys;
 pub mod plan;
-mod rule_info;
 pub mod rules;
 pub mod scripts;
 pub mod transform;

@@ -4,6 +4,8 @@
 //! and atomicity) or a local error. Options are validated here with Redis's own error texts,
 //! because once a value is encoded Redis never sees the client's original command.
 
+mod rule_info;
+
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -854,5 +856,4 @@ impl StateEngine {
 }
 
 #[cfg(test)]
-#[path = "plan_tests.rs"]
 mod tests;
