@@ -10,7 +10,6 @@ pub mod envelope;
 pub mod followup;
 pub mod glob;
 pub mod history;
-mod history_replies;
 pub mod keys;
 pub mod plan;
 pub mod rules;

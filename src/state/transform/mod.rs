@@ -6,6 +6,8 @@
 //! reshapes its reply. Keeping it to one upstream command per client command keeps ordering,
 //! pipelining and MULTI/EXEC exactly as Redis has them.
 
+mod history;
+
 use bytes::{Bytes, BytesMut};
 use redis_protocol::resp3::types::{BytesFrame, Resp3Frame};
 

@@ -11,18 +11,18 @@ use std::sync::atomic::Ordering;
 use bytes::{Bytes, BytesMut};
 use redis_protocol::resp3::types::BytesFrame;
 
-use super::envelope::{self, HEADER_LEN};
-use super::followup::{dicts_needed, load_dicts};
-use super::history::{self, ChainError, Version};
-use super::keys::history_key;
-use super::transform::{
+use super::{
     Apply, CacheNote, DECODE_OFF_THREAD, WriteShape, bulk_of, int_of, is_error, meta_fields,
     unexpected,
 };
-use super::{StateEngine, dict, show_key};
 use crate::protocol::encode_multibulk;
 use crate::protocol::frames::decode as decode_reply;
 use crate::protocol::reply::{Value, error};
+use crate::state::envelope::{self, HEADER_LEN};
+use crate::state::followup::{dicts_needed, load_dicts};
+use crate::state::history::{self, ChainError, Version};
+use crate::state::keys::history_key;
+use crate::state::{StateEngine, dict, show_key};
 
 impl Apply<'_> {
     pub(super) async fn newest_intact(&self, key: &Bytes) -> Option<Bytes> {
@@ -112,7 +112,7 @@ impl Apply<'_> {
                 Ok(Some(v)) if v.meta.base.is_none() && stored.len() >= HEADER_LEN => {
                     let mut header = [0u8; HEADER_LEN];
                     header.copy_from_slice(&stored[..HEADER_LEN]);
-                    Some(super::cache::Base::from_value(
+                    Some(crate::state::cache::Base::from_value(
                         header,
                         v.meta.version,
                         &v.value,
@@ -134,7 +134,7 @@ impl Apply<'_> {
             Bytes::new(),
             tags,
             w.stored,
-            Bytes::from(super::plan::window(rule).to_string()),
+            Bytes::from(crate::state::plan::window(rule).to_string()),
             Bytes::from_static(b"KEEPTTL"),
             Bytes::new(),
             w.base_header,
