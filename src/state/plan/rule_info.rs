@@ -11,13 +11,13 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::StateEngine;
-use super::plan::Plan;
-use super::rules::Rule;
-use super::transform::{Pending, Transform};
+use super::Plan;
 use crate::command::Command;
 use crate::protocol::encode_multibulk;
 use crate::protocol::reply::{Value, wrong_arity};
+use crate::state::StateEngine;
+use crate::state::rules::Rule;
+use crate::state::transform::{Pending, Transform};
 
 /// The reply for `rule`: a map in RESP3, a flat array in RESP2 (as STATE.LOAD).
 fn describe(rule: &Rule) -> Value {

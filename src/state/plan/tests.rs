@@ -1,4 +1,4 @@
-//! What each command family becomes upstream (`plan.rs`): the script and its arguments, the
+//! What each command family becomes upstream (`plan/`): the script and its arguments, the
 //! plain command, or the error Redis would give, without a Redis behind it. End-to-end
 //! behaviour is tested against a real redis-server in tests/state_keys.rs; these pin the
 //! planner's own decisions.

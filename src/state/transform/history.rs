@@ -1,6 +1,7 @@
 //! The replies that read a key's version history: STATE.LOAD of a version, STATE.VERSIONS,
 //! the second step of STATE.ROLLBACK (which writes the version it read as the newest one),
-//! and the `on_corruption = "previous_version"` fallback.
+//! and the `on_corruption = "previous_version"` fallback; and the metadata they show (tags
+//! are stored in the history hash, encoded here).
 //!
 //! A version stored as a delta is decoded through its bases (`state::history`); the scripts
 //! return the entries needed, the version asked for first.
@@ -11,18 +12,16 @@ use std::sync::atomic::Ordering;
 use bytes::{Bytes, BytesMut};
 use redis_protocol::resp3::types::BytesFrame;
 
-use super::envelope::{self, HEADER_LEN};
-use super::followup::{dicts_needed, load_dicts};
-use super::history::{self, ChainError, Version};
-use super::keys::history_key;
-use super::transform::{
-    Apply, CacheNote, DECODE_OFF_THREAD, WriteShape, bulk_of, int_of, is_error, meta_fields,
-    unexpected,
-};
-use super::{StateEngine, dict, show_key};
+use super::read::DECODE_OFF_THREAD;
+use super::{Apply, CacheNote, WriteShape, bulk_of, int_of, is_error, unexpected};
 use crate::protocol::encode_multibulk;
 use crate::protocol::frames::decode as decode_reply;
 use crate::protocol::reply::{Value, error};
+use crate::state::envelope::{self, HEADER_LEN, Meta};
+use crate::state::followup::{dicts_needed, load_dicts};
+use crate::state::history::{self, ChainError, Version};
+use crate::state::keys::history_key;
+use crate::state::{StateEngine, dict, show_key};
 
 impl Apply<'_> {
     pub(super) async fn newest_intact(&self, key: &Bytes) -> Option<Bytes> {
@@ -112,7 +111,7 @@ impl Apply<'_> {
                 Ok(Some(v)) if v.meta.base.is_none() && stored.len() >= HEADER_LEN => {
                     let mut header = [0u8; HEADER_LEN];
                     header.copy_from_slice(&stored[..HEADER_LEN]);
-                    Some(super::cache::Base::from_value(
+                    Some(crate::state::cache::Base::from_value(
                         header,
                         v.meta.version,
                         &v.value,
@@ -134,7 +133,7 @@ impl Apply<'_> {
             Bytes::new(),
             tags,
             w.stored,
-            Bytes::from(super::plan::window(rule).to_string()),
+            Bytes::from(crate::state::plan::window(rule).to_string()),
             Bytes::from_static(b"KEEPTTL"),
             Bytes::new(),
             w.base_header,
@@ -275,4 +274,79 @@ fn entry_pairs(frame: Option<&BytesFrame>) -> Option<Vec<(u32, Bytes)>> {
             _ => None,
         })
         .collect()
+}
+
+/// Tags are stored in the history hash as `<len>:<bytes>` runs, so any byte may appear in one.
+pub fn encode_tags(tags: &[Bytes]) -> Bytes {
+    let mut out = BytesMut::new();
+    for t in tags {
+        out.extend_from_slice(t.len().to_string().as_bytes());
+        out.extend_from_slice(b":");
+        out.extend_from_slice(t);
+    }
+    out.freeze()
+}
+
+/// Inverse of [`encode_tags`]; a damaged blob yields the tags read so far.
+pub fn decode_tags(blob: &[u8]) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < blob.len() {
+        let Some(colon) = blob[i..].iter().position(|&c| c == b':') else {
+            break;
+        };
+        let Some(len) = std::str::from_utf8(&blob[i..i + colon])
+            .ok()
+            .and_then(|s| s.parse::<usize>().ok())
+        else {
+            break;
+        };
+        let start = i + colon + 1;
+        if start + len > blob.len() {
+            break;
+        }
+        out.push(Bytes::copy_from_slice(&blob[start..start + len]));
+        i = start + len;
+    }
+    out
+}
+
+fn meta_fields(meta: Option<&Meta>, stored_len: usize, tags: &[u8]) -> Vec<(Value, Value)> {
+    let (version, created, size, codec, checksum) = match meta {
+        Some(m) => (
+            m.version as i64,
+            Value::Int(m.timestamp_ms as i64),
+            m.original_len as i64,
+            m.codec.name(),
+            Value::text(&format!("{:08x}", m.crc32)),
+        ),
+        None => (0, Value::Null, stored_len as i64, "plain", Value::Null),
+    };
+    vec![
+        (Value::text("version"), Value::Int(version)),
+        (Value::text("created"), created),
+        (Value::text("size"), Value::Int(size)),
+        (Value::text("stored_size"), Value::Int(stored_len as i64)),
+        (Value::text("codec"), Value::text(codec)),
+        (Value::text("checksum"), checksum),
+        (
+            Value::text("tags"),
+            Value::Array(decode_tags(tags).into_iter().map(Value::Bulk).collect()),
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_round_trip_any_bytes() {
+        let tags = vec![
+            Bytes::from_static(b"a:b"),
+            Bytes::from_static(b""),
+            Bytes::from_static(b"\r\n9:"),
+        ];
+        assert_eq!(decode_tags(&encode_tags(&tags)), tags);
+    }
 }

@@ -1,0 +1,136 @@
+//! Building envelopes: a full value (format 1, or format 2 naming a dictionary) and a delta
+//! against another version (format 2). The header itself is written by `header`.
+
+use super::header::write_header;
+use super::{FLAG_DELTA, FLAG_DICT, HEADER_LEN};
+use crate::state::codec::{self, Codec, ZstdRef};
+
+/// A trained dictionary ready for compression at one level.
+#[derive(Clone, Copy)]
+pub struct DictRef<'a> {
+    /// Its id, written in the header.
+    pub id: u32,
+    /// The prepared dictionary.
+    pub cdict: &'a zstd::zstd_safe::CDict<'static>,
+}
+
+/// How a rule compresses a full (non-delta) value.
+#[derive(Clone, Copy)]
+pub struct Encoding<'a> {
+    /// The codec.
+    pub codec: Codec,
+    /// The zstd level (ignored by the other codecs).
+    pub level: i32,
+    /// Values shorter than this are stored uncompressed.
+    pub min_size: usize,
+    /// A trained dictionary (zstd only).
+    pub dict: Option<DictRef<'a>>,
+}
+
+/// Encodes `value` into a stored envelope of format 1 with the codec's default level.
+///
+/// This is the encoder statecar used before format 2, kept as it was: the fuzz target, the
+/// codec benchmark and the compatibility tests write old-format values with it. See
+/// [`encode_with`] for what a rule writes.
+pub fn encode(
+    value: &[u8],
+    codec: Codec,
+    min_size: usize,
+    timestamp_ms: u64,
+    version: u32,
+) -> Vec<u8> {
+    let level = codec::ZSTD_LEVEL;
+    let enc = Encoding {
+        codec,
+        level,
+        min_size,
+        dict: None,
+    };
+    encode_with(value, &enc, timestamp_ms, version)
+}
+
+/// Encodes `value` as a full (self-contained) envelope.
+///
+/// The payload is compressed only when `value.len() >= min_size` and the result is strictly
+/// smaller than `value`; otherwise it is stored with codec none, so reading never pays for a
+/// decompression that saved nothing. With a dictionary (zstd) the envelope is format 2 and
+/// names it; otherwise it is format 1. `version` is written with its complement; the Lua
+/// script that assigns versions in Redis may overwrite both (see
+/// [`version_patch`](super::version_patch)).
+pub fn encode_with(value: &[u8], enc: &Encoding<'_>, timestamp_ms: u64, version: u32) -> Vec<u8> {
+    let codec = enc.codec;
+    let dict = enc.dict.filter(|_| codec == Codec::Zstd);
+    let ext = if dict.is_some() { 4 } else { 0 };
+    let room = match codec {
+        Codec::Lz4 => lz4_flex::block::get_maximum_output_size(value.len()),
+        _ => value.len(),
+    };
+    let mut out = Vec::with_capacity(HEADER_LEN + ext + room);
+    out.resize(HEADER_LEN + ext, 0);
+    let wants = codec != Codec::None && value.len() >= enc.min_size;
+    let compressed = wants
+        && match dict {
+            Some(d) => {
+                let start = out.len();
+                codec::zstd_append(value, &mut out, enc.level, ZstdRef::Dict(d.cdict))
+                    && (out.len() - start < value.len() || {
+                        out.truncate(start);
+                        false
+                    })
+            }
+            None => codec.compress_append_level(value, &mut out, enc.level),
+        };
+    let (codec, flags, ext_bytes) = match (compressed, dict) {
+        (true, Some(d)) => (codec, FLAG_DICT, d.id.to_be_bytes().to_vec()),
+        (true, None) => (codec, 0, Vec::new()),
+        (false, _) => (Codec::None, 0, Vec::new()),
+    };
+    if !compressed {
+        out.truncate(HEADER_LEN);
+        out.extend_from_slice(value);
+    } else if ext_bytes.is_empty() && ext > 0 {
+        // Compressed without the dictionary after all: no extension.
+        out.drain(HEADER_LEN..HEADER_LEN + ext);
+    }
+    write_header(
+        &mut out,
+        codec,
+        flags,
+        &ext_bytes,
+        timestamp_ms,
+        value,
+        version,
+    );
+    out
+}
+
+/// Encodes `value` as a delta against `base` (the bytes of version `base_version`): a format-2
+/// envelope whose payload is a zstd frame compressed with `base` as its reference prefix,
+/// decodable with `zstd -d --patch-from=<base>`. `None` if zstd failed.
+pub fn encode_delta(
+    value: &[u8],
+    base: &[u8],
+    base_version: u32,
+    level: i32,
+    timestamp_ms: u64,
+    version: u32,
+) -> Option<Vec<u8>> {
+    let mut ext = [0u8; 8];
+    ext[..4].copy_from_slice(&base_version.to_be_bytes());
+    ext[4..].copy_from_slice(&crc32fast::hash(base).to_be_bytes());
+    let mut out = Vec::with_capacity(HEADER_LEN + 8 + value.len() / 8 + 64);
+    out.resize(HEADER_LEN + 8, 0);
+    if !codec::zstd_append(value, &mut out, level, ZstdRef::Prefix(base)) {
+        return None;
+    }
+    write_header(
+        &mut out,
+        Codec::Zstd,
+        FLAG_DELTA,
+        &ext,
+        timestamp_ms,
+        value,
+        version,
+    );
+    Some(out)
+}
