@@ -121,4 +121,23 @@ mod tests {
             Bytes::from_static(b":1\r\n")
         );
     }
+
+    #[test]
+    fn bulk_payloads_refuse_every_malformed_shape() {
+        assert_eq!(bulk_payload(b"$3\r\nabc\r\n"), Some(&b"abc"[..]));
+        assert_eq!(bulk_payload(b"$3\r\nabcd\r\n"), None);
+        assert_eq!(bulk_payload(b"$3\r\nabcXY"), None);
+        assert_eq!(bulk_payload(b"$\r\n\r\n"), None);
+        assert_eq!(bulk_payload(b"+OK\r\n"), None);
+        assert_eq!(bulk_payload(b"$99999999999999\r\nx\r\n"), None);
+    }
+
+    #[test]
+    fn arrays_split_with_null_and_nested_elements() {
+        let f = Bytes::from_static(b"*3\r\n$1\r\na\r\n$-1\r\n*1\r\n:1\r\n");
+        let parts = split_array(&f).unwrap();
+        assert_eq!(parts.len(), 3);
+        assert_eq!(&parts[1][..], b"$-1\r\n");
+        assert_eq!(&parts[2][..], b"*1\r\n:1\r\n");
+    }
 }

@@ -144,7 +144,7 @@ pub struct ScriptCall {
     pub args: Vec<Bytes>,
 }
 
-pub use crate::protocol::frames::split_array;
+use crate::protocol::frames::split_array;
 
 pub(super) fn is_error(frame: &[u8]) -> bool {
     matches!(frame.first(), Some(b'-') | Some(b'!'))
@@ -315,33 +315,5 @@ impl Apply<'_> {
             }
         }
         out.freeze()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::protocol::frames::bulk_payload;
-
-    #[test]
-    fn reads_bulk_payloads_without_a_parser() {
-        assert_eq!(bulk_payload(b"$3\r\nabc\r\n"), Some(&b"abc"[..]));
-        assert_eq!(bulk_payload(b"$0\r\n\r\n"), Some(&b""[..]));
-        assert_eq!(bulk_payload(b"$-1\r\n"), None);
-        assert_eq!(bulk_payload(b"$3\r\nabcd\r\n"), None);
-        assert_eq!(bulk_payload(b"$3\r\nab\r\n"), None);
-        assert_eq!(bulk_payload(b"$3\r\nabcXY"), None);
-        assert_eq!(bulk_payload(b"$\r\n\r\n"), None);
-        assert_eq!(bulk_payload(b"+OK\r\n"), None);
-        assert_eq!(bulk_payload(b"$99999999999999\r\nx\r\n"), None);
-    }
-
-    #[test]
-    fn splits_arrays_into_frames() {
-        let f = Bytes::from_static(b"*3\r\n$1\r\na\r\n$-1\r\n*1\r\n:1\r\n");
-        let parts = split_array(&f).unwrap();
-        assert_eq!(parts.len(), 3);
-        assert_eq!(&parts[1][..], b"$-1\r\n");
-        assert_eq!(&parts[2][..], b"*1\r\n:1\r\n");
     }
 }
