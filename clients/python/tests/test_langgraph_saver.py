@@ -64,11 +64,13 @@ def test_graph_checkpoints_are_versions_of_one_state_key(statecar_url, redis_dir
         versions = redis.Redis.from_url(statecar_url).execute_command("STATE.VERSIONS", key)
         assert len(versions) == len(history) == 15  # input, loop step, and done, per turn
 
-        # In Redis: one envelope for the newest checkpoint, the older ones in its history hash,
-        # and no other copy of any checkpoint.
+        # In Redis: one envelope for the newest checkpoint (the key itself), the 14 older ones in
+        # its history hash (docs/FORMAT.md: the newest is stored nowhere else), and no other copy
+        # of any checkpoint.
         assert redis_direct.get(key).startswith(SIGNATURE)
         fields = redis_direct.hkeys(history_key(key))
-        assert len([f for f in fields if f.isdigit()]) == 15
+        assert sorted(int(f) for f in fields if f.isdigit()) == list(range(1, 15))
+        assert redis_direct.hget(history_key(key), "last") == b"15"
         cp_keys = set(redis_direct.scan_iter(match=f"langgraph:checkpoint:{{{thread}}}*"))
         assert cp_keys == {key.encode()}
 
