@@ -172,3 +172,51 @@ async fn denied_commands_get_noperm_and_others_pass() {
     c.send_cmd(&["GET", "k"]).await;
     assert_eq!(c.read().await, bulk("v"));
 }
+
+/// SELECT, AUTH and HELLO inside MULTI would switch the connection between the transaction's
+/// own commands; statecar refuses them at queue time, so EXEC aborts and nothing runs (what
+/// Redis does for any command refused at queue time). The connection keeps its database and
+/// protocol, and the next transaction works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn select_auth_and_hello_inside_multi_abort_the_transaction() {
+    let redis = RedisServer::start();
+    let sc = Statecar::start(redis.port(), "");
+    let mut c = RawConn::connect(sc.port()).await;
+    for switch in [
+        &["SELECT", "1"][..],
+        &["HELLO", "3"],
+        &["AUTH", "default", "nopass"],
+    ] {
+        for cmd in [&["MULTI"][..], &["SET", "tx:k", "changed"], switch, &["EXEC"]] {
+            c.send_cmd(cmd).await;
+        }
+        assert_eq!(c.read().await, ok());
+        assert_eq!(c.read().await, Frame::Simple("QUEUED".into()));
+        let refused = c.read().await;
+        assert_eq!(
+            refused.error_text().map(str::to_owned),
+            Some(format!(
+                "ERR {} inside MULTI is not supported by statecar",
+                switch[0]
+            )),
+            "{switch:?}"
+        );
+        assert_eq!(
+            c.read().await.error_text(),
+            Some("EXECABORT Transaction discarded because of previous errors."),
+            "{switch:?}"
+        );
+        c.send_cmd(&["GET", "tx:k"]).await;
+        assert_eq!(c.read().await, Frame::NullBulk, "{switch:?}: nothing ran");
+    }
+    // Still database 0, RESP2, and transactions work.
+    for cmd in [&["MULTI"][..], &["SET", "tx:k", "v"], &["EXEC"]] {
+        c.send_cmd(cmd).await;
+    }
+    assert_eq!(c.read().await, ok());
+    assert_eq!(c.read().await, Frame::Simple("QUEUED".into()));
+    assert_eq!(c.read().await, Frame::Array(vec![ok()]));
+    let mut d = RawConn::connect(redis.port()).await;
+    d.send_cmd(&["GET", "tx:k"]).await;
+    assert_eq!(d.read().await, bulk("v"));
+}

@@ -2331,6 +2331,38 @@ async fn multi_exec_decodes_state_replies() {
     assert_eq!(versions[1]["current"], int(1));
 }
 
+/// CLIENT and INFO queued between state commands: their EXEC replies sit between the others',
+/// and the state replies around them are still decoded (not the CLIENT reply in their place).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_exec_with_client_and_info_queued_still_decodes_state_replies() {
+    let (_redis, sc) = start_pair(TRANSPARENCY_RULES);
+    let mut p = RawConn::connect(sc.port()).await;
+    let json = agent_session_json(6, 2000);
+    assert_eq!(p.cmd(&args!["SET", "st:txc", json]).await, ok());
+
+    assert_eq!(p.cmd(&["MULTI"]).await, ok());
+    let queued = Frame::Simple("QUEUED".into());
+    for cmd in [
+        args!["CLIENT", "GETNAME"],
+        args!["GET", "st:txc"],
+        args!["INFO", "server"],
+        args!["CLIENT", "ID"],
+        args!["GET", "st:txc"],
+    ] {
+        assert_eq!(p.cmd(&cmd).await, queued, "{}", String::from_utf8_lossy(&cmd[0]));
+    }
+    let r = p.cmd(&["EXEC"]).await;
+    let Frame::Array(items) = &r else {
+        panic!("EXEC: {}", show(&r))
+    };
+    assert_eq!(items.len(), 5, "{}", show(&r));
+    assert_eq!(items[1], bulk(&json));
+    assert!(matches!(items[3], Frame::Int(_)), "{}", show(&items[3]));
+    assert_eq!(items[4], bulk(&json));
+    // The connection is usable, and the state key still reads outside the transaction.
+    assert_eq!(p.cmd(&["GET", "st:txc"]).await, bulk(&json));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_command_inside_multi_aborts_exec() {
     let (_redis, sc) = start_pair(TRANSPARENCY_RULES);

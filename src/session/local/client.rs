@@ -82,7 +82,9 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         let sub = args[1].to_ascii_uppercase();
         if self.tx.in_multi && sub != b"REPLY" {
             // Inside a transaction Redis queues it: it runs at EXEC, on the transaction's
-            // connection.
+            // connection. Its slot in EXEC's reply is counted so the state replies around it
+            // are decoded at the right positions.
+            self.tx.queued.push(None);
             let discard = self.client.take_discard();
             return self
                 .send_pinned(cmd.raw(), Some(Expect::replies(1, discard)))

@@ -31,6 +31,22 @@ fn name_error(n: &[u8]) -> Option<Bytes> {
 
 impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
     pub(super) async fn local(&mut self, l: Local, cmd: Command) -> Flow {
+        if self.tx.in_multi && matches!(l, Local::Auth | Local::Hello | Local::Select) {
+            // Redis would queue them and switch the connection at EXEC, between the
+            // transaction's own commands; statecar answers them itself, so it cannot. Refused
+            // at queue time, which makes EXEC abort the whole transaction, as Redis does for
+            // any command refused at queue time: nothing runs half in one identity or database.
+            if let Some(e) = cmd.rejection() {
+                return self.reply(e).await;
+            }
+            self.tx.poisoned = true;
+            let name = String::from_utf8_lossy(cmd.name()).to_ascii_uppercase();
+            return self
+                .reply(reply::error(&format!(
+                    "ERR {name} inside MULTI is not supported by statecar"
+                )))
+                .await;
+        }
         match l {
             Local::Auth => self.auth(&cmd).await,
             Local::Hello => self.hello(&cmd).await,

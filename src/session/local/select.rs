@@ -27,13 +27,6 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         }
         let n = n as u32;
         if self.ded.pinned.is_some() {
-            if self.tx.in_multi {
-                return self
-                    .reply(reply::error(
-                        "ERR SELECT inside MULTI is not supported by statecar",
-                    ))
-                    .await;
-            }
             let (tx, rx) = tokio::sync::oneshot::channel();
             let discard = self.client.take_discard();
             if let Some(p) = self.ded.pinned.as_mut() {
