@@ -51,7 +51,13 @@ pub async fn run(cfg: Arc<config::Config>, reload: Option<Reloader>) -> Result<(
     // statecar's function library is loaded on new connections only when state rules may
     // need it; a plain proxy sends Redis nothing of its own.
     if !cfg.rules.is_empty() {
-        up_cfg.function_load = Some(state::scripts::Scripts::default().function_load);
+        let scripts = state::scripts::Scripts::default();
+        up_cfg.function_library = Some(upstream::settings::FunctionLibrary {
+            check: command::Command::from_args(["FUNCTION", "LIST", "LIBRARYNAME", &scripts.library_name])
+                .raw()
+                .clone(),
+            load: scripts.function_load,
+        });
     }
     let upstream = upstream::Upstream::new(up_cfg);
     let ctx = Arc::new(session::Ctx {

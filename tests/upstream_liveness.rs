@@ -145,3 +145,42 @@ async fn a_broken_connection_says_the_commands_may_have_run() {
         "a command sent before the connection broke: {r:?}"
     );
 }
+
+/// During `CLIENT PAUSE WRITE` (a failover uses one), Redis holds write commands, FUNCTION LOAD
+/// among them. A new upstream connection only asks whether statecar's function library is there
+/// (FUNCTION LIST, a read) and loads it only when it is missing, so it opens during the pause:
+/// a client that needs a dedicated connection (SUBSCRIBE, MULTI) is served while writes wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_upstream_connections_open_during_client_pause_write() {
+    let redis = RedisServer::start();
+    let sc = Statecar::start(
+        redis.port(),
+        "[upstream]\nconnect_timeout_ms = 1000\n\n[[state]]\npattern = \"st:*\"\nversioning = true\n",
+    );
+    let mut c = RawConn::connect(sc.port()).await;
+    // A state write: the library is loaded (by the connection that carried it).
+    assert_eq!(c.cmd(&["SET", "st:a", "v1"]).await, ok());
+    let mut direct = RawConn::connect(redis.port()).await;
+    assert_eq!(direct.cmd(&["CLIENT", "PAUSE", "20000", "WRITE"]).await, ok());
+
+    let mut sub = RawConn::connect(sc.port()).await;
+    sub.send_cmd(&["SUBSCRIBE", "news"]).await;
+    assert_eq!(
+        sub.read().await,
+        Frame::Array(vec![bulk("subscribe"), bulk("news"), int(1)]),
+        "a SUBSCRIBE during the pause gets its dedicated connection"
+    );
+    let mut tx = RawConn::connect(sc.port()).await;
+    assert_eq!(tx.cmd(&["MULTI"]).await, ok());
+    assert_eq!(tx.cmd(&["GET", "st:a"]).await, Frame::Simple("QUEUED".into()));
+    assert_eq!(tx.cmd(&["EXEC"]).await, Frame::Array(vec![bulk("v1")]));
+
+    assert_eq!(direct.cmd(&["CLIENT", "UNPAUSE"]).await, ok());
+    // Library calls work after the pause: the check found the library, nothing was lost.
+    assert_eq!(c.cmd(&["SET", "st:a", "v2"]).await, ok());
+    let versions = c.cmd(&["STATE.VERSIONS", "st:a"]).await;
+    let Frame::Array(v) = &versions else {
+        panic!("STATE.VERSIONS: {versions:?}")
+    };
+    assert_eq!(v.len(), 2, "{versions:?}");
+}

@@ -442,7 +442,7 @@ impl Config {
                 keepalive_s: up.keepalive_s,
                 tls: upstream_tls,
                 mode,
-                function_load: None,
+                function_library: None,
             },
             limits: Limits {
                 max_bulk_len: l.max_bulk_len,

@@ -136,7 +136,7 @@ pub use crate::protocol::frames::decode as decode_reply;
 pub struct ServerInfo {
     /// `version` from HELLO, e.g. "7.0.15".
     pub version: String,
-    /// Whether statecar's function library is loaded (see `UpstreamConfig::function_load`).
+    /// Whether statecar's function library is loaded (see `UpstreamConfig::function_library`).
     pub functions: bool,
     /// `id` from HELLO: Redis's id for this connection.
     pub id: Option<i64>,
@@ -286,9 +286,21 @@ async fn connect_inner(
             .map_err(tls_refusal)?;
         check_handshake_reply(addr, step, &frame, &mut info)?;
     }
-    if let Some(load) = &cfg.function_load {
+    if let Some(lib) = &cfg.function_library {
+        // Asked first, loaded only when missing: the library is usually there already (another
+        // connection loaded it), and a FUNCTION LOAD, a write, would wait out a CLIENT PAUSE
+        // WRITE while this connection is needed.
         stream
-            .write_all(load)
+            .write_all(&lib.check)
+            .await
+            .map_err(|e| UpstreamError::io(addr, &e))?;
+        let listed = read_frame(&mut stream, &mut rbuf, &mut scanner, addr).await?;
+        if library_listed(&listed) {
+            info.functions = true;
+            return Ok(Connected { stream, rbuf, info });
+        }
+        stream
+            .write_all(&lib.load)
             .await
             .map_err(|e| UpstreamError::io(addr, &e))?;
         let frame = read_frame(&mut stream, &mut rbuf, &mut scanner, addr).await?;
@@ -302,6 +314,12 @@ async fn connect_inner(
         }
     }
     Ok(Connected { stream, rbuf, info })
+}
+
+/// Whether a FUNCTION LIST LIBRARYNAME reply lists a library: a non-empty array (RESP2 and
+/// RESP3 alike). An error (Redis 6, an ACL without FUNCTION) or an empty array is not.
+fn library_listed(frame: &[u8]) -> bool {
+    frame.first() == Some(&b'*') && !frame.starts_with(b"*0\r\n") && !frame.starts_with(b"*-1")
 }
 
 /// A TCP connection (with TLS for `rediss://`), before any command.

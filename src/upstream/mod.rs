@@ -448,7 +448,7 @@ impl Upstream {
     pub fn note_connect(&self, ok: bool, info: Option<&connect::ServerInfo>) {
         self.reachable.store(ok, Ordering::Relaxed);
         if let Some(i) = info
-            && self.cfg.function_load.is_some()
+            && self.cfg.function_library.is_some()
         {
             self.functions.store(i.functions, Ordering::Relaxed);
         }

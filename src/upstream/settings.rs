@@ -26,8 +26,20 @@ pub struct UpstreamConfig {
     pub tls: Option<ClientTls>,
     /// How the Redis deployment is found.
     pub mode: Mode,
-    /// `FUNCTION LOAD <library>` sent on every new connection (set by the proxy, not the file).
-    pub function_load: Option<bytes::Bytes>,
+    /// statecar's function library, made sure of on every new connection (set by the proxy,
+    /// not the file).
+    pub function_library: Option<FunctionLibrary>,
+}
+
+/// How a new connection makes sure statecar's function library is in Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionLibrary {
+    /// `FUNCTION LIST LIBRARYNAME <name>`: a read, answered even during `CLIENT PAUSE WRITE`
+    /// (when Redis would hold a FUNCTION LOAD, and with it the new connection, until the
+    /// pause ends).
+    pub check: bytes::Bytes,
+    /// `FUNCTION LOAD <library>`, sent only when the check finds no library of that name.
+    pub load: bytes::Bytes,
 }
 
 /// Where the Redis that statecar fronts lives.
