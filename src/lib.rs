@@ -53,9 +53,14 @@ pub async fn run(cfg: Arc<config::Config>, reload: Option<Reloader>) -> Result<(
     if !cfg.rules.is_empty() {
         let scripts = state::scripts::Scripts::default();
         up_cfg.function_library = Some(upstream::settings::FunctionLibrary {
-            check: command::Command::from_args(["FUNCTION", "LIST", "LIBRARYNAME", &scripts.library_name])
-                .raw()
-                .clone(),
+            check: command::Command::from_args([
+                "FUNCTION",
+                "LIST",
+                "LIBRARYNAME",
+                &scripts.library_name,
+            ])
+            .raw()
+            .clone(),
             load: scripts.function_load,
         });
     }
@@ -71,6 +76,7 @@ pub async fn run(cfg: Arc<config::Config>, reload: Option<Reloader>) -> Result<(
         next_id: AtomicU64::new(1),
         drain: tokio_util::sync::CancellationToken::new(),
         clients: Arc::new(session::registry::Registry::default()),
+        pause: session::pause::Pause::default(),
     });
     if let Some((l, handle)) = metrics {
         tokio::spawn(telemetry::serve_http(l, handle, upstream.reachable.clone()));

@@ -187,7 +187,12 @@ async fn select_auth_and_hello_inside_multi_abort_the_transaction() {
         &["HELLO", "3"],
         &["AUTH", "default", "nopass"],
     ] {
-        for cmd in [&["MULTI"][..], &["SET", "tx:k", "changed"], switch, &["EXEC"]] {
+        for cmd in [
+            &["MULTI"][..],
+            &["SET", "tx:k", "changed"],
+            switch,
+            &["EXEC"],
+        ] {
             c.send_cmd(cmd).await;
         }
         assert_eq!(c.read().await, ok());

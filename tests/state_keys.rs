@@ -2349,7 +2349,12 @@ async fn multi_exec_with_client_and_info_queued_still_decodes_state_replies() {
         args!["CLIENT", "ID"],
         args!["GET", "st:txc"],
     ] {
-        assert_eq!(p.cmd(&cmd).await, queued, "{}", String::from_utf8_lossy(&cmd[0]));
+        assert_eq!(
+            p.cmd(&cmd).await,
+            queued,
+            "{}",
+            String::from_utf8_lossy(&cmd[0])
+        );
     }
     let r = p.cmd(&["EXEC"]).await;
     let Frame::Array(items) = &r else {

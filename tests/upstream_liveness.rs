@@ -161,7 +161,10 @@ async fn new_upstream_connections_open_during_client_pause_write() {
     // A state write: the library is loaded (by the connection that carried it).
     assert_eq!(c.cmd(&["SET", "st:a", "v1"]).await, ok());
     let mut direct = RawConn::connect(redis.port()).await;
-    assert_eq!(direct.cmd(&["CLIENT", "PAUSE", "20000", "WRITE"]).await, ok());
+    assert_eq!(
+        direct.cmd(&["CLIENT", "PAUSE", "20000", "WRITE"]).await,
+        ok()
+    );
 
     let mut sub = RawConn::connect(sc.port()).await;
     sub.send_cmd(&["SUBSCRIBE", "news"]).await;
@@ -172,7 +175,10 @@ async fn new_upstream_connections_open_during_client_pause_write() {
     );
     let mut tx = RawConn::connect(sc.port()).await;
     assert_eq!(tx.cmd(&["MULTI"]).await, ok());
-    assert_eq!(tx.cmd(&["GET", "st:a"]).await, Frame::Simple("QUEUED".into()));
+    assert_eq!(
+        tx.cmd(&["GET", "st:a"]).await,
+        Frame::Simple("QUEUED".into())
+    );
     assert_eq!(tx.cmd(&["EXEC"]).await, Frame::Array(vec![bulk("v1")]));
 
     assert_eq!(direct.cmd(&["CLIENT", "UNPAUSE"]).await, ok());
@@ -183,4 +189,49 @@ async fn new_upstream_connections_open_during_client_pause_write() {
         panic!("STATE.VERSIONS: {versions:?}")
     };
     assert_eq!(v.len(), 2, "{versions:?}");
+}
+
+/// `CLIENT PAUSE ms WRITE` through statecar: Redis holds the writes, and only their clients
+/// wait. Another client's reads (on the same single shared connection) are answered during the
+/// pause, the held write completes at `CLIENT UNPAUSE` (which reaches Redis although a write is
+/// held), and nothing runs twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_held_by_client_pause_holds_only_its_own_client() {
+    let redis = RedisServer::start();
+    let sc = Statecar::start(redis.port(), "[upstream]\nmax_connections = 1\n");
+    let mut admin = RawConn::connect(sc.port()).await;
+    let mut writer = RawConn::connect(sc.port()).await;
+    let mut reader = RawConn::connect(sc.port()).await;
+    assert_eq!(reader.cmd(&["SET", "seen", "before"]).await, ok());
+    // Longer than the harness's read limit: a read stuck behind the held write fails the test.
+    assert_eq!(
+        admin.cmd(&["CLIENT", "PAUSE", "60000", "WRITE"]).await,
+        ok()
+    );
+
+    writer.send_cmd(&["INCR", "paused:ctr"]).await;
+    for _ in 0..20 {
+        assert_eq!(reader.cmd(&["GET", "seen"]).await, bulk("before"));
+        assert_eq!(reader.cmd(&["GET", "paused:ctr"]).await, Frame::NullBulk);
+    }
+    assert!(
+        writer.read_for(Duration::from_millis(200)).await.is_err(),
+        "the write waits for the pause"
+    );
+    let mut direct = RawConn::connect(redis.port()).await;
+    let blocked = direct.cmd(&["INFO", "clients"]).await;
+    let Frame::Bulk(info) = &blocked else {
+        panic!("INFO: {blocked:?}")
+    };
+    assert!(
+        String::from_utf8_lossy(info).contains("blocked_clients:1"),
+        "Redis holds exactly the writer's command: {}",
+        String::from_utf8_lossy(info)
+    );
+
+    assert_eq!(admin.cmd(&["CLIENT", "UNPAUSE"]).await, ok());
+    assert_eq!(writer.read().await, int(1));
+    assert_eq!(reader.cmd(&["GET", "paused:ctr"]).await, bulk("1"));
+    // After the pause writes share the connection again.
+    assert_eq!(writer.cmd(&["INCR", "paused:ctr"]).await, int(2));
 }

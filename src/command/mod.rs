@@ -53,6 +53,11 @@ impl Entry {
     pub fn has(&self, f: Flags) -> bool {
         self.spec.flags.has(f)
     }
+
+    /// Whether Redis holds it during `CLIENT PAUSE ... WRITE` (see [`policy::may_replicate`]).
+    pub fn held_by_write_pause(&self) -> bool {
+        self.has(spec::WRITE) || policy::may_replicate(self.spec.name)
+    }
 }
 
 /// What an unknown command gets: forwarded, so Redis answers it (an error, or a module's reply).

@@ -115,6 +115,15 @@ pub(super) fn kind(name: &str) -> Kind {
     Kind::Plain
 }
 
+/// Commands Redis 7.0 flags `MAY_REPLICATE` (in its command JSON files; COMMAND INFO does not
+/// show the flag). With the write commands, they are what `CLIENT PAUSE ... WRITE` holds.
+pub(super) fn may_replicate(name: &str) -> bool {
+    matches!(
+        name,
+        "eval" | "evalsha" | "fcall" | "pfcount" | "publish" | "spublish"
+    )
+}
+
 /// How the replies of a command sent to several cluster primaries become one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Merge {

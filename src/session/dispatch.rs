@@ -97,6 +97,9 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             return Box::pin(self.run_plan(plan)).await;
         }
         match kind {
+            // Redis would hold it until the pause ends, and every other client's command
+            // queued behind it on a shared connection with it.
+            Kind::Plain if self.ctx.pause.holds(cmd.entry()) => Box::pin(self.blocking(cmd)).await,
             Kind::Plain | Kind::BlockingWithOption => {
                 self.cur.read_only = self.links.retry_gate.is_some() && retry::read_only(&cmd);
                 self.forward(cmd.raw()).await
@@ -238,6 +241,24 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
     /// the client's earlier commands, which may be queued behind that very script; their reply
     /// still takes its place in the client's order.
     async fn out_of_band(&mut self, cmd: Command) -> Flow {
+        let fut = self.on_connection_of_its_own(cmd.raw());
+        let discard = self.client.take_discard();
+        self.flush_batch().await;
+        self.pipeline.push(Item::Joined(super::pipeline::JoinedOut {
+            fut: Box::pin(fut),
+            id: self.cur.metric,
+            started: self.cur.read_at,
+            discard,
+        }));
+        Flow::Continue
+    }
+
+    /// `raw` sent on a fresh connection to the client's node, authenticated as the client runs
+    /// and with no other handshake command; resolves to Redis's reply (or the error).
+    pub(super) fn on_connection_of_its_own(
+        &self,
+        raw: &[u8],
+    ) -> impl std::future::Future<Output = Bytes> + Send + 'static {
         let node = self.links.node(&self.ctx.upstream);
         let up = self.ctx.upstream.clone();
         let mut bytes = bytes::BytesMut::new();
@@ -251,8 +272,8 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             }
             None => crate::upstream::connect::auth_command(up.config(), &mut bytes),
         };
-        bytes.extend_from_slice(cmd.raw());
-        let fut = async move {
+        bytes.extend_from_slice(raw);
+        async move {
             match crate::upstream::connect::one_off(up.config(), &node.ep.addr, &bytes, auths + 1)
                 .await
             {
@@ -262,16 +283,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 },
                 Err(e) => Bytes::from(e.to_resp()),
             }
-        };
-        let discard = self.client.take_discard();
-        self.flush_batch().await;
-        self.pipeline.push(Item::Joined(super::pipeline::JoinedOut {
-            fut: Box::pin(fut),
-            id: self.cur.metric,
-            started: self.cur.read_at,
-            discard,
-        }));
-        Flow::Continue
+        }
     }
 
     /// Queues a reply whose bytes are known, without counting a command (internal use).

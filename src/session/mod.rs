@@ -23,6 +23,7 @@ mod links;
 mod local;
 mod memory;
 mod output;
+pub mod pause;
 pub mod pinned;
 mod pipeline;
 pub mod registry;
@@ -84,6 +85,8 @@ pub struct Ctx {
     pub drain: CancellationToken,
     /// Every connected client (CLIENT LIST, CLIENT KILL, the memory budget).
     pub clients: Arc<registry::Registry>,
+    /// A CLIENT PAUSE sent through statecar, while it lasts.
+    pub pause: pause::Pause,
 }
 
 /// Where a client connection comes from and goes to (for CLIENT LIST).

@@ -156,6 +156,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             b"TRACKING" => self.client_tracking(args).await,
             // Connection-scoped, on the connection that tracks.
             b"CACHING" | b"TRACKINGINFO" => self.send_on_own_connection(cmd.raw()).await,
+            b"PAUSE" | b"UNPAUSE" if self.ded.pinned.is_none() => self.client_pause(cmd).await,
             // Redis-wide (PAUSE, UNPAUSE) or text (HELP): Redis answers.
             _ => {
                 if self.ded.pinned.is_some() {
@@ -167,6 +168,34 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 }
             }
         }
+    }
+
+    /// CLIENT PAUSE / UNPAUSE. After the client's earlier commands (as Redis runs them in
+    /// order), on a connection of its own: a shared one may be stuck behind a write the pause
+    /// holds, and an UNPAUSE queued there would never arrive. Once Redis accepts, statecar
+    /// knows the pause (session::pause) and moves the commands it holds off shared connections.
+    async fn client_pause(&mut self, cmd: Command) -> Flow {
+        if !self.barrier().await {
+            return Flow::Stop;
+        }
+        let fut = self.on_connection_of_its_own(cmd.raw());
+        let Some(r) = self.wait(fut).await else {
+            return Flow::Stop;
+        };
+        if r.as_ref() == reply::OK {
+            let args = cmd.args_bytes();
+            if args[1].eq_ignore_ascii_case(b"UNPAUSE") {
+                self.ctx.pause.end();
+            } else {
+                // Redis accepted it, so the timeout is a non-negative integer of milliseconds.
+                let ms = super::parse_i64(&args[2]).unwrap_or(0).max(0) as u64;
+                let write_only = args
+                    .get(3)
+                    .is_some_and(|a| a.eq_ignore_ascii_case(b"WRITE"));
+                self.ctx.pause.start(ms, write_only);
+            }
+        }
+        self.reply(r).await
     }
 
     /// Sends a command to the client's dedicated connection, leasing one for the rest of the
