@@ -923,6 +923,33 @@ async fn auth_without_a_configured_password_answers_like_redis() {
     assert_eq!(a.cmd(&["PING"]).await, Frame::Simple("PONG".into()));
 }
 
+/// An ACL user deleted (Redis closes statecar's connections opened as that user, and their
+/// reconnects are refused) and created again: a client that authenticates as it again is served
+/// at once, not answered with the refused reconnect's error (redis-py's credential tests do
+/// exactly this between tests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acl_user_created_again_is_served_at_once() {
+    let (redis, sc) = start_pair("");
+    let mut direct = RawConn::connect(redis.port()).await;
+    let setuser = ["ACL", "SETUSER", "agent", "on", ">pw", "~*", "+@all"];
+    assert_eq!(direct.cmd(&setuser).await, ok());
+    let mut first = RawConn::connect(sc.port()).await;
+    assert_eq!(first.cmd(&["AUTH", "agent", "pw"]).await, ok());
+    assert_eq!(first.cmd(&["SET", "who", "agent"]).await, ok());
+    for round in 0..20 {
+        assert_eq!(direct.cmd(&["ACL", "DELUSER", "agent"]).await, int(1));
+        assert_eq!(direct.cmd(&setuser).await, ok());
+        let mut c = RawConn::connect(sc.port()).await;
+        assert_eq!(c.cmd(&["AUTH", "agent", "pw"]).await, ok(), "round {round}");
+        assert_eq!(c.cmd(&["GET", "who"]).await, bulk("agent"), "round {round}");
+        assert_eq!(
+            c.cmd(&["ACL", "WHOAMI"]).await,
+            bulk("agent"),
+            "round {round}"
+        );
+    }
+}
+
 // ------------------------------------------------------------------------------------------
 // 8. binary safety and size
 // ------------------------------------------------------------------------------------------

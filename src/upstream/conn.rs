@@ -204,6 +204,8 @@ async fn run(
         let Some(up) = upstream.upgrade() else { return };
         let cfg = up.config().clone();
         let attempt_at = Instant::now();
+        // Taken before the attempt: credentials accepted while it runs count as a change.
+        let epoch_at_attempt = up.auth_epoch();
         drop(up);
         let connected = tokio::select! {
             c = connect::connect(&cfg, &ep.addr, &key) => c,
@@ -257,6 +259,9 @@ async fn run(
             Err(e) => {
                 up.note_connect(false, None);
                 telemetry::upstream_connect(false);
+                // Refused credentials may be accepted later (the ACL user is created again).
+                let refused_at =
+                    matches!(e, UpstreamError::Handshake { .. }).then_some(epoch_at_attempt);
                 drop(up);
                 tracing::warn!(error = %e, index, node = %ep.name, "cannot connect to upstream");
                 if let Some(b) = held.take() {
@@ -276,7 +281,10 @@ async fn run(
                         b = rx.recv() => match b {
                             None => return,
                             Some(b) => {
-                                if Instant::now() >= attempt_at + BACKOFF_MIN * 4 {
+                                let credentials_changed = refused_at.is_some_and(|at| {
+                                    upstream.upgrade().is_some_and(|u| u.auth_epoch() != at)
+                                });
+                                if credentials_changed || Instant::now() >= attempt_at + BACKOFF_MIN * 4 {
                                     // Keep it: the reconnect below will serve or fail it.
                                     held = Some(b);
                                     break;

@@ -254,6 +254,8 @@ pub struct Upstream {
     functions: AtomicBool,
     /// Cluster: wakes the topology task (a MOVED reply, a node that stopped answering).
     pub(crate) refresh: Notify,
+    /// Counts the client credentials Redis has accepted (see [`Upstream::credentials_accepted`]).
+    auth_epoch: AtomicU64,
 }
 
 impl Upstream {
@@ -295,6 +297,7 @@ impl Upstream {
                 valid_dbs: Mutex::new(HashSet::new()),
                 refresh: Notify::new(),
                 functions: AtomicBool::new(false),
+                auth_epoch: AtomicU64::new(0),
             }
         })
     }
@@ -442,6 +445,18 @@ impl Upstream {
     /// connection opened).
     pub fn functions(&self) -> bool {
         self.functions.load(Ordering::Relaxed)
+    }
+
+    /// Redis has just accepted a client's credentials (an ACL user was created or its
+    /// password changed, perhaps): connections whose handshake Redis refused try again at the
+    /// next command instead of failing it during their backoff.
+    pub fn credentials_accepted(&self) {
+        self.auth_epoch.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// See [`Upstream::credentials_accepted`].
+    pub fn auth_epoch(&self) -> u64 {
+        self.auth_epoch.load(Ordering::Relaxed)
     }
 
     /// Records the outcome of a connection attempt.

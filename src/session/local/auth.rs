@@ -188,6 +188,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         Some(r.map(|frames| {
             let reply = frames.into_iter().next().unwrap_or_default();
             if reply.as_ref() == reply::OK {
+                self.ctx.upstream.credentials_accepted();
                 Verdict::Accepted(Arc::new(Identity { user, password }))
             } else {
                 crate::telemetry::auth_failure();
