@@ -1221,6 +1221,80 @@ async fn client_names_are_per_client() {
     assert_eq!(c.cmd(&["CLIENT", "GETNAME"]).await, Frame::NullBulk);
 }
 
+/// A client's own CLIENT INFO / CLIENT LIST line shows `qbuf` and `omem` as Redis shows them
+/// to a direct client: the command being run counts in the query buffer (26 bytes for
+/// `CLIENT INFO`), and the output fits the fixed reply buffer, which `omem` leaves out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_client_line_shows_qbuf_and_omem_as_redis_does() {
+    let (redis, sc) = start_pair("");
+    let mut direct = RawConn::connect(redis.port()).await;
+    let mut a = RawConn::connect(sc.port()).await;
+    for (conn, who) in [(&mut direct, "direct"), (&mut a, "statecar")] {
+        for sub in ["INFO", "LIST"] {
+            let r = conn.cmd(&["CLIENT", sub]).await;
+            let text = match &r {
+                Frame::Bulk(b) => String::from_utf8_lossy(b).into_owned(),
+                other => panic!("{who} CLIENT {sub}: {other:?}"),
+            };
+            // CLIENT LIST: the caller's own line is the one running CLIENT|LIST.
+            let own = text
+                .lines()
+                .find(|l| l.contains(&format!("cmd=client|{}", sub.to_lowercase())))
+                .unwrap_or_else(|| panic!("{who} CLIENT {sub}: {text}"));
+            assert!(own.contains(" qbuf=26 "), "{who} CLIENT {sub}: {own}");
+            assert!(own.contains(" omem=0 "), "{who} CLIENT {sub}: {own}");
+        }
+    }
+}
+
+/// INFO's `connected_clients` counts statecar's clients, as Redis counts its own (the test
+/// suite's CLIENT KILL tests rely on it), in RESP2 and RESP3 and inside MULTI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_counts_statecars_clients() {
+    let (_redis, sc) = start_pair("");
+    let mut conns = Vec::new();
+    for _ in 0..5 {
+        let mut c = RawConn::connect(sc.port()).await;
+        assert_eq!(c.cmd(&["PING"]).await, Frame::Simple("PONG".into()));
+        conns.push(c);
+    }
+    let field = |f: &Frame| -> String {
+        let text = match f {
+            Frame::Bulk(b) => String::from_utf8_lossy(b).into_owned(),
+            Frame::Verbatim(_, b) => String::from_utf8_lossy(b).into_owned(),
+            other => panic!("INFO: {other:?}"),
+        };
+        text.lines()
+            .find_map(|l| l.strip_prefix("connected_clients:"))
+            .unwrap_or_else(|| panic!("no connected_clients in {text}"))
+            .to_string()
+    };
+    let r = conns[0].cmd(&["INFO", "clients"]).await;
+    assert_eq!(field(&r), "5");
+    let _ = conns[1].cmd(&["HELLO", "3"]).await;
+    let r = conns[1].cmd(&["INFO"]).await;
+    assert_eq!(field(&r), "5", "RESP3");
+    drop(conns.pop());
+    // Redis's count inside a transaction is the transaction's connection's own view; what
+    // matters is that the reply sits in EXEC's array.
+    assert_eq!(conns[0].cmd(&["MULTI"]).await, ok());
+    assert_eq!(
+        conns[0].cmd(&["INFO", "clients"]).await,
+        Frame::Simple("QUEUED".into())
+    );
+    let r = conns[0].cmd(&["EXEC"]).await;
+    assert!(matches!(&r, Frame::Array(v) if v.len() == 1), "{r:?}");
+    let mut n = String::new();
+    for _ in 0..100 {
+        n = field(&conns[0].cmd(&["INFO", "clients"]).await);
+        if n == "4" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(n, "4", "a client that left is no longer counted");
+}
+
 /// Sends the same byte stream to the proxy and to Redis and collects replies up to the final
 /// PING's PONG: CLIENT REPLY must drop exactly the replies Redis drops.
 async fn replies_until_pong(conn: &mut RawConn, script: &[&[&str]]) -> Vec<Frame> {

@@ -65,6 +65,8 @@ pub enum Local {
     Reset,
     /// CLIENT subcommands (some emulated, some pinning, some forwarded).
     Client,
+    /// INFO: Redis's answer, with statecar's own client count.
+    Info,
     /// STATE.* family.
     State,
 }
@@ -78,6 +80,7 @@ pub(super) fn kind(name: &str) -> Kind {
         "select" => return Kind::Local(Local::Select),
         "quit" => return Kind::Local(Local::Quit),
         "reset" => return Kind::Local(Local::Reset),
+        "info" => return Kind::Local(Local::Info),
         "multi" => return Kind::Multi,
         "exec" | "discard" => return Kind::EndTransaction,
         "watch" => return Kind::Watch,

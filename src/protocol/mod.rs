@@ -10,6 +10,7 @@
 
 pub mod encode;
 pub mod frames;
+pub mod info;
 pub mod inline;
 pub mod reply;
 pub mod request;

@@ -20,7 +20,11 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 return Flow::Stop;
             }
         }
-        let kind = cmd.kind();
+        let kind = match cmd.kind() {
+            // A cluster's INFO describes one node: it stays that node's answer.
+            Kind::Local(Local::Info) if self.ctx.upstream.is_cluster() => Kind::Plain,
+            k => k,
+        };
         self.cur.metric = cmd.metric();
         self.cur.read_only = false;
         if !self.client.authed && !cmd.entry().has(crate::command::spec::NO_AUTH) {

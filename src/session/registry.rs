@@ -17,6 +17,9 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
 
+/// The fixed reply buffer of a Redis client (PROTO_REPLY_CHUNK_BYTES), which `omem` leaves out.
+const REPLY_BUFFER: usize = 16 * 1024;
+
 /// Flag letters of CLIENT LIST's `flags=` field that statecar can set.
 pub mod flag {
     /// Subscribed to something.
@@ -188,6 +191,12 @@ impl ClientInfo {
 
     /// One CLIENT LIST line, in Redis 7.0's format, without the newline.
     pub fn line(&self) -> Vec<u8> {
+        self.line_with(None)
+    }
+
+    /// The line, with the query buffer as the client itself sees it while its CLIENT command
+    /// runs (`own_qbuf`: Redis counts the command being run in `qbuf`).
+    pub fn line_with(&self, own_qbuf: Option<usize>) -> Vec<u8> {
         let now = now_ms();
         let flags = self.flags();
         let mut f = String::new();
@@ -212,8 +221,14 @@ impl ClientInfo {
         if f.is_empty() {
             f.push('N');
         }
-        let qbuf = self.held.qbuf.load(Ordering::Relaxed);
-        let omem = self.held.omem.load(Ordering::Relaxed);
+        let qbuf = own_qbuf.unwrap_or_else(|| self.held.qbuf.load(Ordering::Relaxed));
+        // Redis's omem leaves out the client's fixed 16 KiB reply buffer: only what overflows
+        // it counts. statecar's queued output is counted the same way.
+        let omem = self
+            .held
+            .omem
+            .load(Ordering::Relaxed)
+            .saturating_sub(REPLY_BUFFER);
         let name = self.name.lock().ok().and_then(|n| n.clone());
         let cmd = crate::command::name_of(self.activity.last_cmd.load(Ordering::Relaxed));
         let mut out = format!(

@@ -93,12 +93,15 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         match sub.as_slice() {
             b"ID" => self.reply(format!(":{}\r\n", self.client.id)).await,
             b"INFO" => {
-                let mut line = self.me.info.line();
+                let mut line = self.me.info.line_with(Some(self.own_qbuf(&cmd)));
                 line.push(b'\n');
                 let b = verbatim(self.client.proto, &line);
                 self.reply(b).await
             }
-            b"LIST" => self.client_list(&args).await,
+            b"LIST" => {
+                let own = self.own_qbuf(&cmd);
+                self.client_list(&args, own).await
+            }
             b"KILL" => self.client_kill(&args).await,
             b"SETNAME" => {
                 if let Some(e) = name_error(&args[2]) {
@@ -217,11 +220,18 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             .await
     }
 
-    async fn client_list(&mut self, args: &[Bytes]) -> Flow {
+    /// The client's query buffer as Redis would show it while this command runs: what is
+    /// still unread plus the command itself.
+    fn own_qbuf(&self, cmd: &Command) -> usize {
+        self.io.inbuf.len().saturating_add(cmd.raw().len())
+    }
+
+    async fn client_list(&mut self, args: &[Bytes], own_qbuf: usize) -> Flow {
         let all = self.ctx.clients.all();
         let mut out = Vec::new();
+        let me = self.client.id;
         let mut emit = |c: &ClientInfo| {
-            out.extend_from_slice(&c.line());
+            out.extend_from_slice(&c.line_with((c.id == me).then_some(own_qbuf)));
             out.push(b'\n');
         };
         if args.len() == 4 && args[2].eq_ignore_ascii_case(b"TYPE") {

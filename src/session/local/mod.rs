@@ -3,6 +3,7 @@
 
 mod auth;
 mod client;
+mod info;
 mod select;
 
 use bytes::Bytes;
@@ -60,6 +61,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             }
             Local::Reset => self.reset().await,
             Local::Client => self.client_command(cmd).await,
+            Local::Info => self.info(cmd).await,
             Local::State => {
                 let plan = self.ctx.state.load().plan_state(&cmd);
                 if self.ded.pinned.is_some() {

@@ -109,6 +109,11 @@ pub enum Transform {
     Passthrough,
     /// An answer statecar knows itself (STATE.RULE); the upstream command only keeps its place.
     Fixed(Value),
+    /// INFO: Redis's text with `connected_clients` set to statecar's own client count.
+    Info {
+        /// statecar's clients when the command was read.
+        connected_clients: usize,
+    },
 }
 
 /// What a versioned write left in a key, for the delta cache once its version is known.
@@ -267,6 +272,12 @@ impl Apply<'_> {
             match t {
                 Transform::Passthrough => reply,
                 Transform::Fixed(v) => v.encode(self.proto),
+                Transform::Info { connected_clients } => crate::protocol::info::replace_field(
+                    &reply,
+                    "connected_clients",
+                    &connected_clients.to_string(),
+                )
+                .unwrap_or(reply),
                 Transform::Value { key } => self.value(key, reply).await,
                 Transform::Range { key, start, end } => self.range(key, *start, *end, reply).await,
                 Transform::Values { keys } => self.values(keys, reply).await,
