@@ -659,3 +659,73 @@ async fn client_tracking_resp2_redirect_to_a_subscriber() {
         ])
     );
 }
+
+/// The client a tracking redirect points at leaves: Redis tells the tracking client the
+/// redirect broke (the connection that client held is closed, as a direct client's would be),
+/// and a later client that gets a dedicated connection never receives the tracker's
+/// invalidations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_target_that_leaves_breaks_the_redirect() {
+    let (_redis, sc) = start_pair("[upstream]\nmax_leased_connections = 4\n");
+    let mut target = RawConn::connect(sc.port()).await;
+    let mut t = RawConn::connect(sc.port()).await;
+    let mut o = RawConn::connect(sc.port()).await;
+    let Frame::Int(id) = target.cmd(&["CLIENT", "ID"]).await else {
+        panic!("CLIENT ID did not return an integer");
+    };
+    assert_eq!(
+        target.cmd(&["SUBSCRIBE", "__redis__:invalidate"]).await,
+        sub_reply("subscribe", "__redis__:invalidate", 1)
+    );
+    let _ = t.cmd(&["HELLO", "3"]).await;
+    assert_eq!(
+        t.cmd(&["CLIENT", "TRACKING", "ON", "REDIRECT", &id.to_string()])
+            .await,
+        ok()
+    );
+    assert_eq!(t.cmd(&["GET", "rb"]).await, Frame::Null);
+    // TRACKINGINFO names the client the tracker named, not Redis's connection.
+    let redirect_of = |f: Frame| match f {
+        Frame::Map(m) => m
+            .into_iter()
+            .find(|(k, _)| *k == bulk("redirect"))
+            .map(|(_, v)| v),
+        other => panic!("CLIENT TRACKINGINFO: {other:?}"),
+    };
+    assert_eq!(
+        redirect_of(t.cmd(&["CLIENT", "TRACKINGINFO"]).await),
+        Some(int(id))
+    );
+    assert_eq!(target.cmd(&["QUIT"]).await, ok());
+    drop(target);
+    // Later clients take dedicated connections; none of them may be the target's old one.
+    let mut later = Vec::new();
+    for _ in 0..3 {
+        let mut c = RawConn::connect(sc.port()).await;
+        assert_eq!(
+            c.cmd(&["SUBSCRIBE", "__redis__:invalidate"]).await,
+            sub_reply("subscribe", "__redis__:invalidate", 1)
+        );
+        later.push(c);
+    }
+    assert_eq!(o.cmd(&["SET", "rb", "x"]).await, ok());
+    let broken = t.read().await;
+    assert_eq!(
+        broken,
+        Frame::Push(vec![bulk("tracking-redir-broken"), int(id)]),
+        "the tracking client is told"
+    );
+    assert_eq!(
+        redirect_of(t.cmd(&["CLIENT", "TRACKINGINFO"]).await),
+        Some(int(id)),
+        "a broken redirect still names the client"
+    );
+    for c in &mut later {
+        assert!(
+            c.read_for(std::time::Duration::from_millis(200))
+                .await
+                .is_err(),
+            "another client received the tracker's invalidation"
+        );
+    }
+}

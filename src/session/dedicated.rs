@@ -36,7 +36,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                     .info
                     .upstream_id
                     .store(upstream_id, std::sync::atomic::Ordering::Relaxed);
-                self.ded.pinned = Some(Pinned::start(lease, pool, tx, addr));
+                self.ded.pinned = Some(Pinned::start(lease, pool, tx, addr, self.me.info.clone()));
                 self.ded.relay = Some(rx);
                 Ok(())
             }

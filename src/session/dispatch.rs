@@ -229,7 +229,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 Flow::Stop
             }
             Some(Ok(frame)) => {
-                pool.release(lease, Returned::Clean);
+                pool.release(lease, self.me.info.release_as(Returned::Clean));
                 self.reply(frame).await
             }
             Some(Err(e)) => {

@@ -75,6 +75,19 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         }
     }
 
+    /// Redis's `tracking-redir-broken` push names the Redis connection the redirect pointed
+    /// at; the client named a statecar client (the RESP2 form, a message on
+    /// `__redis__:invalidate`, carries no id).
+    fn redir_broken_in_statecar_ids(&self, b: bytes::Bytes) -> bytes::Bytes {
+        const PREFIX: &[u8] = b">2\r\n$21\r\ntracking-redir-broken\r\n:";
+        match self.client.modes.redirect {
+            Some(id) if b.starts_with(PREFIX) => {
+                bytes::Bytes::from(format!(">2\r\n$21\r\ntracking-redir-broken\r\n:{id}\r\n"))
+            }
+            _ => b,
+        }
+    }
+
     /// Applies an event; false when the client is gone.
     pub(super) fn handle(&mut self, ev: Event) -> bool {
         match ev {
@@ -109,6 +122,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             }
             Event::Relay(Some(Relayed::Push(b))) => {
                 self.out.pubsub();
+                let b = self.redir_broken_in_statecar_ids(b);
                 self.out.q.push(&b);
                 true
             }

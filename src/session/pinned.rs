@@ -112,6 +112,8 @@ pub struct Pinned {
     pub sticky: bool,
     /// Redis's id for the connection (what CLIENT TRACKING REDIRECT and CLIENT UNBLOCK need).
     pub upstream_id: Option<i64>,
+    /// The client holding it (whether it must close on release: see `ClientInfo::release_as`).
+    owner: Arc<super::registry::ClientInfo>,
 }
 
 impl Pinned {
@@ -121,6 +123,7 @@ impl Pinned {
         pool: Arc<LeasePool>,
         out: mpsc::Sender<Relayed>,
         addr: String,
+        owner: Arc<super::registry::ClientInfo>,
     ) -> Pinned {
         let Lease { conn, permit } = lease;
         let LeasedConn {
@@ -144,6 +147,7 @@ impl Pinned {
             dirty: false,
             sticky: false,
             upstream_id,
+            owner,
         }
     }
 
@@ -191,6 +195,7 @@ impl Pinned {
             addr,
             dirty,
             upstream_id,
+            owner,
             ..
         } = self;
         let _ = expect.send(Expect::Finish);
@@ -208,11 +213,11 @@ impl Pinned {
         match end {
             Ok(RelayEnd::Finished(rd, rbuf)) => {
                 let stream = rd.unsplit(wr);
-                let how = if dirty {
+                let how = owner.release_as(if dirty {
                     Returned::Dirty
                 } else {
                     Returned::Clean
-                };
+                });
                 pool.release(
                     Lease {
                         conn: LeasedConn {

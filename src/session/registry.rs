@@ -17,6 +17,8 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
 
+use crate::upstream::lease::Returned;
+
 /// The fixed reply buffer of a Redis client (PROTO_REPLY_CHUNK_BYTES), which `omem` leaves out.
 const REPLY_BUFFER: usize = 16 * 1024;
 
@@ -94,6 +96,8 @@ pub struct ClientInfo {
     /// Set once the client is told to go (CLIENT KILL, the memory budget).
     kill: CancellationToken,
     killed_by_budget: AtomicBool,
+    /// Another client's CLIENT TRACKING REDIRECT names the connection this client holds.
+    redirect_target: AtomicBool,
 }
 
 impl ClientInfo {
@@ -101,6 +105,23 @@ impl ClientInfo {
     /// for it costs nothing per turn of its loop).
     pub fn killed(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
         self.kill.clone().cancelled_owned()
+    }
+
+    /// Another client's tracking now redirects to the connection this client holds.
+    pub fn mark_redirect_target(&self) {
+        self.redirect_target.store(true, Ordering::Relaxed);
+    }
+
+    /// How the connection this client holds goes back when it lets go: closed if some
+    /// client's tracking redirects to it, so that Redis tells that client the redirect broke
+    /// (as when a direct client leaves) and the connection's next user never receives its
+    /// invalidations. Clears the mark: the redirect ends with the connection.
+    pub fn release_as(&self, otherwise: Returned) -> Returned {
+        if self.redirect_target.swap(false, Ordering::Relaxed) {
+            Returned::Broken
+        } else {
+            otherwise
+        }
     }
 
     /// Disconnects the client as soon as its task notices.
@@ -302,6 +323,7 @@ impl Registry {
             upstream_id: AtomicI64::new(-1),
             kill: CancellationToken::new(),
             killed_by_budget: AtomicBool::new(false),
+            redirect_target: AtomicBool::new(false),
         });
         self.clients.insert(id, info.clone());
         Registered {

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::super::client::ReplyMode;
-use super::super::pinned::Expect;
+use super::super::pinned::{Expect, NOT_COUNTED};
 use super::super::registry::ClientInfo;
 use super::super::{Flow, Session};
 use super::{name_error, parse_i64};
@@ -158,6 +158,9 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             }
             b"TRACKING" => self.client_tracking(args).await,
             // Connection-scoped, on the connection that tracks.
+            b"TRACKINGINFO" if self.client.modes.redirect.is_some() => {
+                self.client_trackinginfo(cmd.raw()).await
+            }
             b"CACHING" | b"TRACKINGINFO" => self.send_on_own_connection(cmd.raw()).await,
             b"PAUSE" | b"UNPAUSE" if self.ded.pinned.is_none() => self.client_pause(cmd).await,
             // Redis-wide (PAUSE, UNPAUSE) or text (HELP): Redis answers.
@@ -199,6 +202,38 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             }
         }
         self.reply(r).await
+    }
+
+    /// CLIENT TRACKINGINFO of a client whose tracking redirects: Redis's answer, with the
+    /// `redirect` field naming the statecar client the client named (Redis names its
+    /// connection).
+    async fn client_trackinginfo(&mut self, raw: &[u8]) -> Flow {
+        let Some(id) = self.client.modes.redirect else {
+            return self.send_on_own_connection(raw).await;
+        };
+        if self.ded.pinned.is_none() {
+            match self.pin().await {
+                Err(None) => return Flow::Stop,
+                Err(Some(e)) => return self.reply(Bytes::from(e.to_resp())).await,
+                Ok(()) => {}
+            }
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let e = Expect::Replies {
+            frames: 1,
+            swallow: true,
+            then_stream: false,
+            notify: Some(tx),
+            reshape: None,
+            cmd: NOT_COUNTED,
+        };
+        if self.send_pinned(raw, Some(e)).await == Flow::Stop {
+            return Flow::Stop;
+        }
+        match self.wait(rx).await {
+            Some(Ok(r)) => self.reply(with_redirect_id(r, id)).await,
+            _ => Flow::Stop,
+        }
     }
 
     /// Sends a command to the client's dedicated connection, leasing one for the rest of the
@@ -418,6 +453,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 .filter(|&u| u >= 0);
             match (target, upstream) {
                 (Some(t), Some(u)) => {
+                    t.mark_redirect_target();
                     redirect = Some(t.id);
                     args[at + 1] = Bytes::from(u.to_string());
                 }
@@ -435,5 +471,48 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         self.client.modes.tracking = on;
         self.client.modes.redirect = if on { redirect } else { None };
         flow
+    }
+}
+
+/// A CLIENT TRACKINGINFO reply (RESP2 array or RESP3 map) with its `redirect` integer set to
+/// `id`; unchanged if it has none.
+fn with_redirect_id(reply: Bytes, id: u64) -> Bytes {
+    const KEY: &[u8] = b"$8\r\nredirect\r\n:";
+    let Some(at) = reply.windows(KEY.len()).position(|w| w == KEY) else {
+        return reply;
+    };
+    let start = at + KEY.len();
+    let Some(len) = reply[start..].windows(2).position(|w| w == b"\r\n") else {
+        return reply;
+    };
+    let mut out = Vec::with_capacity(reply.len() + 8);
+    out.extend_from_slice(&reply[..start]);
+    out.extend_from_slice(id.to_string().as_bytes());
+    out.extend_from_slice(&reply[start + len..]);
+    Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trackinginfo_redirect_is_rewritten_in_both_protocols() {
+        let resp2 = Bytes::from_static(
+            b"*6\r\n$5\r\nflags\r\n*1\r\n$2\r\non\r\n$8\r\nredirect\r\n:123\r\n$8\r\nprefixes\r\n*0\r\n",
+        );
+        assert_eq!(
+            with_redirect_id(resp2, 7).as_ref(),
+            b"*6\r\n$5\r\nflags\r\n*1\r\n$2\r\non\r\n$8\r\nredirect\r\n:7\r\n$8\r\nprefixes\r\n*0\r\n"
+        );
+        let resp3 = Bytes::from_static(
+            b"%3\r\n$5\r\nflags\r\n~1\r\n$2\r\non\r\n$8\r\nredirect\r\n:-1\r\n$8\r\nprefixes\r\n*0\r\n",
+        );
+        assert_eq!(
+            with_redirect_id(resp3, 12).as_ref(),
+            b"%3\r\n$5\r\nflags\r\n~1\r\n$2\r\non\r\n$8\r\nredirect\r\n:12\r\n$8\r\nprefixes\r\n*0\r\n"
+        );
+        let err = Bytes::from_static(b"-ERR x\r\n");
+        assert_eq!(with_redirect_id(err.clone(), 1), err);
     }
 }
