@@ -729,3 +729,33 @@ async fn a_redirect_target_that_leaves_breaks_the_redirect() {
         );
     }
 }
+
+/// A RESP3 subscriber may run any command, HELLO 2 included; its messages then arrive as RESP2
+/// arrays, which statecar must still tell from replies (Redis allows it, and keeps delivering).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resp3_subscription_keeps_delivering_after_hello_2() {
+    let (_redis, sc) = start_pair("");
+    let mut s = RawConn::connect(sc.port()).await;
+    let mut p = RawConn::connect(sc.port()).await;
+    let _ = s.cmd(&["HELLO", "3"]).await;
+    assert_eq!(
+        s.cmd(&["SUBSCRIBE", "r3"]).await,
+        Frame::Push(vec![bulk("subscribe"), bulk("r3"), int(1)])
+    );
+    let _ = s.cmd(&["HELLO", "2"]).await;
+    assert_eq!(p.cmd(&["PUBLISH", "r3", "hi"]).await, int(1));
+    assert_eq!(
+        s.read().await,
+        Frame::Array(vec![bulk("message"), bulk("r3"), bulk("hi")])
+    );
+    assert_eq!(p.cmd(&["PUBLISH", "r3", "again"]).await, int(1));
+    assert_eq!(
+        s.read().await,
+        Frame::Array(vec![bulk("message"), bulk("r3"), bulk("again")])
+    );
+    assert_eq!(
+        s.cmd(&["UNSUBSCRIBE", "r3"]).await,
+        Frame::Array(vec![bulk("unsubscribe"), bulk("r3"), int(0)])
+    );
+    assert_eq!(s.cmd(&["PING"]).await, Frame::Simple("PONG".into()));
+}

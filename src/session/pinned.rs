@@ -247,12 +247,15 @@ fn is_resp2_message(frame: &[u8]) -> bool {
         || frame.starts_with(b"*3\r\n$8\r\nsmessage\r\n")
 }
 
-/// For a RESP2 (un)subscribe confirmation, returns (is_shard, remaining count).
+/// For an (un)subscribe confirmation (a RESP2 array or a RESP3 push), returns (is_shard,
+/// remaining count). Both count: a RESP3 subscriber that switches to RESP2 (HELLO 2) gets its
+/// messages as RESP2 arrays, which must still be told from replies.
 fn subscription_count(frame: &Bytes) -> Option<(bool, i64)> {
-    if !frame.starts_with(b"*3\r\n$") {
+    if !frame.starts_with(b"*3\r\n$") && !frame.starts_with(b">3\r\n$") {
         return None;
     }
-    let BytesFrame::Array { data, .. } = decode_reply(frame)? else {
+    let (BytesFrame::Array { data, .. } | BytesFrame::Push { data, .. }) = decode_reply(frame)?
+    else {
         return None;
     };
     let kind = data.first()?.as_bytes()?;
@@ -299,6 +302,13 @@ async fn relay(
                 }
             },
         };
+        if let Some((shard, n)) = subscription_count(&frame) {
+            if shard {
+                subscribed.1 = n;
+            } else {
+                subscribed.0 = n;
+            }
+        }
         let push = frame.first() == Some(&b'>');
         let message = subscribed != (0, 0) && is_resp2_message(&frame);
         if streaming || push || message {
@@ -320,13 +330,6 @@ async fn relay(
                     return RelayEnd::Failed;
                 }
                 Ok(e) => head = Some(e),
-            }
-        }
-        if let Some((shard, n)) = subscription_count(&frame) {
-            if shard {
-                subscribed.1 = n;
-            } else {
-                subscribed.0 = n;
             }
         }
         let Some(Expect::Replies {
