@@ -759,3 +759,64 @@ async fn a_resp3_subscription_keeps_delivering_after_hello_2() {
     );
     assert_eq!(s.cmd(&["PING"]).await, Frame::Simple("PONG".into()));
 }
+
+/// REDIRECT to a client that holds no connection of its own: that client takes one, as a
+/// direct client always has one. A RESP3 target then receives the invalidation pushes; a RESP2
+/// target receives them as messages once it subscribes to `__redis__:invalidate`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_to_a_client_without_a_connection_reaches_it() {
+    let (_redis, sc) = start_pair("");
+    let mut o = RawConn::connect(sc.port()).await;
+    // RESP3 target.
+    let mut target = RawConn::connect(sc.port()).await;
+    let _ = target.cmd(&["HELLO", "3"]).await;
+    let Frame::Int(id) = target.cmd(&["CLIENT", "ID"]).await else {
+        panic!("CLIENT ID did not return an integer");
+    };
+    let mut t = RawConn::connect(sc.port()).await;
+    assert_eq!(
+        t.cmd(&["CLIENT", "TRACKING", "ON", "REDIRECT", &id.to_string()])
+            .await,
+        ok()
+    );
+    assert_eq!(t.cmd(&["GET", "nr"]).await, Frame::NullBulk);
+    target.send_cmd(&["CLIENT", "REPLY", "OFF"]).await;
+    assert_eq!(o.cmd(&["SET", "nr", "1"]).await, ok());
+    assert_eq!(
+        target.read().await,
+        Frame::Push(vec![bulk("invalidate"), bulks(&["nr"])]),
+        "the RESP3 target receives the push, CLIENT REPLY OFF or not"
+    );
+    // RESP2 target, which subscribes after the redirect was set.
+    let mut target2 = RawConn::connect(sc.port()).await;
+    let Frame::Int(id2) = target2.cmd(&["CLIENT", "ID"]).await else {
+        panic!("CLIENT ID did not return an integer");
+    };
+    let mut t2 = RawConn::connect(sc.port()).await;
+    assert_eq!(
+        t2.cmd(&["CLIENT", "TRACKING", "ON", "REDIRECT", &id2.to_string()])
+            .await,
+        ok()
+    );
+    assert_eq!(t2.cmd(&["GET", "nr2"]).await, Frame::NullBulk);
+    assert_eq!(
+        target2.cmd(&["SUBSCRIBE", "__redis__:invalidate"]).await,
+        sub_reply("subscribe", "__redis__:invalidate", 1)
+    );
+    assert_eq!(o.cmd(&["SET", "nr2", "1"]).await, ok());
+    assert_eq!(
+        target2.read().await,
+        Frame::Array(vec![
+            bulk("message"),
+            bulk("__redis__:invalidate"),
+            bulks(&["nr2"])
+        ])
+    );
+    // A redirect to nobody is still Redis's error.
+    assert_eq!(
+        t2.cmd(&["CLIENT", "TRACKING", "ON", "REDIRECT", "987654"])
+            .await
+            .error_text(),
+        Some("ERR The client ID you want redirect to does not exist")
+    );
+}

@@ -43,6 +43,27 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         }
     }
 
+    /// Another client's tracking wants to redirect here and this client has no connection of
+    /// its own: it takes one and keeps it for the rest of its life, as a direct client's
+    /// connection is, so Redis can send it the invalidations (as pushes in RESP3, as messages
+    /// once it subscribes to `__redis__:invalidate` in RESP2).
+    pub(super) async fn pin_for_redirect(&mut self) {
+        if self.ded.pinned.is_some() || self.client.closing {
+            return;
+        }
+        match self.pin().await {
+            Ok(()) => {
+                if let Some(p) = self.ded.pinned.as_mut() {
+                    p.sticky = true;
+                }
+            }
+            Err(None) => self.client.closing = true,
+            Err(Some(e)) => {
+                tracing::warn!(client = self.client.id, error = %e, "no connection for a tracking redirect to this client");
+            }
+        }
+    }
+
     /// Gives the dedicated connection back once the client no longer needs it.
     pub(super) async fn maybe_unpin(&mut self) -> Flow {
         let done = matches!(&self.ded.pinned, Some(p) if !p.sticky) && !self.tx.holds_connection();

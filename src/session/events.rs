@@ -146,6 +146,13 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 self.io.gone = true;
                 false
             }
+            // Taken by the event loop at its next turn (it needs to await); the signals are
+            // armed again, since this one can come back and the others must still come.
+            Event::PinWanted => {
+                self.ded.wanted = true;
+                self.signals = super::signals(&self.me.info, &self.ctx);
+                true
+            }
         }
     }
 

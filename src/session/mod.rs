@@ -145,6 +145,9 @@ struct Dedicated {
     /// Replies and pushes from the dedicated connection's relay (kept after unpinning until
     /// the relay has handed over everything).
     relay: Option<mpsc::Receiver<Relayed>>,
+    /// Another client's tracking redirect asked for a connection of this client's own; taken
+    /// at the next turn of the event loop.
+    wanted: bool,
 }
 
 /// One client.
@@ -184,6 +187,24 @@ enum Event {
     Drain,
     /// CLIENT KILL or the memory budget: disconnect now.
     Killed,
+    /// Another client's CLIENT TRACKING REDIRECT names this client, which has no connection
+    /// of its own for Redis to send the invalidations to: take one.
+    PinWanted,
+}
+
+/// The events that come from outside the client's own traffic, as one future the event loop
+/// polls last; re-armed after a `PinWanted`, which can happen again.
+fn signals(me: &registry::ClientInfo, ctx: &Ctx) -> Pin<Box<dyn Future<Output = Event> + Send>> {
+    let killed = me.killed();
+    let drain = ctx.drain.clone().cancelled_owned();
+    let pin = me.pin_wanted();
+    Box::pin(async move {
+        tokio::select! {
+            _ = killed => Event::Killed,
+            _ = drain => Event::Drain,
+            _ = pin => Event::PinWanted,
+        }
+    })
 }
 
 /// Serves one client until it leaves.
@@ -194,16 +215,7 @@ where
     let id = ctx.next_id.fetch_add(1, Ordering::Relaxed);
     let peer = ends.peer;
     let me = ctx.clients.register(id, ends.peer, ends.local, ends.fd);
-    let signals = {
-        let killed = me.info.killed();
-        let drain = ctx.drain.clone().cancelled_owned();
-        Box::pin(async move {
-            tokio::select! {
-                _ = killed => Event::Killed,
-                _ = drain => Event::Drain,
-            }
-        })
-    };
+    let signals = signals(&me.info, &ctx);
     let (rd, wr) = tokio::io::split(stream);
     let cfg = ctx.cfg.load_full();
     let authed = !ctx.auth.required();
@@ -250,6 +262,9 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         loop {
             if self.io.gone {
                 return;
+            }
+            if std::mem::take(&mut self.ded.wanted) {
+                Box::pin(self.pin_for_redirect()).await;
             }
             if !self.client.closing {
                 self.dispatch_input().await;

@@ -98,6 +98,8 @@ pub struct ClientInfo {
     killed_by_budget: AtomicBool,
     /// Another client's CLIENT TRACKING REDIRECT names the connection this client holds.
     redirect_target: AtomicBool,
+    /// Wakes the client's session to take a connection of its own (see `want_pin`).
+    pin_wanted: Arc<tokio::sync::Notify>,
 }
 
 impl ClientInfo {
@@ -105,6 +107,17 @@ impl ClientInfo {
     /// for it costs nothing per turn of its loop).
     pub fn killed(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
         self.kill.clone().cancelled_owned()
+    }
+
+    /// Asks the client's session to take a connection of its own, for another client's
+    /// tracking to redirect to (the session sets `upstream_id` once it has one).
+    pub fn want_pin(&self) {
+        self.pin_wanted.notify_one();
+    }
+
+    /// Resolves at the next `want_pin`.
+    pub fn pin_wanted(&self) -> tokio::sync::futures::OwnedNotified {
+        self.pin_wanted.clone().notified_owned()
     }
 
     /// Another client's tracking now redirects to the connection this client holds.
@@ -324,6 +337,7 @@ impl Registry {
             kill: CancellationToken::new(),
             killed_by_budget: AtomicBool::new(false),
             redirect_target: AtomicBool::new(false),
+            pin_wanted: Arc::new(tokio::sync::Notify::new()),
         });
         self.clients.insert(id, info.clone());
         Registered {

@@ -447,10 +447,19 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             let target: Option<Arc<ClientInfo>> = parse_i64(v)
                 .and_then(|id| u64::try_from(id).ok())
                 .and_then(|id| self.ctx.clients.get(id));
-            let upstream = target
-                .as_ref()
-                .map(|c| c.upstream_id.load(std::sync::atomic::Ordering::Relaxed))
-                .filter(|&u| u >= 0);
+            if target.as_ref().is_some_and(|t| t.id == self.client.id) && self.ded.pinned.is_none()
+            {
+                // To itself: the connection this command goes on is the one.
+                match self.pin().await {
+                    Err(None) => return Flow::Stop,
+                    Err(Some(e)) => return self.reply(Bytes::from(e.to_resp())).await,
+                    Ok(()) => {}
+                }
+            }
+            let upstream = match &target {
+                Some(t) => upstream_connection_of(t.clone(), self.client.id).await,
+                None => None,
+            };
             match (target, upstream) {
                 (Some(t), Some(u)) => {
                     t.mark_redirect_target();
@@ -472,6 +481,29 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         self.client.modes.redirect = if on { redirect } else { None };
         flow
     }
+}
+
+/// Redis's id for the connection `t` holds, asking `t` to take one of its own if it has none
+/// (its session does so at its next turn; it may be busy, so the wait is bounded). `me`: the
+/// asking client, which cannot wait for itself.
+async fn upstream_connection_of(t: Arc<ClientInfo>, me: u64) -> Option<i64> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let id = t.upstream_id.load(Relaxed);
+    if id >= 0 || t.id == me {
+        return (id >= 0).then_some(id);
+    }
+    t.want_pin();
+    for _ in 0..200 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let id = t.upstream_id.load(Relaxed);
+        if id >= 0 {
+            return Some(id);
+        }
+        if t.is_killed() {
+            break;
+        }
+    }
+    None
 }
 
 /// A CLIENT TRACKINGINFO reply (RESP2 array or RESP3 map) with its `redirect` integer set to
