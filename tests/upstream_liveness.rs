@@ -234,4 +234,20 @@ async fn a_write_held_by_client_pause_holds_only_its_own_client() {
     assert_eq!(reader.cmd(&["GET", "paused:ctr"]).await, bulk("1"));
     // After the pause writes share the connection again.
     assert_eq!(writer.cmd(&["INCR", "paused:ctr"]).await, int(2));
+
+    // A pause queued in a transaction starts at EXEC, and is known the same way.
+    let queued = Frame::Simple("QUEUED".into());
+    assert_eq!(admin.cmd(&["MULTI"]).await, ok());
+    assert_eq!(admin.cmd(&["SET", "seen", "tx"]).await, queued);
+    assert_eq!(
+        admin.cmd(&["CLIENT", "PAUSE", "60000", "WRITE"]).await,
+        queued
+    );
+    assert_eq!(admin.cmd(&["EXEC"]).await, Frame::Array(vec![ok(), ok()]));
+    writer.send_cmd(&["INCR", "paused:ctr"]).await;
+    for _ in 0..20 {
+        assert_eq!(reader.cmd(&["GET", "seen"]).await, bulk("tx"));
+    }
+    assert_eq!(admin.cmd(&["CLIENT", "UNPAUSE"]).await, ok());
+    assert_eq!(writer.read().await, int(3));
 }

@@ -207,7 +207,18 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         match kind {
             Kind::Multi => self.tx.begin(),
             Kind::EndTransaction if self.tx.in_multi => {
+                let pause = self.tx.pause.take();
                 end_tx = Some(self.tx.end());
+                // A CLIENT PAUSE / UNPAUSE queued in the transaction starts at EXEC.
+                if cmd.name().eq_ignore_ascii_case(b"EXEC")
+                    && end_tx.as_ref().is_some_and(|(_, poisoned)| !poisoned)
+                {
+                    match pause {
+                        Some(Some((ms, write_only))) => self.ctx.pause.start(ms, write_only),
+                        Some(None) => self.ctx.pause.end(),
+                        None => {}
+                    }
+                }
                 unpin_after = true;
             }
             Kind::EndTransaction => {}

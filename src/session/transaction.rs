@@ -26,6 +26,9 @@ pub struct Transaction {
     /// Cluster: MULTI was answered but no connection is pinned until a key picks the node;
     /// keyless commands queued meanwhile.
     pub deferred: Option<Vec<Command>>,
+    /// The last CLIENT PAUSE (`Some(Some((ms, write_only)))`) or UNPAUSE (`Some(None)`)
+    /// queued: it takes effect at EXEC, as in Redis (see session::pause).
+    pub pause: Option<Option<(u64, bool)>>,
 }
 
 impl Transaction {
@@ -34,6 +37,7 @@ impl Transaction {
         if !self.in_multi {
             self.queued.clear();
             self.poisoned = false;
+            self.pause = None;
         }
         self.in_multi = true;
     }

@@ -85,6 +85,17 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             // connection. Its slot in EXEC's reply is counted so the state replies around it
             // are decoded at the right positions.
             self.tx.queued.push(None);
+            if sub == b"UNPAUSE" {
+                self.tx.pause = Some(None);
+            } else if sub == b"PAUSE"
+                && let Some(ms) = args.get(2).and_then(|a| parse_i64(a))
+                && ms >= 0
+            {
+                let write_only = args
+                    .get(3)
+                    .is_some_and(|a| a.eq_ignore_ascii_case(b"WRITE"));
+                self.tx.pause = Some(Some((ms as u64, write_only)));
+            }
             let discard = self.client.take_discard();
             return self
                 .send_pinned(cmd.raw(), Some(Expect::replies(1, discard)))
