@@ -305,7 +305,7 @@ def main():
             print(f"  [{status}] {unit}: {name}{suffix} -- {rule['reason']}")
     stale = [r for r in rules if not r["used"]]
     if stale and rules:
-        print("\nexclusions that matched nothing in this run:")
+        print("\nexclusions that matched nothing in this run (expected when their unit or tag did not run):")
         for r in stale:
             print(f"  line {r['line']}: {r['pattern']}")
     if gained:
