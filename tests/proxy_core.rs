@@ -948,6 +948,27 @@ async fn an_acl_user_created_again_is_served_at_once() {
             "round {round}"
         );
     }
+    // Deleted for good: the identity's connections try again only when a command needs them,
+    // not on a timer forever.
+    assert_eq!(direct.cmd(&["ACL", "DELUSER", "agent"]).await, int(1));
+    let connections = |f: Frame| -> u64 {
+        let Frame::Bulk(b) = f else {
+            panic!("INFO: {f:?}")
+        };
+        String::from_utf8_lossy(&b)
+            .lines()
+            .find_map(|l| l.strip_prefix("total_connections_received:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no total_connections_received"))
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let before = connections(direct.cmd(&["INFO", "stats"]).await);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let after = connections(direct.cmd(&["INFO", "stats"]).await);
+    assert_eq!(
+        after, before,
+        "statecar kept reconnecting as a deleted user"
+    );
 }
 
 // ------------------------------------------------------------------------------------------

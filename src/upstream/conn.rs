@@ -268,7 +268,9 @@ async fn run(
                     fail(b.tx, Bytes::new(), 0, &e);
                 }
                 // Fail fast while Redis is away, but try again as soon as someone needs it
-                // and a minimum pause has passed.
+                // and a minimum pause has passed. Refused credentials (an ACL user deleted) are
+                // tried again only when a command needs the connection: retrying them on a
+                // timer kept every connection of a gone identity reconnecting forever.
                 let wake = attempt_at + backoff;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 loop {
@@ -276,7 +278,7 @@ async fn run(
                         fail(b.tx, Bytes::new(), 0, &e);
                     }
                     tokio::select! {
-                        _ = tokio::time::sleep_until(wake) => break,
+                        _ = tokio::time::sleep_until(wake), if refused_at.is_none() => break,
                         _ = ep.retired().cancelled() => break,
                         b = rx.recv() => match b {
                             None => return,
