@@ -225,25 +225,7 @@ impl StateEngine {
             Some(b) => (self.encode_full(rule, value, ts, predicted), delta_of(b)),
             None => (self.encode_full(rule, value, ts, predicted), None),
         };
-        self.count_write(rule, value.len(), stored.len());
-        let mut header = [0u8; HEADER_LEN];
-        header.copy_from_slice(&stored[..HEADER_LEN]);
-        if let Some(c) = cache
-            && predicted > 0
-        {
-            c.put(key, Base::from_value(header, predicted, value));
-        }
-        let (base_header, delta) = match (base, delta) {
-            (Some(b), Some(d)) => (Bytes::copy_from_slice(&b.header), Bytes::from(d)),
-            _ => (Bytes::new(), Bytes::new()),
-        };
-        EncodedWrite {
-            stored: Bytes::from(stored),
-            base_header,
-            delta,
-            predicted,
-            header,
-        }
+        self.finish_write(rule, key, value, stored, predicted, base.as_ref(), delta)
     }
 
     /// No rules: a plain transparent proxy.
@@ -279,7 +261,6 @@ impl StateEngine {
     ) -> EncodedWrite {
         let predicted = base.and_then(|b| b.version.checked_add(1)).unwrap_or(0);
         let stored = self.encode_full(rule, value, created_ms, predicted);
-        self.count_write(rule, value.len(), stored.len());
         let delta = base
             .filter(|b| rule.delta && predicted > 0 && !rule.full_version(b.version))
             .and_then(|b| {
@@ -292,6 +273,24 @@ impl StateEngine {
                     b.version,
                 )
             });
+        self.finish_write(rule, key, value, stored, predicted, base, delta)
+    }
+
+    /// What both kinds of write end with: the write counted, the new value made the key's
+    /// cached base (when its version is predicted), and the delta paired with the header of
+    /// the base it was made from.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_write(
+        &self,
+        rule: &Rule,
+        key: &Bytes,
+        value: &Bytes,
+        stored: Vec<u8>,
+        predicted: u32,
+        base: Option<&Base>,
+        delta: Option<Vec<u8>>,
+    ) -> EncodedWrite {
+        self.count_write(rule, value.len(), stored.len());
         let mut header = [0u8; HEADER_LEN];
         header.copy_from_slice(&stored[..HEADER_LEN]);
         if let (Some(c), true) = (self.bases(rule), predicted > 0) {
