@@ -25,6 +25,18 @@ fn busy_script(ms: u64) -> Vec<String> {
     ]
 }
 
+/// Waits until the script keeps Redis busy: a direct client is told BUSY.
+async fn script_runs(direct: &mut RawConn) {
+    eventually("the script runs", async || {
+        direct
+            .cmd(&["PING"])
+            .await
+            .error_text()
+            .is_some_and(|e| e.starts_with("BUSY"))
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_behind_a_slow_script_wait_instead_of_timing_out() {
     let redis = RedisServer::start_with(&["--lua-time-limit", "100"]);
@@ -40,14 +52,7 @@ async fn commands_behind_a_slow_script_wait_instead_of_timing_out() {
     let started = Instant::now();
     slow.send_cmd(&busy_script(2500)).await;
     // The script is running (a direct client is told BUSY) before the other client asks.
-    eventually("the script runs", async || {
-        direct
-            .cmd(&["PING"])
-            .await
-            .error_text()
-            .is_some_and(|e| e.starts_with("BUSY"))
-    })
-    .await;
+    script_runs(&mut direct).await;
     other.send_cmd(&["GET", "k"]).await;
     assert_eq!(
         within("the GET behind the script", other.read()).await,
@@ -73,14 +78,7 @@ async fn an_idle_client_does_not_queue_behind_another_clients_slow_script() {
     assert_eq!(slow.cmd(&["PING"]).await, Frame::Simple("PONG".into()));
     assert_eq!(other.cmd(&["PING"]).await, Frame::Simple("PONG".into()));
     slow.send_cmd(&busy_script(20_000)).await;
-    eventually("the script runs", async || {
-        direct
-            .cmd(&["PING"])
-            .await
-            .error_text()
-            .is_some_and(|e| e.starts_with("BUSY"))
-    })
-    .await;
+    script_runs(&mut direct).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     // What a direct client gets while the script runs, not a wait behind it.
     let r = within("the GET while the script runs", other.cmd(&["GET", "k"])).await;

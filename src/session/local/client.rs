@@ -88,13 +88,9 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             if sub == b"UNPAUSE" {
                 self.tx.pause = Some(None);
             } else if sub == b"PAUSE"
-                && let Some(ms) = args.get(2).and_then(|a| parse_i64(a))
-                && ms >= 0
+                && let Some(p) = pause_args(&args)
             {
-                let write_only = args
-                    .get(3)
-                    .is_some_and(|a| a.eq_ignore_ascii_case(b"WRITE"));
-                self.tx.pause = Some(Some((ms as u64, write_only)));
+                self.tx.pause = Some(Some(p));
             }
             let discard = self.client.take_discard();
             return self
@@ -169,7 +165,10 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             }
             b"TRACKING" => self.client_tracking(args).await,
             // Connection-scoped, on the connection that tracks.
-            b"TRACKINGINFO" if self.client.modes.redirect.is_some() => {
+            // Tracking with a redirect: tracking pinned the connection (sticky) already.
+            b"TRACKINGINFO"
+                if self.client.modes.redirect.is_some() && self.ded.pinned.is_some() =>
+            {
                 self.client_trackinginfo(cmd.raw()).await
             }
             b"CACHING" | b"TRACKINGINFO" => self.send_on_own_connection(cmd.raw()).await,
@@ -203,12 +202,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             let args = cmd.args_bytes();
             if args[1].eq_ignore_ascii_case(b"UNPAUSE") {
                 self.ctx.pause.end();
-            } else {
-                // Redis accepted it, so the timeout is a non-negative integer of milliseconds.
-                let ms = super::parse_i64(&args[2]).unwrap_or(0).max(0) as u64;
-                let write_only = args
-                    .get(3)
-                    .is_some_and(|a| a.eq_ignore_ascii_case(b"WRITE"));
+            } else if let Some((ms, write_only)) = pause_args(&args) {
                 self.ctx.pause.start(ms, write_only);
             }
         }
@@ -219,16 +213,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
     /// `redirect` field naming the statecar client the client named (Redis names its
     /// connection).
     async fn client_trackinginfo(&mut self, raw: &[u8]) -> Flow {
-        let Some(id) = self.client.modes.redirect else {
-            return self.send_on_own_connection(raw).await;
-        };
-        if self.ded.pinned.is_none() {
-            match self.pin().await {
-                Err(None) => return Flow::Stop,
-                Err(Some(e)) => return self.reply(Bytes::from(e.to_resp())).await,
-                Ok(()) => {}
-            }
-        }
+        let id = self.client.modes.redirect.unwrap_or_default();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let e = Expect::Replies {
             frames: 1,
@@ -492,6 +477,19 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         self.client.modes.redirect = if on { redirect } else { None };
         flow
     }
+}
+
+/// `CLIENT PAUSE timeout [WRITE|ALL]`: the timeout in milliseconds and whether only writes are
+/// held; None for a timeout Redis refuses (not a non-negative integer).
+fn pause_args(args: &[Bytes]) -> Option<(u64, bool)> {
+    let ms = args
+        .get(2)
+        .and_then(|a| parse_i64(a))
+        .and_then(|n| u64::try_from(n).ok())?;
+    let write_only = args
+        .get(3)
+        .is_some_and(|a| a.eq_ignore_ascii_case(b"WRITE"));
+    Some((ms, write_only))
 }
 
 /// Redis's id for the connection `t` holds, asking `t` to take one of its own if it has none
