@@ -256,16 +256,26 @@ async fn writers_through_two_statecars_never_tear_a_history() {
     let a = Statecar::start(redis.port(), RULES);
     let b = Statecar::start(redis.port(), RULES);
     let values: Vec<Vec<u8>> = session(11, 40);
+    // The direct client's writes land among the statecars' writes, never after the last of
+    // them, however fast the machine: halfway through, each writer waits for all of them.
+    let direct_done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for (w, port) in [a.port(), b.port(), a.port(), b.port()]
         .into_iter()
         .enumerate()
     {
         let values = values.clone();
+        let direct_done = direct_done.clone();
         tasks.push(tokio::spawn(async move {
             let mut c = RawConn::connect(port).await;
             let mut written = Vec::new();
             for i in 0..60 {
+                let mut waited = 0;
+                while i == 30 && direct_done.load(std::sync::atomic::Ordering::SeqCst) < 5 {
+                    waited += 1;
+                    assert!(waited < 2_000, "the direct client's writes never came");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
                 // Each writer's own variant of the session, so every version is distinct.
                 let mut v = values[(i + w * 7) % values.len()].clone();
                 v.extend_from_slice(format!(" writer {w} write {i}").as_bytes());
@@ -290,9 +300,10 @@ async fn writers_through_two_statecars_never_tear_a_history() {
     // Meanwhile a client that bypasses statecar overwrites the key a few times.
     let mut d = RawConn::connect(redis.port()).await;
     for i in 0..5 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
         d.cmd(&args!["SET", "cp:shared", format!("direct {i}")])
             .await;
+        direct_done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
     let mut written = BTreeSet::new();
     for t in tasks {

@@ -82,7 +82,7 @@ fn state_rule_options_are_validated_with_the_upstream() {
         c.rules
             .iter()
             .next()
-            .is_some_and(|r| r.dictionary && r.delta)
+            .is_some_and(|r| r.dictionary && r.delta.on)
     );
     let e = build(&format!(
         "[upstream]\nmode = \"cluster\"\nnodes = [\"127.0.0.1:7000\"]\n{rule}"

@@ -101,6 +101,31 @@ pub enum Parsed {
     Nothing,
 }
 
+/// A multibulk command that has partly arrived, waiting for the data of a bulk argument.
+#[derive(Debug)]
+pub struct Pending<'a> {
+    /// The command name.
+    pub name: &'a [u8],
+    /// Its first argument, if it has arrived.
+    pub first: Option<&'a [u8]>,
+    /// The awaited argument's position (0 is the name).
+    pub index: usize,
+    /// How many arguments the command has, the name included.
+    pub argc: u64,
+    /// The awaited argument's length.
+    pub bulk: usize,
+}
+
+/// What [`RequestParser::stream_off`] gave up.
+#[derive(Debug, PartialEq, Eq)]
+pub struct StreamOff {
+    /// Bytes at the front of the buffer (and still to come) that belong to the command up to
+    /// the end of the streamed argument.
+    pub forward: usize,
+    /// Arguments after it.
+    pub tail_args: u64,
+}
+
 /// Where the parser is inside a multibulk command that has not fully arrived yet.
 #[derive(Debug, Default)]
 struct Progress {
@@ -176,10 +201,44 @@ impl RequestParser {
         let Some(&first) = buf.first() else {
             return Ok(None);
         };
-        if first != b'*' {
+        // After `stream_off` the buffer starts inside a multibulk, at its next argument.
+        if first != b'*' && self.progress.remaining == 0 {
             return parse_inline(buf, limits.max_inline_len);
         }
         self.multibulk(buf, limits, unauthenticated)
+    }
+
+    /// The command whose bulk argument is being waited for, as far as it has arrived: its
+    /// arguments so far, how many it has in all, and the awaited argument's length. The session
+    /// uses it to forward a big argument while it arrives (session/cut_through.rs).
+    pub fn pending_command<'a>(&self, buf: &'a [u8]) -> Option<Pending<'a>> {
+        let p = &self.progress;
+        let bulk = p.bulk?;
+        let arg = |i: usize| p.args.get(i).and_then(|r| buf.get(r.clone()));
+        Some(Pending {
+            name: arg(0)?,
+            first: arg(1),
+            index: p.args.len(),
+            argc: (p.args.len() as u64).saturating_add(p.remaining),
+            bulk,
+        })
+    }
+
+    /// Hands the rest of the awaited bulk argument to the caller, who forwards it unparsed:
+    /// the first `forward` bytes of the buffer (everything up to the argument's end and the
+    /// two bytes after it, which Redis skips unread) are no longer the parser's. The next
+    /// `next` then reads the arguments after it, if any, as a command of their own, whose bytes
+    /// start at the front of the buffer. None when no bulk is awaited.
+    pub fn stream_off(&mut self) -> Option<StreamOff> {
+        let p = &mut self.progress;
+        let bulk = p.bulk?;
+        let forward = p.pos.saturating_add(bulk).saturating_add(2);
+        let tail_args = p.remaining.saturating_sub(1);
+        *p = Progress {
+            remaining: tail_args,
+            ..Progress::default()
+        };
+        Some(StreamOff { forward, tail_args })
     }
 
     /// Whether a command has been partly read (its bytes are still in the buffer).
@@ -349,6 +408,59 @@ mod tests {
         assert_eq!(r.arg(1), Some(&b"k"[..]));
         assert_eq!(&r.arg_bytes(0).unwrap()[..], b"GET");
         assert_eq!(&buf[..], b"*1\r\n", "the next command stays");
+    }
+
+    #[test]
+    fn a_streamed_argument_leaves_the_rest_of_its_command_to_parse() {
+        let limits = Limits::default();
+        let mut p = RequestParser::default();
+        let mut buf = BytesMut::from(&b"*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$10\r\nhel"[..]);
+        assert!(p.next(&mut buf, &limits, false).unwrap().is_none());
+        let pending = p.pending_command(&buf).expect("a bulk is awaited");
+        assert_eq!(
+            (pending.name, pending.first),
+            (&b"SET"[..], Some(&b"k"[..]))
+        );
+        assert_eq!((pending.index, pending.argc, pending.bulk), (2, 5, 10));
+        let off = p.stream_off().expect("a bulk is awaited");
+        // "*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$10\r\n" is 25 bytes, then 10 of data and CRLF.
+        assert_eq!(
+            off,
+            StreamOff {
+                forward: 37,
+                tail_args: 2
+            }
+        );
+        assert!(p.stream_off().is_none() && p.pending_command(&buf).is_none());
+        // The caller forwards those 37 bytes; what follows is the tail and the next command.
+        buf.clear();
+        buf.extend_from_slice(b"$2\r\nEX\r\n$2\r\n10\r\n*1\r\n$4\r\nPING\r\n");
+        let Ok(Some(Parsed::Command(tail))) = p.next(&mut buf, &limits, false) else {
+            panic!("no tail");
+        };
+        assert_eq!(&tail.raw()[..], b"$2\r\nEX\r\n$2\r\n10\r\n");
+        assert_eq!(
+            tail.args().collect::<Vec<_>>(),
+            vec![&b"EX"[..], &b"10"[..]]
+        );
+        let Ok(Some(Parsed::Command(ping))) = p.next(&mut buf, &limits, false) else {
+            panic!("no PING");
+        };
+        assert_eq!(ping.name(), b"PING");
+        // A tail is parsed as strictly as a whole command.
+        let mut p = RequestParser::default();
+        let mut buf = BytesMut::from(&b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$4\r\n"[..]);
+        assert!(p.next(&mut buf, &limits, false).unwrap().is_none());
+        assert_eq!(p.stream_off().map(|o| o.tail_args), Some(0));
+        let mut p = RequestParser::default();
+        let mut buf = BytesMut::from(&b"*4\r\n$3\r\nSET\r\n$1\r\nk\r\n$4\r\n"[..]);
+        assert!(p.next(&mut buf, &limits, false).unwrap().is_none());
+        assert!(p.stream_off().is_some());
+        let mut buf = BytesMut::from(&b"x2\r\nEX\r\n"[..]);
+        assert_eq!(
+            p.next(&mut buf, &limits, false).unwrap_err().0,
+            &b"expected '$', got 'x'"[..]
+        );
     }
 
     #[test]

@@ -147,14 +147,22 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
     /// Whether `security.deny_commands` forbids this command: by name, `name|sub`, or ACL
     /// category (`@dangerous`).
     fn denied(&self, cmd: &Command) -> bool {
+        self.denied_name(cmd.name(), cmd.arg(1), cmd.entry())
+    }
+
+    /// [`Self::denied`] for a command known by its name, first argument and row.
+    pub(super) fn denied_name(
+        &self,
+        name: &[u8],
+        sub: Option<&[u8]>,
+        entry: &crate::command::Entry,
+    ) -> bool {
         let cfg = &self.cfg;
         if cfg.deny_commands.is_empty() {
             return false;
         }
         // Compared in place: this runs for every command once a deny-list is configured.
-        let name = cmd.name();
-        let sub = cmd.arg(1);
-        let acl = cmd.entry().spec.acl;
+        let acl = entry.spec.acl;
         cfg.deny_commands.iter().any(|d| {
             if let Some(cat) = d.strip_prefix('@') {
                 return crate::command::spec::Acl::named(cat).is_some_and(|c| acl.has(c));

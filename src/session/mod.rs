@@ -15,6 +15,7 @@
 mod batch;
 mod client;
 mod cluster;
+mod cut_through;
 mod dedicated;
 mod dispatch;
 mod events;
@@ -135,6 +136,9 @@ struct ClientIo<S> {
     gone: bool,
     /// Input and output bytes as last accounted in the memory budget.
     accounted: (usize, usize),
+    /// The command being read is read whole, though its argument is big: it could not be
+    /// streamed (`cut_through`), and is not tried again until the next command.
+    read_whole: bool,
 }
 
 /// The client's own upstream connection, while it has one (MULTI/WATCH, blocking commands,
@@ -228,6 +232,7 @@ where
             eof: false,
             gone: false,
             accounted: (0, 0),
+            read_whole: false,
         },
         client: ClientState::new(id, cfg.upstream.url.db, authed),
         pipeline: Pipeline::default(),
@@ -298,6 +303,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 .next(&mut self.io.inbuf, &self.cfg.limits, unauthenticated)
             {
                 Ok(Some(Parsed::Command(req))) => {
+                    self.io.read_whole = false;
                     let cmd = Command::new(req);
                     if !cmd.entry().is_unknown() {
                         self.me.info.touch(cmd.entry().index);
@@ -308,19 +314,36 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                     self.publish();
                 }
                 Ok(Some(Parsed::Nothing)) => {}
-                Ok(None) => break,
-                Err(e) => {
-                    telemetry::command_rejected("protocol_error");
-                    tracing::debug!(client = self.client.id, error = %e, "malformed input; closing");
-                    self.flush_batch().await;
-                    self.pipeline.push(Item::Ready(e.to_reply()));
-                    self.client.closing = true;
+                Ok(None) => {
+                    // A big argument may go to Redis while it arrives.
+                    let Some(entry) = self.cut_through_candidate() else {
+                        break;
+                    };
+                    match Box::pin(self.cut_through(entry)).await {
+                        Some(flow) => {
+                            if flow == Flow::Stop {
+                                self.client.closing = true;
+                            }
+                            self.publish();
+                        }
+                        None => break,
+                    }
                 }
+                Err(e) => self.protocol_error(e).await,
             }
         }
         if self.io.inbuf.is_empty() && self.io.inbuf.capacity() > 64 * 1024 {
             self.io.inbuf = BytesMut::with_capacity(1024);
         }
+    }
+
+    /// Answers malformed input as Redis does, with the error, and closes the connection.
+    async fn protocol_error(&mut self, e: crate::protocol::ProtocolError) {
+        telemetry::command_rejected("protocol_error");
+        tracing::debug!(client = self.client.id, error = %e, "malformed input; closing");
+        self.flush_batch().await;
+        self.pipeline.push(Item::Ready(e.to_reply()));
+        self.client.closing = true;
     }
 
     /// Takes the configuration SIGHUP installed, if it changed (a pointer comparison per

@@ -131,7 +131,7 @@ impl StateEngine {
     pub fn with_totals(rules: Rules, max_decoded: usize, totals: Arc<Totals>) -> StateEngine {
         let bases = rules
             .iter()
-            .map(|r| (r.versioning && r.delta).then(|| BaseCache::new(r.delta_cache_bytes)))
+            .map(|r| (r.versioning && r.delta.on).then(|| BaseCache::new(r.delta.cache_bytes)))
             .collect();
         let trainers = rules
             .iter()
@@ -262,7 +262,7 @@ impl StateEngine {
         let predicted = base.and_then(|b| b.version.checked_add(1)).unwrap_or(0);
         let stored = self.encode_full(rule, value, created_ms, predicted);
         let delta = base
-            .filter(|b| rule.delta && predicted > 0 && !rule.full_version(b.version))
+            .filter(|b| rule.delta.on && predicted > 0 && !rule.full_version(b.version))
             .and_then(|b| {
                 envelope::encode_delta(
                     &b.value(),

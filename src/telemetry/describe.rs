@@ -66,6 +66,10 @@ pub fn install() -> Result<PrometheusHandle, String> {
         "statecar_upstream_lease_waits_total",
         "Times a client waited for a free dedicated connection."
     );
+    describe_counter!(
+        "statecar_arguments_streamed_total",
+        "Commands whose big argument went to Redis while it arrived, on a dedicated connection."
+    );
     describe_gauge!("statecar_client_connections", "Connected clients.");
     describe_gauge!(
         "statecar_client_memory_bytes",
@@ -141,6 +145,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
         "statecar_upstream_topology_changes_total",
         "statecar_upstream_retries_total",
         "statecar_upstream_lease_waits_total",
+        "statecar_arguments_streamed_total",
         "statecar_versions_written_total",
         "statecar_versions_trimmed_total",
         "statecar_state_reads_total",

@@ -252,6 +252,11 @@ pub fn lease_wait() {
     counter!("statecar_upstream_lease_waits_total").increment(1);
 }
 
+/// A big argument went to Redis while it arrived, on a dedicated connection.
+pub fn argument_streamed() {
+    counter!("statecar_arguments_streamed_total").increment(1);
+}
+
 /// Client connections went up or down.
 pub fn client_connections(delta: i64) {
     gauge!("statecar_client_connections").increment(delta as f64);

@@ -70,6 +70,11 @@ impl Lease {
             .write_all(raw)
             .await
             .map_err(|e| UpstreamError::io(addr, &e))?;
+        self.reply(addr).await
+    }
+
+    /// Reads the reply to the one command written on the connection.
+    pub async fn reply(&mut self, addr: &str) -> Result<bytes::Bytes, UpstreamError> {
         let mut scanner = ReplyScanner::default();
         read_frame(
             &mut self.conn.stream,
@@ -136,6 +141,25 @@ impl LeasePool {
                 }
             }
         };
+        self.open(key, permit).await
+    }
+
+    /// Leases a connection for `key` if a slot is free now; None otherwise (for work that can
+    /// go another way, as a big argument can be sent whole on the shared connection).
+    pub async fn try_acquire(self: &Arc<Self>, key: PoolKey) -> Option<Lease> {
+        if self.ep.retired().is_cancelled() {
+            return None;
+        }
+        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        self.open(key, permit).await.ok()
+    }
+
+    /// An idle connection for `key`, or a new one, in the slot `permit` holds.
+    async fn open(
+        self: &Arc<Self>,
+        key: PoolKey,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Lease, UpstreamError> {
         loop {
             let candidate = self
                 .idle

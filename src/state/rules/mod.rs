@@ -117,14 +117,21 @@ pub struct Rule {
     pub index: usize,
     /// zstd level.
     pub level: i32,
-    /// Older versions are stored as deltas (versioned rules only).
-    pub delta: bool,
-    /// Longest run of deltas a read follows (see [`RuleConfig::delta_chain`]).
-    pub delta_chain: u32,
-    /// Bytes of delta bases the proxy keeps for this rule.
-    pub delta_cache_bytes: usize,
+    /// How older versions are stored.
+    pub delta: Delta,
     /// Train and use a zstd dictionary.
     pub dictionary: bool,
+}
+
+/// A versioned rule's delta history: its settings, kept even when deltas are off.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Delta {
+    /// Older versions are stored as deltas (versioned rules only).
+    pub on: bool,
+    /// Longest run of deltas a read follows (see [`RuleConfig::delta_chain`]).
+    pub chain: u32,
+    /// Bytes of delta bases the proxy keeps for this rule.
+    pub cache_bytes: usize,
 }
 
 impl Rule {
@@ -132,7 +139,7 @@ impl Rule {
     /// `delta_chain`-th version when the history is longer than that, so no read follows more
     /// than `delta_chain - 1` deltas (with a shorter history the window bounds every chain).
     pub fn full_version(&self, n: u32) -> bool {
-        self.max_versions > self.delta_chain && n.is_multiple_of(self.delta_chain)
+        self.max_versions > self.delta.chain && n.is_multiple_of(self.delta.chain)
     }
 
     /// Validates a configuration table; the error is one line naming the field, as
@@ -263,9 +270,11 @@ impl Rule {
             on_corruption,
             index,
             level,
-            delta,
-            delta_chain,
-            delta_cache_bytes: usize::try_from(cache_mb << 20).unwrap_or(usize::MAX),
+            delta: Delta {
+                on: delta,
+                chain: delta_chain,
+                cache_bytes: usize::try_from(cache_mb << 20).unwrap_or(usize::MAX),
+            },
             dictionary,
         })
     }

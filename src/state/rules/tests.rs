@@ -64,9 +64,11 @@ pattern = "agent:*"
             on_corruption: OnCorruption::Error,
             index: 0,
             level: ZSTD_RULE_LEVEL,
-            delta: false,
-            delta_chain: DEFAULT_DELTA_CHAIN,
-            delta_cache_bytes: 64 << 20,
+            delta: Delta {
+                on: false,
+                chain: DEFAULT_DELTA_CHAIN,
+                cache_bytes: 64 << 20,
+            },
             dictionary: false,
         }
     );
@@ -163,25 +165,29 @@ fn delta_and_dictionary_options() {
     // Defaults: zstd versioned rules keep deltas at level 1; other codecs do not.
     let r = zstd("").unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
-        (r.delta, r.level, r.delta_chain, r.dictionary),
+        (r.delta.on, r.level, r.delta.chain, r.dictionary),
         (true, 1, 64, false)
     );
-    assert_eq!(r.delta_cache_bytes, 64 << 20);
+    assert_eq!(r.delta.cache_bytes, 64 << 20);
     let lz4 = Rule::from_config(0, &config("s:*")).unwrap_or_else(|e| panic!("{e}"));
-    assert!(!lz4.delta);
-    assert!(!zstd("versioning = false").map(|r| r.delta).unwrap_or(true));
+    assert!(!lz4.delta.on);
+    assert!(
+        !zstd("versioning = false")
+            .map(|r| r.delta.on)
+            .unwrap_or(true)
+    );
     assert!(
         !zstd("on_corruption = \"previous_version\"")
-            .map(|r| r.delta)
+            .map(|r| r.delta.on)
             .unwrap_or(true)
     );
     let r = zstd("delta = false\ncompression_level = 7\ndelta_chain = 8\ndelta_cache_mb = 2\ndictionary = \"auto\"")
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
-        (r.delta, r.level, r.delta_chain, r.dictionary),
+        (r.delta.on, r.level, r.delta.chain, r.dictionary),
         (false, 7, 8, true)
     );
-    assert_eq!(r.delta_cache_bytes, 2 << 20);
+    assert_eq!(r.delta.cache_bytes, 2 << 20);
     for (extra, want) in [
         (
             "compression_level = 23",
@@ -278,9 +284,11 @@ fn compiled_rules_agree_with_glob_match() {
             on_corruption: OnCorruption::Error,
             index: 0,
             level: ZSTD_RULE_LEVEL,
-            delta: false,
-            delta_chain: DEFAULT_DELTA_CHAIN,
-            delta_cache_bytes: 1 << 20,
+            delta: Delta {
+                on: false,
+                chain: DEFAULT_DELTA_CHAIN,
+                cache_bytes: 1 << 20,
+            },
             dictionary: false,
         };
         let r = Rules::new(vec![rule]);
