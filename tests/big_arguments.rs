@@ -40,6 +40,25 @@ async fn redis_query_buffers(redis: &mut redis::aio::MultiplexedConnection) -> u
         .sum()
 }
 
+/// Sends the start of `SET key big ...` (`argc` arguments) and half of `big`, and waits until
+/// Redis holds that half: it was passed on before the client sent the rest.
+async fn send_half(
+    port: u16,
+    argc: usize,
+    key: &str,
+    big: &[u8],
+    direct: &mut redis::aio::MultiplexedConnection,
+) -> RawConn {
+    let mut c = RawConn::connect(port).await;
+    c.send(&head(argc, &["SET", key], big.len())).await;
+    c.send(&big[..big.len() / 2]).await;
+    eventually("Redis holds half the argument", async || {
+        redis_query_buffers(direct).await >= (big.len() / 2) as u64
+    })
+    .await;
+    c
+}
+
 fn streamed(mport: u16) -> f64 {
     let (_, text) = http_get(mport, "/metrics").expect("metrics");
     metric_sum(&text, "statecar_arguments_streamed_total")
@@ -50,14 +69,8 @@ async fn a_big_argument_reaches_redis_while_it_arrives_and_others_are_served_mea
     let (redis, sc, mport) = with_metrics("");
     let mut direct = client(redis.port()).await;
     let big = value(4 << 20, 1);
-    let mut c = RawConn::connect(sc.port()).await;
-    c.send(&head(5, &["SET", "big"], big.len())).await;
-    c.send(&big[..big.len() / 2]).await;
     // Half of it is in Redis before the client has sent the rest.
-    eventually("Redis holds half the argument", async || {
-        redis_query_buffers(&mut direct).await >= (big.len() / 2) as u64
-    })
-    .await;
+    let mut c = send_half(sc.port(), 5, "big", &big, &mut direct).await;
     // The client is stopped halfway; everyone else goes on.
     let mut other = RawConn::connect(sc.port()).await;
     assert_eq!(other.cmd(&["SET", "small", "1"]).await, ok());
@@ -141,13 +154,7 @@ async fn a_client_that_leaves_halfway_leaves_nothing_behind() {
     let (redis, sc, mport) = with_metrics("[upstream]\nmax_leased_connections = 1\n");
     let mut direct = client(redis.port()).await;
     let big = value(2 << 20, 4);
-    let mut c = RawConn::connect(sc.port()).await;
-    c.send(&head(3, &["SET", "gone"], big.len())).await;
-    c.send(&big[..big.len() / 2]).await;
-    eventually("Redis holds half the argument", async || {
-        redis_query_buffers(&mut direct).await >= (big.len() / 2) as u64
-    })
-    .await;
+    let c = send_half(sc.port(), 3, "gone", &big, &mut direct).await;
     drop(c);
     // Redis never ran it, and the one dedicated connection is free again for the next.
     eventually("Redis dropped the half command", async || {

@@ -139,20 +139,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             return Some(self.reply(Bytes::from(e.to_resp())).await);
         }
         let r = self.wait(lease.call(&tail, &addr)).await;
-        Some(match r {
-            None => {
-                pool.release(lease, Returned::Broken);
-                Flow::Stop
-            }
-            Some(Ok(frame)) => {
-                pool.release(lease, self.me.info.release_as(Returned::Clean));
-                self.reply(frame).await
-            }
-            Some(Err(e)) => {
-                pool.release(lease, Returned::Broken);
-                self.reply(Bytes::from(e.to_resp())).await
-            }
-        })
+        Some(self.end_lease(&pool, lease, r).await)
     }
 
     /// Passes the next `need` bytes of the client's input (what is buffered first) to the

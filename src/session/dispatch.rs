@@ -229,9 +229,20 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             .info
             .upstream_id
             .store(-1, std::sync::atomic::Ordering::Relaxed);
+        // The client left while blocked: the command is still pending in Redis, so the
+        // connection can never be reused (`end_lease`).
+        self.end_lease(&pool, lease, r).await
+    }
+
+    /// Gives a lease back after its one command, and queues the reply: a connection whose
+    /// client left before the reply (None), or that failed, is closed.
+    pub(super) async fn end_lease(
+        &mut self,
+        pool: &std::sync::Arc<crate::upstream::lease::LeasePool>,
+        lease: crate::upstream::lease::Lease,
+        r: Option<Result<Bytes, crate::upstream::UpstreamError>>,
+    ) -> Flow {
         match r {
-            // The client left while blocked: the command is still pending in Redis, so the
-            // connection can never be reused.
             None => {
                 pool.release(lease, Returned::Broken);
                 Flow::Stop
