@@ -1,8 +1,10 @@
 //! Client command parser: RESP multibulk and inline commands, under small and default limits.
 //!
-//! Besides "never panics", two properties: the result does not depend on how the input is split
-//! across reads (the scanner is resumable), and every command respects the limits and
-//! re-parses from its own raw bytes to the same arguments.
+//! Besides "never panics", three properties: the result does not depend on how the input is split
+//! across reads (the scanner is resumable); every command respects the limits and re-parses from
+//! its own raw bytes to the same arguments; and handing an awaited bulk over to the caller
+//! (`stream_off`, as the session does with big arguments) leaves the rest of the command and the
+//! commands after it parsed exactly as without it.
 #![no_main]
 
 use bytes::BytesMut;
@@ -66,6 +68,87 @@ fn parse(input: &[u8], chunk: usize, limits: &Limits) -> (Vec<Vec<Vec<u8>>>, Opt
     (out, None)
 }
 
+/// What `input` parses to, fed in `chunk`-byte pieces, when every awaited bulk argument is
+/// handed over to the caller as soon as its header is read: per command its name, its argument
+/// count, the streamed argument (or None when it was parsed whole) and the arguments after it.
+type Streamed = (Vec<u8>, usize, Option<(usize, Vec<u8>)>, Vec<Vec<u8>>);
+
+fn parse_streaming(input: &[u8], chunk: usize, limits: &Limits) -> (Vec<Streamed>, Option<String>) {
+    /// A command whose bulk went to the caller, while its bytes are skipped.
+    struct Open {
+        name: Vec<u8>,
+        argc: usize,
+        index: usize,
+        bulk: usize,
+        tail_args: usize,
+        skip: usize,
+        taken: Vec<u8>,
+    }
+    let mut parser = RequestParser::default();
+    let mut buf = BytesMut::new();
+    let mut out: Vec<Streamed> = Vec::new();
+    let mut open: Option<Open> = None;
+    for piece in input.chunks(chunk) {
+        buf.extend_from_slice(piece);
+        loop {
+            if let Some(o) = open.as_mut() {
+                let n = o.skip.min(buf.len());
+                o.taken.extend_from_slice(&buf.split_to(n));
+                o.skip -= n;
+                if o.skip > 0 {
+                    break;
+                }
+                if o.tail_args == 0 {
+                    // The command ends with the streamed bulk.
+                    let data = o.taken[o.taken.len() - 2 - o.bulk..o.taken.len() - 2].to_vec();
+                    out.push((o.name.clone(), o.argc, Some((o.index, data)), Vec::new()));
+                    open = None;
+                    continue;
+                }
+            }
+            match parser.next(&mut buf, limits, false) {
+                Ok(Some(Parsed::Command(cmd))) => {
+                    let args: Vec<Vec<u8>> = cmd.args().map(|a| a.to_vec()).collect();
+                    match open.take() {
+                        Some(o) => {
+                            let data =
+                                o.taken[o.taken.len() - 2 - o.bulk..o.taken.len() - 2].to_vec();
+                            assert_eq!(o.index + 1 + args.len(), o.argc, "tail length");
+                            out.push((o.name, o.argc, Some((o.index, data)), args));
+                        }
+                        None => out.push((args[0].clone(), args.len(), None, args)),
+                    }
+                }
+                Ok(Some(Parsed::Nothing)) => assert!(open.is_none(), "a tail parsed as nothing"),
+                Ok(None) => {
+                    if open.is_some() {
+                        break;
+                    }
+                    let Some(p) = parser.pending_command(&buf) else {
+                        break;
+                    };
+                    let (name, index, bulk) = (p.name.to_vec(), p.index, p.bulk);
+                    let argc = usize::try_from(p.argc).expect("argc");
+                    let off = parser.stream_off().expect("a bulk is awaited");
+                    let tail_args = usize::try_from(off.tail_args).expect("tail");
+                    assert_eq!(tail_args, argc - index - 1);
+                    open = Some(Open {
+                        name,
+                        argc,
+                        index,
+                        bulk,
+                        tail_args,
+                        skip: off.forward,
+                        taken: Vec::new(),
+                    });
+                }
+                Err(e) => return (out, Some(e.to_string())),
+            }
+        }
+    }
+    (out, None)
+}
+
 /// Where an inline command's line ends (just past its '\n').
 fn input_line_end(buf: &[u8]) -> Option<usize> {
     buf.iter().position(|&c| c == b'\n').map(|i| i + 1)
@@ -91,4 +174,24 @@ fuzz_target!(|data: &[u8]| {
         whole, pieces,
         "result depends on how the input was split ({chunk}-byte reads)"
     );
+    // The same commands when each awaited bulk is handed over.
+    let (streamed, error) = parse_streaming(input, chunk, &limits);
+    assert_eq!(error, pieces.1, "handing a bulk over changed the error");
+    assert_eq!(
+        streamed.len(),
+        pieces.0.len(),
+        "handing a bulk over changed the commands"
+    );
+    for (got, want) in streamed.iter().zip(&pieces.0) {
+        let (name, argc, big, tail) = got;
+        assert_eq!(name, &want[0], "name");
+        assert_eq!(*argc, want.len(), "argument count");
+        match big {
+            None => assert_eq!(tail, want, "arguments"),
+            Some((index, data)) => {
+                assert_eq!(data, &want[*index], "the streamed argument");
+                assert_eq!(&tail[..], &want[index + 1..], "the arguments after it");
+            }
+        }
+    }
 });
