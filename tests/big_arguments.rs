@@ -224,3 +224,36 @@ async fn with_no_dedicated_connection_free_a_big_argument_is_read_whole() {
     assert_eq!(c.cmd(&["LPUSH", "q", "x"]).await, int(1));
     assert_eq!(blocked.read().await, bulks(&["q", "x"]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_arguments_leave_half_the_dedicated_connections_to_others() {
+    let (redis, sc, mport) = with_metrics("[upstream]\nmax_leased_connections = 4\n");
+    let mut direct = client(redis.port()).await;
+    let mut blocked = Vec::new();
+    for q in ["q1", "q2"] {
+        let mut c = RawConn::connect(sc.port()).await;
+        c.send_cmd(&["BLPOP", q, "0"]).await;
+        blocked.push(c);
+    }
+    eventually(
+        "two BLPOPs hold two of the four dedicated connections",
+        async || {
+            let list: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .query_async(&mut direct)
+                .await
+                .unwrap();
+            list.matches("cmd=blpop").count() == 2
+        },
+    )
+    .await;
+    let big = value(2 << 20, 7);
+    let mut c = RawConn::connect(sc.port()).await;
+    assert_eq!(c.cmd(&[&b"SET"[..], b"half", &big]).await, ok());
+    assert_eq!(streamed(mport), 0.0, "half of them in use: read whole");
+    assert_eq!(c.cmd(&["LPUSH", "q1", "x"]).await, int(1));
+    assert_eq!(blocked[0].read().await, bulks(&["q1", "x"]));
+    assert_eq!(c.cmd(&[&b"SET"[..], b"half", &big]).await, ok());
+    assert_eq!(streamed(mport), 1.0, "three of four free: streamed");
+    assert_eq!(c.cmd(&["STRLEN", "half"]).await, int(big.len() as i64));
+}

@@ -11,7 +11,8 @@
 //! Only the common case is streamed; anything else is read whole and goes the usual way, as
 //! before: a command statecar rewrites or answers (a state key, `STATE.*`), a client with a
 //! connection of its own already (MULTI, SUBSCRIBE, ...), a Redis Cluster, a command `CLIENT
-//! PAUSE WRITE` holds, a denied command, and any time no dedicated connection is free at once.
+//! PAUSE WRITE` holds, a denied command, and any time half or more of the dedicated connections
+//! are in use (transactions, blocking commands and subscribers need them more).
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -90,8 +91,8 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
     }
 
     /// Sends the command being read on a leased connection, its big argument as it arrives, and
-    /// queues Redis's reply. None when no connection was free at once: the command is then read
-    /// whole and goes the usual way.
+    /// queues Redis's reply. None when no connection could be taken (`LeasePool::try_acquire`):
+    /// the command is then read whole and goes the usual way.
     pub(super) async fn cut_through(&mut self, entry: &'static Entry) -> Option<Flow> {
         let pool = self.links.node(&self.ctx.upstream).leases().clone();
         let Some(mut lease) = pool.try_acquire(self.client.key()).await else {

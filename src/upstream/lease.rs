@@ -144,10 +144,14 @@ impl LeasePool {
         self.open(key, permit).await
     }
 
-    /// Leases a connection for `key` if a slot is free now; None otherwise (for work that can
-    /// go another way, as a big argument can be sent whole on the shared connection).
+    /// Leases a connection for `key` if more than half the slots are free now; None otherwise.
+    /// For work that can go another way (a big argument can be sent whole on the shared
+    /// connection): it never takes the last slots that MULTI, blocking commands and
+    /// subscribers need.
     pub async fn try_acquire(self: &Arc<Self>, key: PoolKey) -> Option<Lease> {
-        if self.ep.retired().is_cancelled() {
+        if self.ep.retired().is_cancelled()
+            || self.permits.available_permits() <= self.cfg.max_leased_connections / 2
+        {
             return None;
         }
         let permit = self.permits.clone().try_acquire_owned().ok()?;
