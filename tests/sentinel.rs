@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::cluster::{Sentinel, cli, writer_load};
+use common::cluster::{Sentinel, cli, try_cli, writer_load};
 use common::*;
 
 const RULES: &str = "[[state]]\npattern = \"s:*\"\ncompression = \"lz4\"\nmin_size = 16\nversioning = true\nmax_versions = 5\n";
@@ -74,13 +74,13 @@ async fn follows_a_forced_failover_under_load() {
         "OK"
     );
     eventually("the replica is promoted", async || {
-        cli(replica.port(), &["role"]).starts_with("master")
+        try_cli(replica.port(), &["role"]).is_some_and(|r| r.starts_with("master"))
     })
     .await;
     // statecar follows: a write through it lands on the new primary.
     eventually("statecar writes to the new primary", async || {
         c.cmd(&["SET", "probe", "after"]).await == ok()
-            && cli(replica.port(), &["get", "probe"]).trim() == "after"
+            && try_cli(replica.port(), &["get", "probe"]).is_some_and(|v| v.trim() == "after")
     })
     .await;
     let switched_at = Instant::now();

@@ -26,6 +26,21 @@ pub fn redis_cli(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `redis-cli -p PORT args...`, or None if it failed: for polling a node that may close the
+/// connection meanwhile (Sentinel kills the normal clients of a replica it promotes).
+pub fn try_cli(port: u16, args: &[&str]) -> Option<String> {
+    let out = Command::new("redis-cli")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// `redis-cli -p PORT args...`
 pub fn cli(port: u16, args: &[&str]) -> String {
     let p = port.to_string();
