@@ -59,7 +59,7 @@ BENCH_KEEP=${BENCH_KEEP:-0}
 log() { printf '[proxy_bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-for tool in redis-server redis-benchmark nutcracker python3; do
+for tool in redis-server redis-cli redis-benchmark nutcracker python3; do
     command -v "$tool" >/dev/null || die "$tool not found (apt-get install redis-server redis-tools nutcracker python3)"
 done
 
@@ -95,41 +95,10 @@ REV="$REV, binary built $(date -u -r "$BIN" '+%Y-%m-%d %H:%M UTC') sha256:$(sha2
 # ---------------------------------------------------------------------------------------------
 # processes and cleanup
 RUN=$(mktemp -d "${TMPDIR:-/tmp}/statecar-bench.XXXXXX")
-PIDS=()
-
-alive() { [[ -e /proc/$1 ]] && ! grep -q '^[0-9]* (.*) Z' "/proc/$1/stat" 2>/dev/null; }
-
-stop_pid() { # stop one process group we started: TERM, wait up to 5 s, then KILL
-    local pid=$1 i
-    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 50); do alive "$pid" || break; sleep 0.1; done
-    if alive "$pid"; then
-        log "pid $pid did not stop on SIGTERM; SIGKILL"
-        kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-    local keep=() p # forget it, so a recycled pid is never signalled later
-    for p in "${PIDS[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
-    PIDS=("${keep[@]}")
-}
-
-# shellcheck disable=SC2317 # called from the EXIT trap
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    local i
-    local todo=("${PIDS[@]}")
-    for ((i = ${#todo[@]} - 1; i >= 0; i--)); do stop_pid "${todo[i]}"; done # newest first: the driver before the servers
-    if [[ $BENCH_KEEP == 1 || $rc -ne 0 ]]; then
-        log "run directory kept: $RUN"
-    else
-        rm -rf "$RUN"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+# alive, stop_pid, start (sets PID_<name>), wait_port and the EXIT trap that stops everything
+# started, newest first (the driver before the servers).
+# shellcheck source=benches/support/processes.sh
+source "$ROOT/benches/support/processes.sh"
 
 # Enough descriptors for 2000 idle clients (plus upstream sockets) in the proxies we start.
 NOFILE_WANT=$((IDLE_CLIENTS + 1024))
@@ -137,25 +106,10 @@ if [[ $(ulimit -n) != unlimited && $(ulimit -n) -lt $NOFILE_WANT ]]; then
     ulimit -n "$NOFILE_WANT" 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
 fi
 
-# Every background process runs under setsid: its own process group, so cleanup stops its children
-# too (redis-benchmark under the Python driver), and no job-control noise.
-start() { # start NAME CMD...: runs in the background, logs to $RUN/NAME.log; its pid is in LAST_PID
-    local name=$1; shift
-    setsid "$@" >"$RUN/$name.log" 2>&1 &
-    LAST_PID=$!
-    PIDS+=("$LAST_PID")
-}
-
-wait_port() { # wait_port NAME PORT PID
-    python3 "$HELPER" wait "$2" --timeout 15 || { tail -20 "$RUN/$1.log" >&2; die "$1 did not come up on 127.0.0.1:$2"; }
-    alive "$3" || die "$1 exited; see $RUN/$1.log"
-}
-
-read -r P_REDIS P_SC P_TW P_TW_STATS P_SC2 P_TW2 P_TW2_STATS P_METRICS < <(python3 "$HELPER" freeport 8)
+read -r P_REDIS P_SC P_TW P_TW_STATS P_SC2 P_TW2 P_TW2_STATS P_METRICS < <(free_ports 8)
 
 start redis redis-server --bind 127.0.0.1 --port "$P_REDIS" --save "" --appendonly no \
     --protected-mode yes --daemonize no --dir "$RUN" --maxclients 10000
-PID_redis=$LAST_PID
 wait_port redis "$P_REDIS" "$PID_redis"
 
 # statecar's own defaults, except what the BENCH_* knobs set.
@@ -200,11 +154,9 @@ SC_ENV=(env)
 while IFS= read -r v; do SC_ENV+=(-u "$v"); done < <(compgen -e | grep '^STATECAR_' || true)
 
 start statecar "${SC_ENV[@]}" "$BIN" --config "$RUN/statecar.toml"
-PID_statecar=$LAST_PID
 wait_port statecar "$P_SC" "$PID_statecar"
 # Default mbuf (16 KB) and one pipelined server connection: twemproxy's fast configuration.
 start twemproxy nutcracker -c "$RUN/twemproxy.yml" -s "$P_TW_STATS" -a 127.0.0.1 -o "$RUN/twemproxy.nc.log" -p "$RUN/twemproxy.pid"
-PID_twemproxy=$LAST_PID
 wait_port twemproxy "$P_TW" "$PID_twemproxy"
 
 log "redis 127.0.0.1:$P_REDIS, statecar 127.0.0.1:$P_SC (pid $PID_statecar), twemproxy 127.0.0.1:$P_TW (pid $PID_twemproxy)"
@@ -231,15 +183,13 @@ MEM_ARGS=()
 if [[ $IDLE_CLIENTS -gt 0 ]]; then
     stop_pid "$PID_statecar"
     stop_pid "$PID_twemproxy"
-    start statecar-mem "${SC_ENV[@]}" "$BIN" --config "$RUN/statecar.toml" --listen "127.0.0.1:$P_SC2"
-    PID_statecar_mem=$LAST_PID
-    wait_port statecar-mem "$P_SC2" "$PID_statecar_mem"
+    start statecar_mem "${SC_ENV[@]}" "$BIN" --config "$RUN/statecar.toml" --listen "127.0.0.1:$P_SC2"
+    wait_port statecar_mem "$P_SC2" "$PID_statecar_mem"
     python3 "$HELPER" memory --name statecar --pid "$PID_statecar_mem" --port "$P_SC2" \
         --clients "$IDLE_CLIENTS" --out "$RUN/memory-statecar.json" || log "statecar memory measurement failed"
     stop_pid "$PID_statecar_mem"
-    start twemproxy-mem nutcracker -c "$RUN/twemproxy2.yml" -s "$P_TW2_STATS" -a 127.0.0.1 -o "$RUN/twemproxy2.nc.log" -p "$RUN/twemproxy2.pid"
-    PID_twemproxy_mem=$LAST_PID
-    wait_port twemproxy-mem "$P_TW2" "$PID_twemproxy_mem"
+    start twemproxy_mem nutcracker -c "$RUN/twemproxy2.yml" -s "$P_TW2_STATS" -a 127.0.0.1 -o "$RUN/twemproxy2.nc.log" -p "$RUN/twemproxy2.pid"
+    wait_port twemproxy_mem "$P_TW2" "$PID_twemproxy_mem"
     python3 "$HELPER" memory --name twemproxy --pid "$PID_twemproxy_mem" --port "$P_TW2" \
         --clients "$IDLE_CLIENTS" --out "$RUN/memory-twemproxy.json" || log "twemproxy memory measurement failed"
     stop_pid "$PID_twemproxy_mem"

@@ -1,4 +1,4 @@
-# Process handling shared by benches/state_bench.sh and benches/checkpoint_bench.sh: every
+# Process handling shared by benches/state_bench.sh, checkpoint_bench.sh and proxy_bench.sh: every
 # server a benchmark starts runs in its own process group, logs to $RUN/NAME.log, and is stopped
 # on exit (also on Ctrl-C or SIGTERM), newest first; the run directory is removed unless
 # BENCH_KEEP=1 or the run failed. Sourced after RUN, BENCH_KEEP, log and die are defined;
