@@ -73,7 +73,8 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         {
             return None;
         }
-        if entry.state && !self.ctx.state.load().is_empty() {
+        let state = self.ctx.state.load();
+        if entry.state && !state.is_empty() {
             // The state engine reads such a command whole when a key of it is a state key: only
             // a command with one key, first, which has arrived and is not one, may stream.
             let one_key_first = matches!(
@@ -82,8 +83,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                     && matches!(k.find, Find::Range { lastkey: 0, .. })
             );
             let key = p.first.filter(|_| one_key_first && p.index >= 2)?;
-            if crate::state::keys::is_reserved(key) || self.ctx.state.load().rule_for(key).is_some()
-            {
+            if crate::state::keys::is_reserved(key) || state.rule_for(key).is_some() {
                 return None;
             }
         }

@@ -70,11 +70,6 @@ impl Lease {
             .write_all(raw)
             .await
             .map_err(|e| UpstreamError::io(addr, &e))?;
-        self.reply(addr).await
-    }
-
-    /// Reads the reply to the one command written on the connection.
-    pub async fn reply(&mut self, addr: &str) -> Result<bytes::Bytes, UpstreamError> {
         let mut scanner = ReplyScanner::default();
         read_frame(
             &mut self.conn.stream,

@@ -221,6 +221,13 @@ def excluded(rules, unit, name):
     return None
 
 
+def test_label(key):
+    """`unit: name`, with `(#n)` for the n-th test of that name in its unit."""
+    unit, name, occ = key
+    suffix = f" (#{occ})" if occ > 1 else ""
+    return f"{unit}: {name}{suffix}"
+
+
 def first_line(text, limit=300):
     for line in text.splitlines():
         if line.strip():
@@ -292,17 +299,13 @@ def main():
     if lost:
         print(f"\npass directly, fail through {label} ({len(lost)}):")
         for (k, status, detail), _ in lost:
-            unit, name, occ = k
-            suffix = f" (#{occ})" if occ > 1 else ""
-            print(f"  [{status}] {unit}: {name}{suffix}")
+            print(f"  [{status}] {test_label(k)}")
             if detail:
                 print(f"        {first_line(detail)}")
     if lost_excluded:
         print(f"\nexcluded (tests/redis-suite exclusions, reasons in docs/DESIGN.md) ({excl}):")
         for (k, status, detail), rule in lost_excluded:
-            unit, name, occ = k
-            suffix = f" (#{occ})" if occ > 1 else ""
-            print(f"  [{status}] {unit}: {name}{suffix} -- {rule['reason']}")
+            print(f"  [{status}] {test_label(k)} -- {rule['reason']}")
     stale = [r for r in rules if not r["used"]]
     if stale and rules:
         print("\nexclusions that matched nothing in this run (expected when their unit or tag did not run):")

@@ -10,6 +10,16 @@ SUITE_PIDS=()
 log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 2; }
 
+# The script's one argument, a directory, as an absolute path; without exactly one argument,
+# the script's header comment as its usage. Use as DIR=$(dir_arg "$@") || exit 2.
+dir_arg() {
+  if [ $# -ne 1 ]; then
+    sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
+    exit 2
+  fi
+  (cd "$1" && pwd) || die "no directory $1"
+}
+
 need() {
   local c
   for c in "$@"; do

@@ -31,9 +31,7 @@ set -euo pipefail
 # shellcheck source=tests/redis-suite/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
-[ $# -eq 1 ] || usage
-REDIS_PY_SRC=$(cd "$1" && pwd) || die "no directory $1"
+REDIS_PY_SRC=$(dir_arg "$@") || exit 2
 if [ ! -f "$REDIS_PY_SRC/redis/__init__.py" ] || [ ! -f "$REDIS_PY_SRC/tests/conftest.py" ]; then
   die "$REDIS_PY_SRC does not hold redis-py's redis/ and tests/ (see the header of $0)"
 fi

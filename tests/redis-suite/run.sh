@@ -42,9 +42,7 @@ set -euo pipefail
 # shellcheck source=tests/redis-suite/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
-[ $# -eq 1 ] || usage
-REDIS_SRC=$(cd "$1" && pwd) || die "no directory $1"
+REDIS_SRC=$(dir_arg "$@") || exit 2
 if [ ! -x "$REDIS_SRC/runtest" ] || [ ! -f "$REDIS_SRC/tests/test_helper.tcl" ]; then
   die "$REDIS_SRC does not hold Redis's runtest and tests/ (see the header of $0)"
 fi
