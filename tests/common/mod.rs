@@ -14,6 +14,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -88,16 +89,46 @@ pub fn signal(sig: &str, pid: &str) {
 /// A Redis and a statecar with its metrics listener on a free port (the third value).
 pub fn with_metrics(extra: &str) -> (RedisServer, Statecar, u16) {
     let redis = RedisServer::start();
-    let mport = free_port();
-    let sc = Statecar::start(
-        redis.port(),
-        &format!("[metrics]\nlisten = \"127.0.0.1:{mport}\"\n{extra}"),
-    );
-    (redis, sc, mport)
+    let mut last = String::new();
+    // Both ports are tried again if either was taken meanwhile.
+    for _ in 0..10 {
+        let mport = free_port();
+        let port = free_port();
+        let extra = format!("[metrics]\nlisten = \"127.0.0.1:{mport}\"\n{extra}");
+        let text = config_text(port, redis.port(), &extra);
+        match Statecar::spawn(port, &text, &[], &[]) {
+            Ok(sc) => return (redis, sc, mport),
+            Err(e) => last = e,
+        }
+    }
+    panic!("could not start statecar with metrics: {last}");
 }
 
 /// A port nobody listens on right now (never 6379/6380).
+///
+/// It is taken below the kernel's range for outgoing connections: a port from `bind(0)` is in
+/// that range, and any connection opened before the server binds it (another test's client,
+/// statecar's upstream pool) could take it as its own end ("Address already in use"). Calls
+/// in one process walk the range from a start that depends on the process id, so two tests
+/// running side by side are never handed the same port.
 pub fn free_port() -> u16 {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    const FLOOR: usize = 10_240;
+    let low = outgoing_ports_from();
+    if low > FLOOR + 1_000 {
+        let span = low - FLOOR;
+        let start = (std::process::id() as usize).wrapping_mul(7_919) % span;
+        loop {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            if n >= span {
+                break;
+            }
+            let port = u16::try_from(FLOOR + (start + n) % span).expect("port below 65536");
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     loop {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         let p = l.local_addr().unwrap().port();
@@ -105,6 +136,14 @@ pub fn free_port() -> u16 {
             return p;
         }
     }
+}
+
+/// The first port of the kernel's range for outgoing connections (32768 unless changed).
+fn outgoing_ports_from() -> usize {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// Sends PING over a plain blocking socket and returns the first reply line, if any.
