@@ -70,6 +70,29 @@ async fn versions(p: &mut RawConn, key: &str) -> Vec<i64> {
     }
 }
 
+/// STATE.VERSIONS's (version, intact) pairs, after checking that `intact` says exactly which
+/// versions STATE.LOAD can read.
+async fn intact_flags(p: &mut RawConn, key: &str) -> Vec<(i64, bool)> {
+    let entries = match p.cmd(&["STATE.VERSIONS", key]).await {
+        Frame::Array(items) => items,
+        other => panic!("STATE.VERSIONS {key}: {other:?}"),
+    };
+    let mut flags = Vec::new();
+    for e in entries {
+        let v = as_int(&e.get("version").unwrap_or(Frame::Null));
+        let intact = as_int(&e.get("intact").unwrap_or(Frame::Null)) == 1;
+        let r = p.cmd(&["STATE.LOAD", key, "VERSION", &v.to_string()]).await;
+        assert_eq!(
+            intact,
+            !r.is_error(),
+            "{key} version {v}: intact {intact}, STATE.LOAD {}",
+            brief(&r)
+        );
+        flags.push((v, intact));
+    }
+    flags
+}
+
 async fn mem(d: &mut RawConn, key: &str) -> i64 {
     as_int(&d.cmd(&["MEMORY", "USAGE", key, "SAMPLES", "0"]).await)
 }
@@ -363,6 +386,9 @@ async fn delversion_keeps_the_bytes_an_older_delta_needs_and_nothing_longer() {
     );
     assert!(load(&mut p, "short:a", 4).await.as_deref() == Some(&cps[3][..]));
     assert!(load(&mut p, "short:a", 1).await.as_deref() == Some(&cps[0][..]));
+    // 4 reads through the kept bytes of 5: still intact.
+    let flags = intact_flags(&mut p, "short:a").await;
+    assert!(flags.iter().all(|(_, ok)| *ok), "{flags:?}");
     assert_eq!(p.cmd(&["STATE.DELVERSION", "short:a", "5"]).await, int(0));
     let r = p.cmd(&["STATE.ROLLBACK", "short:a", "5"]).await;
     assert!(r.is_error(), "rollback to a deleted version: {r:?}");
@@ -377,6 +403,8 @@ async fn delversion_keeps_the_bytes_an_older_delta_needs_and_nothing_longer() {
         "... and 4 needs 5"
     );
     assert!(load(&mut p, "short:a", 3).await.as_deref() == Some(&cps[2][..]));
+    let flags = intact_flags(&mut p, "short:a").await;
+    assert!(flags.iter().all(|(_, ok)| *ok), "{flags:?}");
     verify_clean(&sc);
     // Deleting 1, 2 and 3: once nothing older reads through them, the kept 4 and 5 go too.
     for v in ["1", "2", "3"] {
@@ -412,6 +440,40 @@ async fn delversion_keeps_the_bytes_an_older_delta_needs_and_nothing_longer() {
     let r = p.cmd(&["STATE.DELVERSION", "short:a", "16"]).await;
     assert!(r.is_error(), "{r:?}");
     verify_clean(&sc);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_a_write_around_statecar_cut_off_are_not_intact() {
+    let (redis, sc) = start_pair(RULES);
+    let mut p = RawConn::connect(sc.port()).await;
+    let mut d = RawConn::connect(redis.port()).await;
+    let cps = session(8, 6);
+    for c in &cps[..4] {
+        assert_eq!(p.cmd(&args!["SET", "short:b", c]).await, ok());
+    }
+    let all = |n: std::ops::RangeInclusive<i64>| n.map(|v| (v, true)).collect::<Vec<_>>();
+    assert_eq!(intact_flags(&mut p, "short:b").await, all(1..=4));
+    // A client writing straight to Redis replaces version 4, which 3 is a delta against (and
+    // 2 and 1 through it). The key itself reads as what that client wrote.
+    assert_eq!(
+        d.cmd(&["SET", "short:b", "written around statecar"]).await,
+        ok()
+    );
+    assert_eq!(
+        intact_flags(&mut p, "short:b").await,
+        vec![(1, false), (2, false), (3, false), (4, true)]
+    );
+    // statecar's next writes replace it (a value without an envelope is not kept as a
+    // version); the versions after it are sound, the ones before it stay cut off until they
+    // leave the window.
+    for c in &cps[4..] {
+        assert_eq!(p.cmd(&args!["SET", "short:b", c]).await, ok());
+    }
+    let mut expected = vec![(1, false), (2, false), (3, false)];
+    expected.extend(all(5..=6));
+    assert_eq!(intact_flags(&mut p, "short:b").await, expected);
+    assert_eq!(load(&mut p, "short:b", 4).await, None);
+    assert!(load(&mut p, "short:b", 5).await.as_deref() == Some(&cps[4][..]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

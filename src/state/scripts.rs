@@ -274,7 +274,7 @@ return {entries, tags, redis.call('PTTL', KEYS[1]), ver}
 "#;
 
 /// STATE.VERSIONS: ARGV = {max_versions}. Returns {{v, header, stored length, tags}...},
-/// current header.
+/// current header, {{v, header} of each version kept only as a base (`d<v>`)}.
 const VERSIONS: &str = r#"
 local cur_h = redis.pcall('GETRANGE', KEYS[1], 0, 47)
 if type(cur_h) ~= 'string' then cur_h = '' end
@@ -283,7 +283,7 @@ local last = tonumber(redis.call('HGET', KEYS[2], 'last') or '0')
 local top = math.max(cur or 0, last)
 local lo = math.max(1, top - tonumber(ARGV[1]) + 1)
 local held = holder(KEYS[1], cur, top)
-local out = {}
+local out, kept = {}, {}
 for v = lo, top do
   local tags = redis.call('HGET', KEYS[2], 't' .. v) or ''
   if v == held then
@@ -292,8 +292,10 @@ for v = lo, top do
     local env = redis.call('HGET', KEYS[2], v)
     if env then out[#out + 1] = {v, string.sub(env, 1, 48), #env, tags} end
   end
+  local base = redis.call('HGET', KEYS[2], 'd' .. v)
+  if base then kept[#kept + 1] = {v, string.sub(base, 1, 48)} end
 end
-return {out, cur_h}
+return {out, cur_h, kept}
 "#;
 
 /// STATE.DELVERSION: ARGV = {version, max_versions}. Refuses the version the key currently

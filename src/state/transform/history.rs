@@ -218,7 +218,7 @@ impl Apply<'_> {
         let Some(BytesFrame::Array { data: list, .. }) = data.first() else {
             return unexpected("STATE.VERSIONS");
         };
-        let mut out = Vec::new();
+        let mut listed = Vec::new();
         for entry in list {
             let BytesFrame::Array { data: e, .. } = entry else {
                 continue;
@@ -231,18 +231,74 @@ impl Apply<'_> {
             ) else {
                 continue;
             };
-            let meta = envelope::inspect(&header).ok().flatten();
+            listed.push((v, envelope::inspect(&header), stored_len, tags));
+        }
+        let mut headers = kept_bases(data.get(2));
+        for (v, header, _, _) in &listed {
+            headers.insert(*v, header.clone());
+        }
+        let readable = readable_versions(&headers);
+        let mut out = Vec::new();
+        for (v, header, stored_len, tags) in listed {
+            let meta = header.ok().flatten();
             let mut fields = meta_fields(meta.as_ref(), stored_len as usize, &tags);
             fields[0] = (Value::text("version"), Value::Int(v));
             fields.push((
                 Value::text("current"),
                 Value::Int((current == Some(v as u32)) as i64),
             ));
-            fields.push((Value::text("intact"), Value::Int(meta.is_some() as i64)));
+            let intact = readable.get(&v).copied().unwrap_or(false);
+            fields.push((Value::text("intact"), Value::Int(intact as i64)));
             out.push(Value::Map(fields));
         }
         Value::Array(out).encode(self.proto)
     }
+}
+
+/// What `envelope::inspect` says of a stored version's first bytes: Ok(Some) an envelope,
+/// Ok(None) a value without one (written around statecar, read as it is), Err damaged.
+type Header = Result<Option<Meta>, envelope::EnvelopeError>;
+
+/// The headers of the versions kept only as bases, from STATE.VERSIONS's third element
+/// (absent in a reply of an older library: then none).
+fn kept_bases(frame: Option<&BytesFrame>) -> BTreeMap<i64, Header> {
+    let mut kept = BTreeMap::new();
+    let Some(BytesFrame::Array { data, .. }) = frame else {
+        return kept;
+    };
+    for entry in data {
+        let BytesFrame::Array { data: e, .. } = entry else {
+            continue;
+        };
+        if let (Some(v), Some(Some(header))) =
+            (e.first().and_then(int_of), e.get(1).and_then(bulk_of))
+        {
+            kept.insert(v, envelope::inspect(&header));
+        }
+    }
+    kept
+}
+
+/// Which versions STATE.LOAD can read, as far as their headers tell: a value without an
+/// envelope, or an envelope whose header verifies and which, if it is a delta, finds its base
+/// there with the checksum it names, itself readable. Deltas point to newer versions only, so
+/// one pass from the newest settles every chain. (A damaged payload shows only when it is
+/// decoded: STATE.LOAD, `statecar verify`.)
+fn readable_versions(headers: &BTreeMap<i64, Header>) -> BTreeMap<i64, bool> {
+    let mut readable = BTreeMap::new();
+    for (&v, header) in headers.iter().rev() {
+        let ok = match header {
+            Err(_) => false,
+            Ok(None) => true,
+            Ok(Some(m)) => m.base.as_ref().is_none_or(|base| {
+                let b = i64::from(base.version);
+                readable.get(&b).copied().unwrap_or(false)
+                    && matches!(headers.get(&b), Some(Ok(Some(bm))) if bm.crc32 == base.crc32)
+            }),
+        };
+        readable.insert(v, ok);
+    }
+    readable
 }
 
 /// The `<v>` fields and the kept bases (`d<v>`) of a history hash's HGETALL.
