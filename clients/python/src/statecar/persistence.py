@@ -75,7 +75,8 @@ class StateMetadata:
     current: bool | None = None
     """Whether the key holds this version now (from ``list_versions``)."""
     intact: bool | None = None
-    """Whether the version's header verifies (from ``list_versions``)."""
+    """Whether ``load_state`` of this version can read it: its header verifies and, for a version
+    stored as a delta, the version it reads through is there (from ``list_versions``)."""
 
     @property
     def compression_ratio(self) -> float:
