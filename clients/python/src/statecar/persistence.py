@@ -75,7 +75,7 @@ class StateMetadata:
     current: bool | None = None
     """Whether the key holds this version now (from ``list_versions``)."""
     intact: bool | None = None
-    """Whether ``load_state`` of this version can read it: its header verifies and, for a version
+    """Whether ``load_with_metadata`` can read this version: its header verifies and, for a version
     stored as a delta, the version it reads through is there (from ``list_versions``)."""
 
     @property
