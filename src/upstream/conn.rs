@@ -385,11 +385,15 @@ impl Serving {
                 b = rx.recv(), if self.wbuf.len() < HIGH_WATER => {
                     let Some(b) = b else { return Ok(()) };
                     self.push(b);
-                    while self.wbuf.len() < HIGH_WATER {
-                        match rx.try_recv() {
-                            Ok(b) => self.push(b),
-                            Err(_) => break,
-                        }
+                    self.drain_queue(rx);
+                    // With other batches outstanding (several clients at once), the sessions
+                    // woken by the same readiness poll run first and their batches join this
+                    // write: Redis then reads 55-85 times per 1,000 commands instead of
+                    // 80-200, and spends a third less CPU on them (docs/BENCHMARKS.md). Alone
+                    // (one client, nothing outstanding) the batch goes at once.
+                    if self.inflight.len() > 1 {
+                        tokio::task::yield_now().await;
+                        self.drain_queue(rx);
                     }
                     // Write at once rather than waiting for another turn of the loop.
                     if !self.wbuf.is_empty() {
@@ -423,6 +427,16 @@ impl Serving {
             }
             if self.inflight.is_empty() {
                 grace_until = None;
+            }
+        }
+    }
+
+    /// Takes every batch already queued, up to the write buffer's high-water mark.
+    fn drain_queue(&mut self, rx: &mut mpsc::UnboundedReceiver<Batch>) {
+        while self.wbuf.len() < HIGH_WATER {
+            match rx.try_recv() {
+                Ok(b) => self.push(b),
+                Err(_) => break,
             }
         }
     }
