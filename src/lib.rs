@@ -15,6 +15,7 @@ pub mod protocol;
 pub mod route;
 pub mod server;
 pub mod session;
+pub mod signal;
 pub mod state;
 pub mod telemetry;
 pub mod tls;
@@ -74,7 +75,7 @@ pub async fn run(cfg: Arc<config::Config>, reload: Option<Reloader>) -> Result<(
         upstream: upstream.clone(),
         cfg: arc_swap::ArcSwap::new(cfg.clone()),
         next_id: AtomicU64::new(1),
-        drain: tokio_util::sync::CancellationToken::new(),
+        drain: crate::signal::Signal::new(),
         clients: Arc::new(session::registry::Registry::default()),
         pause: session::pause::Pause::default(),
     });

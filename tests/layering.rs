@@ -18,6 +18,7 @@ const LAYERS: &[&[&str]] = &[
     &["tls"],
     &["telemetry"],
     &["protocol"],
+    &["signal"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

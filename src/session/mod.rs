@@ -46,12 +46,12 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::auth::Auth;
 use crate::command::Command;
 use crate::config::Config;
 use crate::protocol::{Parsed, RequestParser};
+use crate::signal::Signal;
 use crate::state::StateEngine;
 use crate::telemetry;
 use crate::upstream::Upstream;
@@ -83,7 +83,7 @@ pub struct Ctx {
     /// Source of client ids.
     pub next_id: AtomicU64,
     /// Cancelled on SIGTERM: sessions stop reading and finish what they have.
-    pub drain: CancellationToken,
+    pub drain: Signal,
     /// Every connected client (CLIENT LIST, CLIENT KILL, the memory budget).
     pub clients: Arc<registry::Registry>,
     /// A CLIENT PAUSE sent through statecar, while it lasts.

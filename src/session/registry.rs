@@ -13,9 +13,9 @@ use std::sync::atomic::{
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Instant;
 
+use crate::signal::Signal;
 use bytes::Bytes;
 use dashmap::DashMap;
-use tokio_util::sync::CancellationToken;
 
 use crate::upstream::lease::Returned;
 
@@ -94,7 +94,7 @@ pub struct ClientInfo {
     /// Redis's id for the connection the client holds on its own (pinned or blocked), or -1.
     pub upstream_id: AtomicI64,
     /// Set once the client is told to go (CLIENT KILL, the memory budget).
-    kill: CancellationToken,
+    kill: Signal,
     killed_by_budget: AtomicBool,
     /// Another client's CLIENT TRACKING REDIRECT names the connection this client holds.
     redirect_target: AtomicBool,
@@ -334,7 +334,7 @@ impl Registry {
             },
             held: Held::default(),
             upstream_id: AtomicI64::new(-1),
-            kill: CancellationToken::new(),
+            kill: Signal::new(),
             killed_by_budget: AtomicBool::new(false),
             redirect_target: AtomicBool::new(false),
             pin_wanted: Arc::new(tokio::sync::Notify::new()),

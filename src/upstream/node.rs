@@ -10,9 +10,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
+use crate::signal::Signal;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::conn::SharedConn;
 use super::lease::LeasePool;
@@ -35,13 +35,13 @@ pub struct Endpoint {
     pub addr: Addr,
     /// `host:port`, for errors and logs.
     pub name: String,
-    retired: CancellationToken,
+    retired: Signal,
     why: Mutex<String>,
 }
 
 impl Endpoint {
     /// Cancelled once the node is retired.
-    pub fn retired(&self) -> &CancellationToken {
+    pub fn retired(&self) -> &Signal {
         &self.retired
     }
 
@@ -105,7 +105,7 @@ impl Node {
         let ep = Arc::new(Endpoint {
             name: addr.to_string(),
             addr,
-            retired: CancellationToken::new(),
+            retired: Signal::new(),
             why: Mutex::new(String::new()),
         });
         Arc::new(Node {
