@@ -23,6 +23,7 @@
 #   OLD_VERSIONS=1000   versions saved for the read-the-oldest part
 #   BENCH_WORKERS=1     statecar [server] worker_threads
 #   BENCH_KEEP=0        1 keeps the run directory (config, logs, report) under /tmp
+#   BENCH_STATECAR_BIN= measure this statecar binary instead of target/release/statecar (no build)
 #
 # Requires redis-server, redis-cli, python3 and cargo. redis-server and statecar listen on free
 # 127.0.0.1 ports (never 6379) and are stopped on exit, including on Ctrl-C. The report is also
@@ -64,15 +65,15 @@ done
 # The exact command, with the knobs that were set, for the report.
 CMD="benches/checkpoint_bench.sh"
 for v in BENCH_PARTS ROUNDS BENCH_SECONDS SESSIONS DOCS CONNS BIG_WRITES OLD_VERSIONS \
-    BENCH_WORKERS; do
+    BENCH_WORKERS BENCH_STATECAR_BIN; do
     if printenv "$v" >/dev/null; then CMD="$v=${!v} $CMD"; fi
 done
 [[ ${#ARGS_ORIG[@]} -gt 0 ]] && CMD="$CMD ${ARGS_ORIG[*]}"
 
 # ---------------------------------------------------------------------------------------------
 # build first, so no compiler runs while we measure
-BIN="$ROOT/target/release/statecar"
-if [[ $BUILD -eq 1 ]]; then
+BIN="${BENCH_STATECAR_BIN:-$ROOT/target/release/statecar}"
+if [[ $BUILD -eq 1 && -z "${BENCH_STATECAR_BIN:-}" ]]; then
     log "cargo build --release (no-op when up to date)"
     (cd "$ROOT" && cargo build --release --bin statecar) || die "release build failed"
 fi

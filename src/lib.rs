@@ -9,6 +9,7 @@ pub mod auth;
 pub mod command;
 pub mod config;
 pub mod dev;
+pub mod fair_share;
 pub mod offline;
 pub mod protocol;
 

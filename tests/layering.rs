@@ -18,7 +18,7 @@ const LAYERS: &[&[&str]] = &[
     &["tls"],
     &["telemetry"],
     &["protocol"],
-    &["signal"],
+    &["signal", "fair_share"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

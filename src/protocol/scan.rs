@@ -21,6 +21,9 @@ pub struct ReplyScanner {
     open: Vec<u64>,
     /// The most aggregates open at once so far.
     deepest: usize,
+    /// How long the buffer must grow before the bulk string being waited for is whole (0: not
+    /// waiting for one).
+    needs: usize,
 }
 
 /// A length or count from a reply header: any non-negative i64 (Redis is trusted), or -1.
@@ -49,11 +52,18 @@ impl ReplyScanner {
         self.pos = 0;
         self.open.clear();
         self.deepest = 0;
+        self.needs = 0;
     }
 
     /// How deeply the frame scanned so far nests (0 for a simple value).
     pub fn deepest(&self) -> usize {
         self.deepest
+    }
+
+    /// The buffer length the bulk string being waited for needs (0 when not waiting for one):
+    /// tells how much of a big reply is still to come.
+    pub fn needs(&self) -> usize {
+        self.needs
     }
 
     /// Returns `Some(len)` once a whole frame occupies `buf[..len]`; `None` while more is needed.
@@ -84,8 +94,10 @@ impl ReplyScanner {
                             .and_then(|n| n.checked_add(header_end))
                             .ok_or_else(|| bad("invalid bulk length in reply"))?;
                         if buf.len() < end {
+                            self.needs = end;
                             return Ok(None);
                         }
+                        self.needs = 0;
                         if &buf[end - 2..end] != b"\r\n" {
                             return Err(bad("bulk string not terminated by CRLF in reply"));
                         }
@@ -174,6 +186,25 @@ mod tests {
         }
         v.extend_from_slice(b":1\r\n");
         v
+    }
+
+    #[test]
+    fn needs_says_how_long_a_partial_bulk_makes_the_buffer() {
+        let mut sc = ReplyScanner::default();
+        let mut buf = b"*2\r\n$3\r\nabc\r\n$2000000\r\nxy".to_vec();
+        assert_eq!(sc.needs(), 0);
+        assert_eq!(sc.scan(&buf).unwrap(), None);
+        // "*2\r\n$3\r\nabc\r\n" is 13 bytes, "$2000000\r\n" 10, then 2,000,000 + CRLF.
+        assert_eq!(sc.needs(), 13 + 10 + 2_000_002);
+        buf.resize(13 + 10 + 2_000_000, b'x');
+        buf.extend_from_slice(b"\r\n");
+        assert_eq!(sc.scan(&buf).unwrap(), Some(buf.len()));
+        assert_eq!(sc.needs(), 0);
+        sc.reset();
+        assert_eq!(sc.scan(b"$10\r\nab").unwrap(), None);
+        assert_eq!(sc.needs(), 17);
+        sc.reset();
+        assert_eq!(sc.needs(), 0);
     }
 
     #[test]

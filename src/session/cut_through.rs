@@ -174,6 +174,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             if !self.settle().await {
                 return Pumped::Gone;
             }
+            self.io.share.take_turn().await;
             if self.io.inbuf.capacity() - self.io.inbuf.len() < WINDOW / 4 {
                 self.io.inbuf.reserve(WINDOW);
             }
@@ -184,13 +185,21 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
                 ev = self.next_event(read) => Err(ev),
             };
             match step {
-                Ok(Ok(n)) if n > 0 => chunk.advance(n),
+                Ok(Ok(n)) if n > 0 => {
+                    chunk.advance(n);
+                    self.io.share.moved(n);
+                }
                 Ok(Ok(_)) => {
                     let e = std::io::Error::from(std::io::ErrorKind::WriteZero);
                     *sent = Err(UpstreamError::io(addr, &e));
                 }
                 Ok(Err(e)) => *sent = Err(UpstreamError::io(addr, &e)),
                 Err(ev) => {
+                    // The argument's bytes count in both directions here (the session's own
+                    // reads do not: events.rs says why).
+                    if let super::Event::Read(Ok(n)) = ev {
+                        self.io.share.moved(n);
+                    }
                     // A client that closes its side before the end of the argument never
                     // finishes the command.
                     if !self.handle(ev) || (self.io.eof && need > self.io.inbuf.len()) {

@@ -50,6 +50,7 @@ use tokio::time::Instant;
 use crate::auth::Auth;
 use crate::command::Command;
 use crate::config::Config;
+use crate::fair_share::FairShare;
 use crate::protocol::{Parsed, RequestParser};
 use crate::signal::Signal;
 use crate::state::StateEngine;
@@ -139,6 +140,8 @@ struct ClientIo<S> {
     /// The command being read is read whole, though its argument is big: it could not be
     /// streamed (`cut_through`), and is not tried again until the next command.
     read_whole: bool,
+    /// Bytes read and written since the other clients last had a turn.
+    share: FairShare,
 }
 
 /// The client's own upstream connection, while it has one (MULTI/WATCH, blocking commands,
@@ -233,6 +236,7 @@ where
             gone: false,
             accounted: (0, 0),
             read_whole: false,
+            share: FairShare::default(),
         },
         client: ClientState::new(id, cfg.upstream.url.db, authed),
         pipeline: Pipeline::default(),

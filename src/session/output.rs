@@ -84,13 +84,21 @@ impl OutQueue {
 
     /// Fills `out` with the next buffers to write; returns how many.
     pub fn slices<'a>(&'a self, out: &mut [IoSlice<'a>; MAX_SLICES]) -> usize {
+        // At most a fair share per write: a client reading fast would otherwise take megabytes
+        // in one system call while the other clients wait for the thread.
+        let mut room = crate::fair_share::SHARE;
         let mut n = 0;
         for c in self.chunks.iter().take(MAX_SLICES) {
-            out[n] = IoSlice::new(c);
+            if room == 0 {
+                return n;
+            }
+            let take = c.len().min(room);
+            out[n] = IoSlice::new(&c[..take]);
+            room -= take;
             n += 1;
         }
-        if n < MAX_SLICES && !self.tail.is_empty() {
-            out[n] = IoSlice::new(&self.tail);
+        if n < MAX_SLICES && !self.tail.is_empty() && room > 0 {
+            out[n] = IoSlice::new(&self.tail[..self.tail.len().min(room)]);
             n += 1;
         }
         n

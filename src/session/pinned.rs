@@ -7,7 +7,7 @@
 //! everything in wire order, pushes and replies can never swap places.
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -160,8 +160,7 @@ impl Pinned {
                 addr: self.addr.clone(),
             });
         }
-        self.wr
-            .write_all(raw)
+        crate::fair_share::write_all(&mut self.wr, raw)
             .await
             .map_err(|e| UpstreamError::io(&self.addr, &e))
     }

@@ -5,18 +5,19 @@
 //! contiguous slice of the read buffer: no reply is copied or re-encoded on the way back.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Weak};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::connect;
 use super::node::Endpoint;
 use super::{PoolKey, Upstream, UpstreamError};
+use crate::fair_share::FairShare;
 use crate::protocol::ReplyScanner;
 use crate::telemetry;
 
@@ -81,13 +82,19 @@ impl BatchFailure {
 /// time any ordinary batch waits, far below `timeout_ms`.
 pub const STALLED_AFTER: Duration = Duration::from_millis(100);
 
+/// A connection still to receive, or to write, this many bytes of one reply or batch counts as
+/// busy: clients with nothing in flight on it move to another connection rather than wait
+/// behind the transfer (an 8 MB GET kept another client's small GET behind it for about 6 ms).
+const BIG_TRANSFER: usize = 1024 * 1024;
+
 /// The moment [`Front`] times are counted from.
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
 /// When the oldest unanswered batch on a connection was sent (0: none is), shared between the
 /// connection task, which sets it, and the sessions, which read it before sending.
+/// Also whether the connection is busy with a big transfer ([`BIG_TRANSFER`]).
 #[derive(Default)]
-struct Front(AtomicU64);
+struct Front(AtomicU64, AtomicBool);
 
 impl Front {
     fn set(&self, since: Option<Instant>) {
@@ -97,6 +104,16 @@ impl Front {
                 .saturating_add(1)
         });
         self.0.store(v, Ordering::Relaxed);
+    }
+
+    fn set_busy(&self, busy: bool) {
+        if self.1.load(Ordering::Relaxed) != busy {
+            self.1.store(busy, Ordering::Relaxed);
+        }
+    }
+
+    fn busy(&self) -> bool {
+        self.1.load(Ordering::Relaxed)
     }
 
     fn waited(&self, now: Instant) -> Duration {
@@ -133,9 +150,11 @@ impl SharedConn {
         }
     }
 
-    /// Whether the oldest unanswered batch here has waited longer than [`STALLED_AFTER`].
+    /// Whether the oldest unanswered batch here has waited longer than [`STALLED_AFTER`], or
+    /// the connection is in the middle of a big transfer ([`BIG_TRANSFER`]): a client with
+    /// nothing in flight here does better elsewhere.
     pub fn stalled(&self, now: Instant) -> bool {
-        self.front.waited(now) > STALLED_AFTER
+        self.front.busy() || self.front.waited(now) > STALLED_AFTER
     }
 
     /// How many handles to this connection exist besides the pool's own: about the number of
@@ -349,7 +368,16 @@ impl Serving {
             None;
         // Until when overdue batches may keep waiting (Redis answered a probe).
         let mut grace_until: Option<Instant> = None;
+        // A big reply does not hold the thread for all of it.
+        let mut share = FairShare::default();
         loop {
+            let incoming = self
+                .scanner
+                .needs()
+                .saturating_sub(self.rbuf.len().saturating_sub(self.consumed));
+            self.front
+                .set_busy(incoming >= BIG_TRANSFER || self.wbuf.len() >= BIG_TRANSFER);
+            share.take_turn().await;
             if self.rbuf.capacity() - self.rbuf.len() < 8192 {
                 self.rbuf.reserve(64 * 1024);
             }
@@ -370,11 +398,12 @@ impl Serving {
             }
             tokio::select! {
                 biased;
-                r = rd.read_buf(&mut self.rbuf) => {
+                r = crate::fair_share::read_buf(&mut rd, &mut self.rbuf) => {
                     let n = r.map_err(|e| UpstreamError::io(&self.addr, &e))?;
                     if n == 0 {
                         return Err(UpstreamError::Closed { addr: self.addr.clone() });
                     }
+                    share.moved(n);
                     self.deliver()?;
                 }
                 r = wr.write(&self.wbuf), if !self.wbuf.is_empty() => {
@@ -536,6 +565,13 @@ impl Serving {
             if head.remaining == 0 {
                 let bytes = self.rbuf.split_to(self.consumed).freeze();
                 self.consumed = 0;
+                if bytes.len() >= BIG_TRANSFER {
+                    // What follows a big reply moves to a buffer of its own: the big allocation
+                    // is then freed as soon as the reply is forwarded, and the replies after it
+                    // do not start megabytes into it (where BytesMut would later copy them back
+                    // to the front to make room).
+                    self.rbuf = BytesMut::from(&self.rbuf[..]);
+                }
                 let done = self.inflight.pop_front();
                 self.front.set(self.inflight.front().map(|f| f.sent_at));
                 if let Some(done) = done
@@ -555,6 +591,7 @@ impl Serving {
     /// have run (some of its bytes were written) or certainly did not.
     fn fail_all(&mut self, e: &UpstreamError) {
         self.front.set(None);
+        self.front.set_busy(false);
         let mut first = true;
         while let Some(f) = self.inflight.pop_front() {
             let partial = if first {

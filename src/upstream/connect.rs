@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use redis_protocol::resp3::types::{BytesFrame, Resp3Frame};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::settings::UpstreamConfig;
 use super::url::Addr;
 use super::{PoolKey, UpstreamError};
+use crate::fair_share::FairShare;
 use crate::protocol::{ReplyScanner, encode_multibulk};
 
 /// A byte stream to Redis; an enum so that TLS can join TCP without a trait object.
@@ -106,6 +107,7 @@ pub async fn read_frame<S: AsyncRead + Unpin>(
     scanner: &mut ReplyScanner,
     addr: &str,
 ) -> Result<Bytes, UpstreamError> {
+    let mut share = FairShare::default();
     loop {
         if let Some(len) = scanner.scan(rbuf).map_err(|e| UpstreamError::Protocol {
             addr: addr.to_string(),
@@ -114,11 +116,12 @@ pub async fn read_frame<S: AsyncRead + Unpin>(
             scanner.reset();
             return Ok(rbuf.split_to(len).freeze());
         }
+        // A big reply does not hold the thread for all of it.
+        share.take_turn().await;
         if rbuf.capacity() - rbuf.len() < 4096 {
             rbuf.reserve(64 * 1024);
         }
-        let n = stream
-            .read_buf(rbuf)
+        let n = crate::fair_share::read_buf(stream, rbuf)
             .await
             .map_err(|e| UpstreamError::io(addr, &e))?;
         if n == 0 {
@@ -126,6 +129,7 @@ pub async fn read_frame<S: AsyncRead + Unpin>(
                 addr: addr.to_string(),
             });
         }
+        share.moved(n);
     }
 }
 

@@ -65,9 +65,7 @@ pub struct Lease {
 impl Lease {
     /// Sends one command and reads its reply (nothing else is in flight on a lease used so).
     pub async fn call(&mut self, raw: &[u8], addr: &str) -> Result<bytes::Bytes, UpstreamError> {
-        self.conn
-            .stream
-            .write_all(raw)
+        crate::fair_share::write_all(&mut self.conn.stream, raw)
             .await
             .map_err(|e| UpstreamError::io(addr, &e))?;
         let mut scanner = ReplyScanner::default();
