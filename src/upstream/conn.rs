@@ -379,7 +379,9 @@ impl Serving {
                 .set_busy(incoming >= BIG_TRANSFER || self.wbuf.len() >= BIG_TRANSFER);
             share.take_turn().await;
             if self.rbuf.capacity() - self.rbuf.len() < 8192 {
-                self.rbuf.reserve(64 * 1024);
+                // A big reply's room at once, from its length (Redis's lengths are real):
+                // grown step by step, the buffer was copied as it grew.
+                self.rbuf.reserve(incoming.max(64 * 1024));
             }
             let oldest = self
                 .inflight
