@@ -257,3 +257,74 @@ async fn big_arguments_leave_half_the_dedicated_connections_to_others() {
     assert_eq!(streamed(mport), 1.0, "three of four free: streamed");
     assert_eq!(c.cmd(&["STRLEN", "half"]).await, int(big.len() as i64));
 }
+
+/// Big replies come back whole, byte for byte, on every kind of connection statecar reads them
+/// from (the shared connection, a MULTI's, a blocking command's lease, a subscriber's relay),
+/// while another client's small commands keep getting their own answers meanwhile. These are
+/// the loops that reserve a reply's room from its length and give other clients a turn every
+/// 256 KiB (src/fair_share.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_replies_come_back_whole_on_every_kind_of_connection() {
+    let (_redis, sc) = start_pair("");
+    let big = value(10 << 20, 3);
+    let mut c = RawConn::connect(sc.port()).await;
+    assert_eq!(c.cmd(&[b"SET".as_slice(), b"big", &big]).await, ok());
+
+    // Another client, busy with small commands the whole time.
+    let port = sc.port();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let other = tokio::spawn(async move {
+        let mut o = RawConn::connect(port).await;
+        let mut i = 0u64;
+        while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+            i += 1;
+            let v = i.to_string();
+            assert_eq!(o.cmd(&["SET", "small", &v]).await, ok());
+            assert_eq!(o.cmd(&["GET", "small"]).await, bulk(&v));
+        }
+        i
+    });
+
+    // The shared connection, two in one batch.
+    let mut two = encode(&["GET", "big"]);
+    two.extend(encode(&["GET", "big"]));
+    c.send(&two).await;
+    assert_eq!(c.read().await, Frame::Bulk(big.clone()));
+    assert_eq!(c.read().await, Frame::Bulk(big.clone()));
+    // A transaction's connection.
+    assert_eq!(c.cmd(&["MULTI"]).await, ok());
+    assert_eq!(c.cmd(&["GET", "big"]).await, Frame::Simple("QUEUED".into()));
+    assert_eq!(
+        c.cmd(&["STRLEN", "big"]).await,
+        Frame::Simple("QUEUED".into())
+    );
+    assert_eq!(
+        c.cmd(&["EXEC"]).await,
+        Frame::Array(vec![Frame::Bulk(big.clone()), int(big.len() as i64)])
+    );
+    // A blocking command's lease.
+    assert_eq!(c.cmd(&[b"RPUSH".as_slice(), b"list", &big]).await, int(1));
+    assert_eq!(
+        c.cmd(&["BLPOP", "list", "1"]).await,
+        Frame::Array(vec![bulk("list"), Frame::Bulk(big.clone())])
+    );
+    // A subscriber's relay.
+    let mut sub = RawConn::connect(sc.port()).await;
+    sub.send_cmd(&["SUBSCRIBE", "ch"]).await;
+    assert_eq!(
+        sub.read().await,
+        Frame::Array(vec![bulk("subscribe"), bulk("ch"), int(1)])
+    );
+    assert_eq!(c.cmd(&[b"PUBLISH".as_slice(), b"ch", &big]).await, int(1));
+    assert_eq!(
+        sub.read().await,
+        Frame::Array(vec![bulk("message"), bulk("ch"), Frame::Bulk(big.clone())])
+    );
+
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let rounds = other
+        .await
+        .expect("the other client's commands were all answered right");
+    assert!(rounds > 0, "the other client got no command through");
+}

@@ -119,7 +119,8 @@ pub async fn read_frame<S: AsyncRead + Unpin>(
         // A big reply does not hold the thread for all of it.
         share.take_turn().await;
         if rbuf.capacity() - rbuf.len() < 4096 {
-            rbuf.reserve(64 * 1024);
+            // A big reply's room at once, from its length (as the shared connection does).
+            rbuf.reserve(scanner.needs().saturating_sub(rbuf.len()).max(64 * 1024));
         }
         let n = crate::fair_share::read_buf(stream, rbuf)
             .await
