@@ -2,9 +2,10 @@
 //!
 //! statecar runs every session and every upstream connection on one thread by default. Tokio
 //! only makes a task yield after 128 ready I/O operations, and a task copying an 8 MB value in
-//! 512 KiB steps is ready every time: it held the thread for the whole value, so another
-//! client's GET waited 3 ms (median) while an 8 MB SET passed through, against 0.3 ms for a GET
-//! sent to Redis directly beside a direct SET (docs/BENCHMARKS.md, "8 MB checkpoints").
+//! 512 KiB steps is ready every time: it held the thread for most of the value, so another
+//! client's GET waited 3.8-4.7 ms (median) while 8.5 MB SETs passed through, against 0.3-0.4 ms
+//! for a GET sent to Redis directly beside direct SETs; 1.2-1.4 ms with the turns
+//! (docs/BENCHMARKS.md, "Other clients while a big value passes").
 
 use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
