@@ -60,10 +60,10 @@ impl ReplyScanner {
         self.deepest
     }
 
-    /// The buffer length the bulk string being waited for needs (0 when not waiting for one):
-    /// tells how much of a big reply is still to come.
-    pub fn needs(&self) -> usize {
-        self.needs
+    /// How many bytes beyond the `buffered` ones the bulk string being waited for still needs
+    /// (0 when not waiting for one): what a reader reserves room for at once.
+    pub fn missing(&self, buffered: usize) -> usize {
+        self.needs.saturating_sub(buffered)
     }
 
     /// Returns `Some(len)` once a whole frame occupies `buf[..len]`; `None` while more is needed.
@@ -189,22 +189,25 @@ mod tests {
     }
 
     #[test]
-    fn needs_says_how_long_a_partial_bulk_makes_the_buffer() {
+    fn missing_says_how_much_of_a_partial_bulk_is_still_to_come() {
         let mut sc = ReplyScanner::default();
         let mut buf = b"*2\r\n$3\r\nabc\r\n$2000000\r\nxy".to_vec();
-        assert_eq!(sc.needs(), 0);
+        assert_eq!(sc.missing(0), 0);
         assert_eq!(sc.scan(&buf).unwrap(), None);
         // "*2\r\n$3\r\nabc\r\n" is 13 bytes, "$2000000\r\n" 10, then 2,000,000 + CRLF.
-        assert_eq!(sc.needs(), 13 + 10 + 2_000_002);
+        assert_eq!(sc.missing(0), 13 + 10 + 2_000_002);
+        assert_eq!(sc.missing(buf.len()), 2_000_000);
         buf.resize(13 + 10 + 2_000_000, b'x');
         buf.extend_from_slice(b"\r\n");
         assert_eq!(sc.scan(&buf).unwrap(), Some(buf.len()));
-        assert_eq!(sc.needs(), 0);
+        assert_eq!(sc.missing(0), 0);
         sc.reset();
         assert_eq!(sc.scan(b"$10\r\nab").unwrap(), None);
-        assert_eq!(sc.needs(), 17);
+        assert_eq!(sc.missing(0), 17);
+        assert_eq!(sc.missing(7), 10);
+        assert_eq!(sc.missing(100), 0);
         sc.reset();
-        assert_eq!(sc.needs(), 0);
+        assert_eq!(sc.missing(0), 0);
     }
 
     #[test]

@@ -53,8 +53,9 @@ impl Links {
         c
     }
 
-    /// Lets go of connections whose oldest command has waited too long (a slow script ahead
-    /// of us): the next [`Links::conn`] picks one that is moving. Only for a client with
+    /// Lets go of connections that are stalled (their oldest command has waited too long: a
+    /// slow script ahead of us) or busy with a big transfer: the next [`Links::conn`] picks one
+    /// that is moving. Only for a client with
     /// nothing in flight, so that its commands still reach Redis in its order.
     pub fn leave_stalled(&mut self, now: tokio::time::Instant) {
         self.conns.retain(|(_, _, c)| !c.stalled(now));

@@ -90,11 +90,16 @@ const BIG_TRANSFER: usize = 1024 * 1024;
 /// The moment [`Front`] times are counted from.
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
-/// When the oldest unanswered batch on a connection was sent (0: none is), shared between the
-/// connection task, which sets it, and the sessions, which read it before sending.
-/// Also whether the connection is busy with a big transfer ([`BIG_TRANSFER`]).
+/// What the sessions read of a connection before sending on it (its task writes it): when the
+/// oldest unanswered batch was sent, and whether a big transfer is under way.
 #[derive(Default)]
-struct Front(AtomicU64, AtomicBool);
+struct Front {
+    /// Microseconds since [`EPOCH`], plus one, when the oldest unanswered batch was sent (0:
+    /// none is).
+    since: AtomicU64,
+    /// Still to receive or write [`BIG_TRANSFER`] bytes or more of one reply or batch.
+    busy: AtomicBool,
+}
 
 impl Front {
     fn set(&self, since: Option<Instant>) {
@@ -103,21 +108,23 @@ impl Front {
                 .unwrap_or(u64::MAX)
                 .saturating_add(1)
         });
-        self.0.store(v, Ordering::Relaxed);
+        self.since.store(v, Ordering::Relaxed);
     }
 
+    /// Set on every turn of the connection's loop; stored only when it changes, so the cache
+    /// line the sessions read is not written per command.
     fn set_busy(&self, busy: bool) {
-        if self.1.load(Ordering::Relaxed) != busy {
-            self.1.store(busy, Ordering::Relaxed);
+        if self.busy.load(Ordering::Relaxed) != busy {
+            self.busy.store(busy, Ordering::Relaxed);
         }
     }
 
     fn busy(&self) -> bool {
-        self.1.load(Ordering::Relaxed)
+        self.busy.load(Ordering::Relaxed)
     }
 
     fn waited(&self, now: Instant) -> Duration {
-        match self.0.load(Ordering::Relaxed) {
+        match self.since.load(Ordering::Relaxed) {
             0 => Duration::ZERO,
             v => now
                 .saturating_duration_since(*EPOCH)
@@ -373,8 +380,7 @@ impl Serving {
         loop {
             let incoming = self
                 .scanner
-                .needs()
-                .saturating_sub(self.rbuf.len().saturating_sub(self.consumed));
+                .missing(self.rbuf.len().saturating_sub(self.consumed));
             self.front
                 .set_busy(incoming >= BIG_TRANSFER || self.wbuf.len() >= BIG_TRANSFER);
             share.take_turn().await;

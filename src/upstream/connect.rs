@@ -120,7 +120,7 @@ pub async fn read_frame<S: AsyncRead + Unpin>(
         share.take_turn().await;
         if rbuf.capacity() - rbuf.len() < 4096 {
             // A big reply's room at once, from its length (as the shared connection does).
-            rbuf.reserve(scanner.needs().saturating_sub(rbuf.len()).max(64 * 1024));
+            rbuf.reserve(scanner.missing(rbuf.len()).max(64 * 1024));
         }
         let n = crate::fair_share::read_buf(stream, rbuf)
             .await
