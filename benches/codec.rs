@@ -13,7 +13,7 @@ use std::hint::black_box;
 use agent_data::{Checkpoints, agent_session_json};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use statecar::state::codec::Codec;
+use statecar::state::codec::{Codec, chunked};
 use statecar::state::envelope::{self, Decoded};
 
 const SIZES: [(usize, &str); 3] = [(1024, "1KiB"), (16 * 1024, "16KiB"), (256 * 1024, "256KiB")];
@@ -97,6 +97,45 @@ fn bench(c: &mut Criterion) {
     }
     g.bench_function("lz4_whole", |b| {
         b.iter(|| envelope::encode(black_box(&new), Codec::Lz4, 0, 1, 2));
+    });
+    g.finish();
+
+    // The same for an 8.5 MB checkpoint (benches/checkpoints.rs `big`): the value whole in two
+    // to four frames, the value in chunks with the previous version's frames to copy (what a
+    // versioned write of it does), and the replaced version as a delta.
+    let mut session = Checkpoints::new(77);
+    while session.checkpoint().len() < 8 << 20 {
+        session.advance(250);
+    }
+    let old = session.checkpoint();
+    session.step();
+    let new = session.checkpoint();
+    let mut old_payload = Vec::new();
+    let old_chunks = chunked::compress_chunked(&old, 1, None, &mut old_payload)
+        .expect("the sample compresses")
+        .chunks;
+    let prev = chunked::Previous {
+        value: &old,
+        payload: &old_payload,
+        chunks: &old_chunks,
+    };
+    let mut g = c.benchmark_group("versioned_write_8mb");
+    g.sample_size(10);
+    g.throughput(Throughput::Bytes(new.len() as u64));
+    let enc = envelope::Encoding {
+        codec: Codec::Zstd,
+        level: 1,
+        min_size: 0,
+        dict: None,
+    };
+    g.bench_function("zstd_whole", |b| {
+        b.iter(|| envelope::encode_with(black_box(&new), &enc, 1, 2));
+    });
+    g.bench_function("zstd_chunks_reused", |b| {
+        b.iter(|| envelope::encode_chunked(black_box(&new), 1, 7, Some(prev), 1, 2));
+    });
+    g.bench_function("zstd_delta", |b| {
+        b.iter(|| envelope::encode_delta(black_box(&old), &new, 2, 1, 1, 1));
     });
     g.finish();
 }

@@ -8,10 +8,11 @@
 //! copy in the history, never a wrong version.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
+use super::codec::chunked::{Chunk, Previous};
 use super::envelope::HEADER_LEN;
 
 /// What a key held, as the base of the next write's delta.
@@ -27,6 +28,18 @@ pub struct Base {
     frame: Bytes,
     /// Where the value starts in `frame`.
     head: usize,
+    /// How a big value was encoded in chunks (`codec::chunked`), when this proxy wrote it
+    /// that way: the next write of the key copies the frames of the chunks it still has.
+    chunks: Option<Arc<Chunked>>,
+}
+
+/// A big value's envelope as written, with its chunks.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Chunked {
+    /// The stored envelope (shared with the command that wrote it).
+    pub stored: Bytes,
+    /// The chunks; frame ranges are relative to the payload, after the header.
+    pub chunks: Vec<Chunk>,
 }
 
 impl Base {
@@ -46,7 +59,35 @@ impl Base {
             version,
             frame: frame.freeze(),
             head,
+            chunks: None,
         }
+    }
+
+    /// The same base, remembering how its value was encoded in chunks (if it was).
+    pub fn with_chunks(mut self, chunks: Option<Arc<Chunked>>) -> Base {
+        self.chunks = chunks;
+        self
+    }
+
+    /// The value's previous encoding in chunks, for the next write's
+    /// [`compress_chunked`](super::codec::chunked::compress_chunked).
+    pub fn previous(&self) -> Option<Previous<'_>> {
+        let c = self.chunks.as_deref()?;
+        Some(Previous {
+            value: self
+                .frame
+                .get(self.head..self.frame.len().checked_sub(2)?)?,
+            payload: c.stored.get(HEADER_LEN..)?,
+            chunks: &c.chunks,
+        })
+    }
+
+    /// Bytes this base holds (its frame, and its chunked envelope if any).
+    fn bytes(&self) -> usize {
+        self.frame.len()
+            + self.chunks.as_ref().map_or(0, |c| {
+                c.stored.len() + c.chunks.len() * std::mem::size_of::<Chunk>()
+            })
     }
 
     /// A base for a value already in a reply frame (a decoded GET); `None` if `frame` is not
@@ -60,12 +101,20 @@ impl Base {
                 version,
                 frame,
                 head,
+                chunks: None,
             })
     }
 
     /// The value.
     pub fn value(&self) -> Bytes {
         self.frame.slice(self.head..self.frame.len() - 2)
+    }
+
+    /// The CRC-32 of the value, from its header.
+    pub fn crc(&self) -> u32 {
+        let mut crc = [0u8; 4];
+        crc.copy_from_slice(&self.header[20..24]);
+        u32::from_be_bytes(crc)
     }
 
     /// When that version was first written (ms since the epoch), from its header.
@@ -139,18 +188,18 @@ impl BaseCache {
     /// Caches `base` for `key`, evicting the oldest entries beyond the budget. A value larger
     /// than a quarter of the budget is not cached (and replaces nothing).
     pub fn put(&self, key: &Bytes, base: Base) {
-        let size = key.len() + base.frame.len() + ENTRY_OVERHEAD;
+        let size = key.len() + base.bytes() + ENTRY_OVERHEAD;
         let mut g = self.lock();
         if size > self.budget / 4 {
             if let Some(old) = g.map.remove(key.as_ref()) {
-                g.bytes -= key.len() + old.base.frame.len() + ENTRY_OVERHEAD;
+                g.bytes -= key.len() + old.base.bytes() + ENTRY_OVERHEAD;
             }
             return;
         }
         g.seq += 1;
         let seq = g.seq;
         if let Some(old) = g.map.insert(key.clone(), Entry { base, seq }) {
-            g.bytes -= key.len() + old.base.frame.len() + ENTRY_OVERHEAD;
+            g.bytes -= key.len() + old.base.bytes() + ENTRY_OVERHEAD;
         }
         g.bytes += size;
         g.order.push_back((key.clone(), seq));
@@ -161,7 +210,7 @@ impl BaseCache {
             if g.map.get(&k).is_some_and(|e| e.seq == s)
                 && let Some(old) = g.map.remove(&k)
             {
-                g.bytes -= k.len() + old.base.frame.len() + ENTRY_OVERHEAD;
+                g.bytes -= k.len() + old.base.bytes() + ENTRY_OVERHEAD;
             }
         }
         // Rewrites of the same keys leave stale items behind; drop them once they dominate.
@@ -175,7 +224,7 @@ impl BaseCache {
     pub fn remove(&self, key: &[u8]) {
         let mut g = self.lock();
         if let Some(old) = g.map.remove(key) {
-            g.bytes -= key.len() + old.base.frame.len() + ENTRY_OVERHEAD;
+            g.bytes -= key.len() + old.base.bytes() + ENTRY_OVERHEAD;
         }
     }
 
@@ -185,7 +234,7 @@ impl BaseCache {
         if g.map.get(key).is_some_and(|e| e.base.header[..] == *header)
             && let Some(old) = g.map.remove(key)
         {
-            g.bytes -= key.len() + old.base.frame.len() + ENTRY_OVERHEAD;
+            g.bytes -= key.len() + old.base.bytes() + ENTRY_OVERHEAD;
         }
     }
 

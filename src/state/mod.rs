@@ -29,7 +29,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use cache::{Base, BaseCache};
+use cache::{Base, BaseCache, Chunked};
+use codec::Codec;
+use codec::chunked::Chunk;
 use dict::Trainer;
 use envelope::{Decoded, DictRef, Encoding, EnvelopeError, HEADER_LEN, Refs};
 use rules::{Rule, Rules};
@@ -59,6 +61,9 @@ pub struct Totals {
     pub corruptions: AtomicU64,
     /// Reads answered from an older version because the newest was damaged.
     pub fallbacks: AtomicU64,
+    /// Bytes of big values whose compressed chunks were copied from the key's previous
+    /// version instead of compressed again (`codec::chunked`).
+    pub chunk_bytes_reused: AtomicU64,
 }
 
 /// Everything a session needs to treat state keys.
@@ -81,6 +86,11 @@ pub struct StateEngine {
 /// replaced version as a delta) on two threads.
 pub const PARALLEL_ENCODE: usize = 1 << 20;
 
+/// A versioned write's new value at least this long is compressed in chunks whose frames its
+/// next version can reuse (`codec::chunked`): an 8 MB checkpoint then costs the compression
+/// of the few chunks a step changed instead of all of it.
+pub const CHUNKED_VALUE: usize = codec::PARALLEL_FRAMES;
+
 /// A versioned write, encoded (see [`StateEngine::encode_write`]).
 pub struct EncodedWrite {
     /// The new value's envelope.
@@ -93,6 +103,9 @@ pub struct EncodedWrite {
     pub predicted: u32,
     /// The first 36 bytes of `stored`, for the cache once the version is known.
     pub header: [u8; HEADER_LEN],
+    /// `stored`'s chunks when it is a big value compressed in chunks (`codec::chunked`), for
+    /// the cache once the version is known.
+    pub chunks: Option<Arc<Chunked>>,
 }
 
 /// A value read back from Redis.
@@ -204,28 +217,76 @@ impl StateEngine {
         let wants_delta = base
             .as_ref()
             .filter(|b| predicted > 0 && !rule.full_version(b.version));
+        // Both versions' checksums are needed twice (in the envelope and in the delta's
+        // header); a big value's takes the better part of a millisecond.
+        let crc = crc32fast::hash(value);
         let delta_of = |b: &Base| {
-            envelope::encode_delta(
+            let crcs = envelope::Crcs {
+                value: b.crc(),
+                base: crc,
+            };
+            envelope::encode_delta_known(
                 &b.value(),
                 value,
+                crcs,
                 predicted,
                 rule.level,
                 b.timestamp_ms(),
                 b.version,
             )
         };
+        let full = || self.encode_whole(rule, value, crc, ts, predicted, base.as_ref());
         // A large value's two compressions (whole, and the old value as a delta) run on two
         // threads: the caller is already off the async threads (see `plan_is_heavy`).
-        let (stored, delta) = match wants_delta {
+        let ((stored, chunks), delta) = match wants_delta {
             Some(b) if value.len() >= PARALLEL_ENCODE => std::thread::scope(|s| {
                 let d = s.spawn(|| delta_of(b));
-                let stored = self.encode_full(rule, value, ts, predicted);
-                (stored, d.join().ok().flatten())
+                let whole = full();
+                (whole, d.join().ok().flatten())
             }),
-            Some(b) => (self.encode_full(rule, value, ts, predicted), delta_of(b)),
-            None => (self.encode_full(rule, value, ts, predicted), None),
+            Some(b) => (full(), delta_of(b)),
+            None => (full(), None),
         };
-        self.finish_write(rule, key, value, stored, predicted, base.as_ref(), delta)
+        self.finish_write(
+            rule,
+            key,
+            value,
+            stored,
+            chunks,
+            predicted,
+            base.as_ref(),
+            delta,
+        )
+    }
+
+    /// The new value of a versioned write, whole: a big zstd value in chunks that reuse the
+    /// frames of the previous version's unchanged chunks (`codec::chunked`), with the chunks
+    /// for the next write; anything else as [`encode_full`](Self::encode_full) does.
+    fn encode_whole(
+        &self,
+        rule: &Rule,
+        value: &[u8],
+        crc: u32,
+        ts: u64,
+        version: u32,
+        base: Option<&Base>,
+    ) -> (Vec<u8>, Option<Vec<Chunk>>) {
+        let chunked = value.len() >= CHUNKED_VALUE
+            && value.len() >= rule.min_size
+            && rule.codec == Codec::Zstd
+            && self.trainer(rule).is_none();
+        if chunked {
+            let prev = base.and_then(Base::previous);
+            if let Some((stored, outcome)) =
+                envelope::encode_chunked(value, rule.level, crc, prev, ts, version)
+            {
+                self.totals
+                    .chunk_bytes_reused
+                    .fetch_add(outcome.reused as u64, Ordering::Relaxed);
+                return (stored, Some(outcome.chunks));
+            }
+        }
+        (self.encode_full(rule, value, ts, version), None)
     }
 
     /// No rules: a plain transparent proxy.
@@ -273,7 +334,7 @@ impl StateEngine {
                     b.version,
                 )
             });
-        self.finish_write(rule, key, value, stored, predicted, base, delta)
+        self.finish_write(rule, key, value, stored, None, predicted, base, delta)
     }
 
     /// What both kinds of write end with: the write counted, the new value made the key's
@@ -286,26 +347,38 @@ impl StateEngine {
         key: &Bytes,
         value: &Bytes,
         stored: Vec<u8>,
+        chunks: Option<Vec<Chunk>>,
         predicted: u32,
         base: Option<&Base>,
         delta: Option<Vec<u8>>,
     ) -> EncodedWrite {
         self.count_write(rule, value.len(), stored.len());
+        let stored = Bytes::from(stored);
         let mut header = [0u8; HEADER_LEN];
         header.copy_from_slice(&stored[..HEADER_LEN]);
+        let chunks = chunks.map(|chunks| {
+            Arc::new(Chunked {
+                stored: stored.clone(),
+                chunks,
+            })
+        });
         if let (Some(c), true) = (self.bases(rule), predicted > 0) {
-            c.put(key, Base::from_value(header, predicted, value));
+            c.put(
+                key,
+                Base::from_value(header, predicted, value).with_chunks(chunks.clone()),
+            );
         }
         let (base_header, delta) = match (base, delta) {
             (Some(b), Some(d)) => (Bytes::copy_from_slice(&b.header), Bytes::from(d)),
             _ => (Bytes::new(), Bytes::new()),
         };
         EncodedWrite {
-            stored: Bytes::from(stored),
+            stored,
             base_header,
             delta,
             predicted,
             header,
+            chunks,
         }
     }
 

@@ -8,8 +8,10 @@
 //! stored value (a "bomb") from exhausting the proxy's memory.
 //!
 //! LZ4 is small enough to live here; zlib (`zlib`) and zstd (`zstd_frames`: dictionaries,
-//! deltas against a base, several frames for large values) have files of their own.
+//! deltas against a base, several frames for large values; `chunked`: a big value's frames
+//! reused by its next version) have files of their own.
 
+pub mod chunked;
 #[cfg(test)]
 mod tests;
 mod zlib;

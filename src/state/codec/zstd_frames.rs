@@ -64,6 +64,20 @@ pub fn zstd_append(input: &[u8], out: &mut Vec<u8>, level: i32, with: ZstdRef<'_
     if big {
         // zstd writes into initialized memory only (no unsafe here): zeroing the room costs
         // about what copying the result from a second buffer would.
+        if let ZstdRef::Prefix(prefix) = with {
+            // A delta of neighbouring versions is a tiny fraction of the value (1.4 KB for
+            // 8 MB): try a small room first rather than zero (and fault in) a worst-case one.
+            let small = (input.len() / 16).saturating_add(64 << 10).min(bound);
+            out.resize(start + small, 0);
+            if let Some(n) = long_delta(input, prefix, level, &mut out[start..]) {
+                out.truncate(start + n);
+                return true;
+            }
+            if small == bound {
+                out.truncate(start);
+                return false;
+            }
+        }
         out.resize(start + bound, 0);
         let done = match with {
             ZstdRef::Prefix(prefix) => long_delta(input, prefix, level, &mut out[start..]),
@@ -93,6 +107,12 @@ pub fn zstd_append(input: &[u8], out: &mut Vec<u8>, level: i32, with: ZstdRef<'_
         out.truncate(start);
     }
     done.is_some()
+}
+
+/// `input` as one self-contained frame at `level`, in a vector of its exact size.
+pub(super) fn zstd_frame(input: &[u8], level: i32) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    zstd_append(input, &mut out, level, ZstdRef::None).then_some(out)
 }
 
 /// Values at least this long are compressed as several zstd frames, one per thread: a

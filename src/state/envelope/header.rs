@@ -18,9 +18,35 @@ pub(super) fn write_header(
     value: &[u8],
     version: u32,
 ) {
+    let crc = crc32fast::hash(value);
+    write_header_crc(
+        out,
+        codec,
+        flags,
+        ext,
+        timestamp_ms,
+        value.len(),
+        crc,
+        version,
+    );
+}
+
+/// [`write_header`] for a value whose CRC-32 the caller already has (a big value's, computed
+/// once for its envelope and the delta made against it).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn write_header_crc(
+    out: &mut [u8],
+    codec: Codec,
+    flags: u16,
+    ext: &[u8],
+    timestamp_ms: u64,
+    value_len: usize,
+    value_crc: u32,
+    version: u32,
+) {
     // Values over 4 GiB cannot be stored in Redis (512 MiB limit) and are rejected far earlier
     // by the proxy; saturating keeps this total and guarantees such a header never verifies.
-    let original_len = u32::try_from(value.len()).unwrap_or(u32::MAX);
+    let original_len = u32::try_from(value_len).unwrap_or(u32::MAX);
     out[..5].copy_from_slice(if ext.is_empty() {
         &SIGNATURE
     } else {
@@ -30,7 +56,7 @@ pub(super) fn write_header(
     out[6..8].copy_from_slice(&flags.to_be_bytes());
     out[8..16].copy_from_slice(&timestamp_ms.to_be_bytes());
     out[16..20].copy_from_slice(&original_len.to_be_bytes());
-    out[20..24].copy_from_slice(&crc32fast::hash(value).to_be_bytes());
+    out[20..24].copy_from_slice(&value_crc.to_be_bytes());
     out[HEADER_LEN..HEADER_LEN + ext.len()].copy_from_slice(ext);
     let header_crc = header_crc(&out[..HEADER_CRC_SPAN], ext);
     out[HEADER_CRC_SPAN..VERSION_OFFSET].copy_from_slice(&header_crc.to_be_bytes());

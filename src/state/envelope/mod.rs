@@ -33,7 +33,9 @@ mod header;
 mod tests;
 
 pub use decoder::{Decoded, Refs, decode, decode_bulk, decode_bulk_with, decode_with};
-pub use encoder::{DictRef, Encoding, encode, encode_delta, encode_with};
+pub use encoder::{
+    Crcs, DictRef, Encoding, encode, encode_chunked, encode_delta, encode_delta_known, encode_with,
+};
 pub use header::{inspect, set_version, version_patch};
 
 use super::codec::{Codec, CodecError};

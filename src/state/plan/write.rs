@@ -55,6 +55,7 @@ impl StateEngine {
                     header: w.header,
                     value: value.clone(),
                     predicted: w.predicted,
+                    chunks: w.chunks.clone(),
                 });
                 (
                     self.hist(r, key),

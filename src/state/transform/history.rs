@@ -150,6 +150,7 @@ impl Apply<'_> {
             header: w.header,
             value,
             predicted: w.predicted,
+            chunks: w.chunks.clone(),
         };
         if is_error(&reply) {
             self.forget_note(&note);

@@ -127,6 +127,8 @@ pub struct CacheNote {
     pub value: Bytes,
     /// The version stamped (0: none; the script stamped the real one).
     pub predicted: u32,
+    /// How the value was compressed in chunks, if it was (a big value).
+    pub chunks: Option<std::sync::Arc<crate::state::cache::Chunked>>,
 }
 
 /// A transform plus what is needed to re-send its script with EVAL if Redis lost it.

@@ -107,6 +107,10 @@ impl Apply<'_> {
                 Value::text("dictionaries_trained"),
                 Value::Int(t.dicts_trained.load(Relaxed) as i64),
             ),
+            (
+                Value::text("chunk_bytes_reused"),
+                Value::Int(t.chunk_bytes_reused.load(Relaxed) as i64),
+            ),
         ];
         for line in info.lines() {
             if let Some((k, v)) = line.trim().split_once(':')

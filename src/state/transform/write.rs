@@ -89,7 +89,8 @@ impl Apply<'_> {
         cache.remove_if(&note.key, &note.header);
         cache.put(
             &note.key,
-            crate::state::cache::Base::from_value(header, v, &note.value),
+            crate::state::cache::Base::from_value(header, v, &note.value)
+                .with_chunks(note.chunks.clone()),
         );
     }
 

@@ -1,0 +1,393 @@
+//! Big values as one zstd frame per content-defined chunk, so that the next version of the
+//! same value compresses only the chunks that changed and copies the others' frames.
+//!
+//! Why: an 8 MB agent checkpoint changes in a few places per step (a timestamp and an id at
+//! the top, the step's messages appended, the metadata at the end), yet compressing it whole
+//! costs about 22 ms of CPU (10.9 ms on two cores). The value is cut where its own bytes say
+//! (a rolling "gear" hash of about the last 64 bytes, as FastCDC does), so an edit moves only
+//! the cut points near it: every other chunk has exactly the bytes it had in the previous
+//! version, and its frame is reused. The payload stays what FORMAT.md promises for zstd:
+//! concatenated standard frames, which every zstd decoder reads as one stream.
+//!
+//! Cost: each chunk loses the matches it could have found in the others, about 3-4% more
+//! bytes than the two to four frames of `parallel_frames` on agent checkpoints
+//! (docs/BENCHMARKS.md, "Big versioned writes").
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use super::zstd_frames::zstd_frame;
+
+/// Chunks are at least this long: the cut search starts here (and the bytes before it are not
+/// hashed at all), which bounds the number of frames and the ratio lost to them.
+const MIN_CHUNK: usize = 64 << 10;
+/// A cut where `CUT_BITS` high bits of the rolling hash (all but the topmost) are zero: on
+/// average 128 KiB after `MIN_CHUNK`.
+const CUT_BITS: u32 = 17;
+const CUT_MASK: u64 = !(u64::MAX >> CUT_BITS) >> 1;
+/// ... and at most this long, cut there whatever the content (long runs of one byte).
+const MAX_CHUNK: usize = 1 << 20;
+/// Fresh chunks of at least this many bytes in all are compressed on several threads.
+const PARALLEL_BYTES: usize = 1 << 20;
+
+/// One random 64-bit number per byte value (splitmix64 from a fixed seed): the gear hash adds
+/// the byte's number to the hash shifted by one, so a bit of the hash depends on at most the
+/// last 64 bytes, and a cut point depends only on the bytes just before it.
+const GEAR: [u64; 256] = {
+    let mut table = [0u64; 256];
+    let mut x: u64 = 0x5374_6174_6563_6172; // "Statecar"
+    let mut i = 0;
+    while i < 256 {
+        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        table[i] = z ^ (z >> 31);
+        i += 1;
+    }
+    table
+};
+
+/// `GEAR` shifted left by one: the first byte of a pair, which the second shifts once more.
+const GEAR_SHIFTED: [u64; 256] = {
+    let mut table = [0u64; 256];
+    let mut i = 0;
+    while i < 256 {
+        table[i] = GEAR[i] << 1;
+        i += 1;
+    }
+    table
+};
+
+/// Where `data` is cut: the end of every chunk, the last one `data.len()`.
+pub fn cut_points(data: &[u8]) -> Vec<usize> {
+    let mut ends = Vec::with_capacity(data.len() / (MIN_CHUNK * 2) + 1);
+    let mut start = 0;
+    while start < data.len() {
+        let end = data.len().min(start.saturating_add(MAX_CHUNK));
+        let mut cut = end;
+        let from = start.saturating_add(MIN_CHUNK);
+        if from < end {
+            let mut h = 0u64;
+            // Two bytes a step (FastCDC's "rolling two bytes"), testing the cut condition at
+            // both: `first` is the hash after the first byte shifted left by one, so it is
+            // tested with the mask shifted too. The mask leaves out the top bit, which that
+            // shift loses, so every position is tested on the same bits and an insertion of
+            // odd length moves no later cut point.
+            for (i, p) in data[from..end].chunks_exact(2).enumerate() {
+                let first = (h << 2).wrapping_add(GEAR_SHIFTED[usize::from(p[0])]);
+                if first & (CUT_MASK << 1) == 0 {
+                    cut = from + 2 * i + 1;
+                    break;
+                }
+                h = first.wrapping_add(GEAR[usize::from(p[1])]);
+                if h & CUT_MASK == 0 {
+                    cut = from + 2 * i + 2;
+                    break;
+                }
+            }
+        }
+        ends.push(cut);
+        start = cut;
+    }
+    ends
+}
+
+/// One chunk of a chunked payload: its bytes in the value, its frame in the payload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chunk {
+    /// Where the chunk is in the value.
+    pub value: Range<usize>,
+    /// Where its frame is in the payload.
+    pub frame: Range<usize>,
+}
+
+/// A value's previous version as it was encoded: what its chunks' frames can be reused from.
+#[derive(Clone, Copy)]
+pub struct Previous<'a> {
+    /// The previous value.
+    pub value: &'a [u8],
+    /// Its payload (the concatenated frames).
+    pub payload: &'a [u8],
+    /// Its chunks.
+    pub chunks: &'a [Chunk],
+}
+
+impl Previous<'_> {
+    /// Whether the chunks describe this value and payload (a stale or foreign table is
+    /// ignored rather than trusted).
+    fn consistent(&self) -> bool {
+        let mut at = 0;
+        let mut frames_at = 0;
+        for c in self.chunks {
+            if c.value.start != at || c.frame.start != frames_at || c.value.is_empty() {
+                return false;
+            }
+            at = c.value.end;
+            frames_at = c.frame.end;
+        }
+        at == self.value.len() && frames_at == self.payload.len()
+    }
+}
+
+/// What a chunked compression did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// The chunks, with frame ranges relative to where the payload starts in `out`.
+    pub chunks: Vec<Chunk>,
+    /// Bytes of the value whose frames were copied from the previous version.
+    pub reused: usize,
+}
+
+/// Appends `input` as one zstd frame per chunk to `out`, copying the frames of chunks that
+/// `prev` already holds byte for byte. `None` (and `out` as it was) if zstd failed.
+pub fn compress_chunked(
+    input: &[u8],
+    level: i32,
+    prev: Option<Previous<'_>>,
+    out: &mut Vec<u8>,
+) -> Option<Outcome> {
+    let start = out.len();
+    let ends = cut_points(input);
+    let prev = prev.filter(Previous::consistent);
+    // A chunk of the previous version by its length and its first and last 8 bytes; a
+    // candidate is reused only if all its bytes are equal.
+    let index: HashMap<(usize, u64, u64), &Chunk> = prev
+        .map(|p| {
+            p.chunks
+                .iter()
+                .map(|c| (fingerprint(&p.value[c.value.clone()]), c))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut plan: Vec<(Range<usize>, Option<Range<usize>>)> = Vec::with_capacity(ends.len());
+    let mut begin = 0;
+    for &end in &ends {
+        let bytes = &input[begin..end];
+        let reuse = prev.and_then(|p| {
+            let c = index.get(&fingerprint(bytes))?;
+            (p.value.get(c.value.clone())? == bytes).then(|| c.frame.clone())
+        });
+        plan.push((begin..end, reuse));
+        begin = end;
+    }
+    let fresh: Vec<&[u8]> = plan
+        .iter()
+        .filter(|(_, r)| r.is_none())
+        .map(|(v, _)| &input[v.clone()])
+        .collect();
+    let mut frames = compress_all(&fresh, level)?.into_iter();
+    let mut outcome = Outcome::default();
+    for (value, reuse) in plan {
+        let at = out.len() - start;
+        let copied = match (reuse, prev) {
+            (Some(r), Some(p)) => p.payload.get(r).map(|f| {
+                out.extend_from_slice(f);
+                outcome.reused += value.len();
+            }),
+            _ => frames.next().map(|f| out.extend_from_slice(&f)),
+        };
+        if copied.is_none() {
+            out.truncate(start);
+            return None;
+        }
+        outcome.chunks.push(Chunk {
+            value,
+            frame: at..out.len() - start,
+        });
+    }
+    Some(outcome)
+}
+
+fn fingerprint(bytes: &[u8]) -> (usize, u64, u64) {
+    let word = |b: Option<&[u8]>| {
+        b.and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map_or(0, u64::from_le_bytes)
+    };
+    let n = bytes.len();
+    (
+        n,
+        word(bytes.get(..8)),
+        word(bytes.get(n.saturating_sub(8)..)),
+    )
+}
+
+/// Each of `chunks` as one frame, on up to four threads when there is enough to compress.
+fn compress_all(chunks: &[&[u8]], level: i32) -> Option<Vec<Vec<u8>>> {
+    let total: usize = chunks.iter().map(|c| c.len()).sum();
+    let threads = std::thread::available_parallelism()
+        .map_or(2, usize::from)
+        .clamp(2, 4);
+    if total < PARALLEL_BYTES || chunks.len() < 2 {
+        return chunks.iter().map(|c| zstd_frame(c, level)).collect();
+    }
+    // Consecutive runs of chunks of about equal bytes, one per thread.
+    let share = total.div_ceil(threads);
+    let mut groups: Vec<&[&[u8]]> = Vec::with_capacity(threads);
+    let (mut from, mut acc) = (0, 0);
+    for (i, c) in chunks.iter().enumerate() {
+        acc += c.len();
+        if acc >= share {
+            groups.push(&chunks[from..=i]);
+            (from, acc) = (i + 1, 0);
+        }
+    }
+    if from < chunks.len() {
+        groups.push(&chunks[from..]);
+    }
+    std::thread::scope(|s| {
+        let jobs: Vec<_> = groups
+            .into_iter()
+            .map(|g| {
+                s.spawn(move || {
+                    g.iter()
+                        .map(|c| zstd_frame(c, level))
+                        .collect::<Option<Vec<_>>>()
+                })
+            })
+            .collect();
+        let mut all = Vec::with_capacity(chunks.len());
+        for j in jobs {
+            all.extend(j.join().ok()??);
+        }
+        Some(all)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::codec::{ZstdBase, zstd_decompress_with};
+
+    /// Text-like bytes that do not repeat (a tiny LCG), so chunks are not all alike.
+    fn sample(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed;
+        (0..len)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                b"abcdefghij klmnop,{}\":0123"[(x >> 59) as usize % 26]
+            })
+            .collect()
+    }
+
+    fn decode(payload: &[u8], len: usize) -> Vec<u8> {
+        let mut out = vec![0u8; len];
+        zstd_decompress_with(payload, &mut out, ZstdBase::None).expect("decodes");
+        out
+    }
+
+    #[test]
+    fn cut_points_respect_the_bounds_and_cover_the_value() {
+        for data in [
+            Vec::new(),
+            vec![7u8; 10],
+            vec![0u8; 3 << 20],
+            sample(5 << 20, 1),
+        ] {
+            let ends = cut_points(&data);
+            let mut at = 0;
+            for (i, &e) in ends.iter().enumerate() {
+                let len = e - at;
+                assert!(len <= MAX_CHUNK, "chunk {i} is {len} bytes");
+                if i + 1 < ends.len() {
+                    assert!(len > MIN_CHUNK, "chunk {i} is {len} bytes");
+                }
+                at = e;
+            }
+            assert_eq!(at, data.len());
+        }
+        // One byte repeated never satisfies the cut condition: cut at the maximum.
+        assert_eq!(cut_points(&vec![0u8; 3 << 20]), [1 << 20, 2 << 20, 3 << 20]);
+    }
+
+    #[test]
+    fn an_edit_moves_only_the_cut_points_near_it() {
+        let old = sample(6 << 20, 2);
+        let mut new = old.clone();
+        new.splice(3_000_000..3_000_000, b"a new message".iter().copied());
+        new[100] = b'#';
+        let (a, b) = (cut_points(&old), cut_points(&new));
+        let shifted: Vec<usize> = a
+            .iter()
+            .filter(|&&e| e > 3_000_000)
+            .map(|e| e + 13)
+            .collect();
+        let kept = shifted.iter().filter(|e| b.contains(e)).count();
+        assert!(
+            kept + 1 >= shifted.len(),
+            "{kept} of {} kept",
+            shifted.len()
+        );
+        assert!(a.len() > 20);
+    }
+
+    #[test]
+    fn unchanged_chunks_are_copied_and_everything_decodes() {
+        let old = sample(6 << 20, 3);
+        let mut first = Vec::new();
+        let o1 = compress_chunked(&old, 1, None, &mut first).expect("compresses");
+        assert_eq!(o1.reused, 0);
+        assert_eq!(decode(&first, old.len()), old);
+
+        let mut new = old.clone();
+        new.splice(4_000_000..4_000_000, b"one more step".iter().copied());
+        new[10] = b'!';
+        let prev = Previous {
+            value: &old,
+            payload: &first,
+            chunks: &o1.chunks,
+        };
+        let mut second = b"header".to_vec();
+        let o2 = compress_chunked(&new, 1, Some(prev), &mut second).expect("compresses");
+        assert!(
+            o2.reused > new.len() * 3 / 4,
+            "only {} of {} bytes reused",
+            o2.reused,
+            new.len()
+        );
+        assert_eq!(&second[..6], b"header");
+        assert_eq!(decode(&second[6..], new.len()), new);
+        // The table describes the new payload, so it can serve the next version in turn.
+        let prev2 = Previous {
+            value: &new,
+            payload: &second[6..],
+            chunks: &o2.chunks,
+        };
+        assert!(prev2.consistent());
+        let mut third = Vec::new();
+        let o3 = compress_chunked(&new, 1, Some(prev2), &mut third).expect("compresses");
+        assert_eq!(o3.reused, new.len());
+        assert_eq!(third, second[6..]);
+    }
+
+    #[test]
+    fn a_table_that_does_not_describe_its_value_is_ignored() {
+        let old = sample(3 << 20, 4);
+        let mut payload = Vec::new();
+        let o = compress_chunked(&old, 1, None, &mut payload).expect("compresses");
+        let other = sample(3 << 20, 5);
+        // Same chunks, other bytes: nothing matches, and the result is still right.
+        let prev = Previous {
+            value: &other,
+            payload: &payload,
+            chunks: &o.chunks,
+        };
+        let mut out = Vec::new();
+        let r = compress_chunked(&old, 1, Some(prev), &mut out).expect("compresses");
+        assert_eq!(r.reused, 0);
+        assert_eq!(decode(&out, old.len()), old);
+        // A table whose ranges do not fit the payload is not used at all.
+        let prev = Previous {
+            value: &old,
+            payload: &payload[..payload.len() - 1],
+            chunks: &o.chunks,
+        };
+        assert!(!prev.consistent());
+        let mut out = Vec::new();
+        let r = compress_chunked(&old, 1, Some(prev), &mut out).expect("compresses");
+        assert_eq!(r.reused, 0);
+        assert_eq!(decode(&out, old.len()), old);
+    }
+}
