@@ -176,8 +176,16 @@ pub fn compress_chunked(
         .filter(|(_, r)| r.is_none())
         .map(|(v, _)| &input[v.clone()])
         .collect();
-    let mut frames = compress_all(&fresh, level)?.into_iter();
-    let mut outcome = Outcome::default();
+    let frames = compress_all(&fresh, level)?;
+    // The payload's exact size is known now: the cache keeps this envelope, and counts its
+    // length, so it should hold no spare room.
+    let copied: usize = plan.iter().filter_map(|(_, r)| r.as_ref()).map(Range::len).sum();
+    out.reserve_exact(copied + frames.iter().map(Vec::len).sum::<usize>());
+    let mut frames = frames.into_iter();
+    let mut outcome = Outcome {
+        chunks: Vec::with_capacity(plan.len()),
+        reused: 0,
+    };
     for (value, reuse) in plan {
         let at = out.len() - start;
         let copied = match (reuse, prev) {
@@ -348,6 +356,7 @@ mod tests {
             new.len()
         );
         assert_eq!(&second[..6], b"header");
+        assert!(second.capacity() - second.len() < 64, "spare room");
         assert_eq!(decode(&second[6..], new.len()), new);
         // The table describes the new payload, so it can serve the next version in turn.
         let prev2 = Previous {

@@ -117,8 +117,8 @@ pub fn encode_chunked(
     timestamp_ms: u64,
     version: u32,
 ) -> Option<(Vec<u8>, chunked::Outcome)> {
-    let mut out = Vec::with_capacity(HEADER_LEN + value.len() / 4);
-    out.resize(HEADER_LEN, 0);
+    // No room reserved here: `compress_chunked` reserves exactly what the payload takes.
+    let mut out = vec![0u8; HEADER_LEN];
     let outcome = chunked::compress_chunked(value, level, prev, &mut out)?;
     if out.len() - HEADER_LEN >= value.len() {
         return None;
