@@ -179,7 +179,11 @@ pub fn compress_chunked(
     let frames = compress_all(&fresh, level)?;
     // The payload's exact size is known now: the cache keeps this envelope, and counts its
     // length, so it should hold no spare room.
-    let copied: usize = plan.iter().filter_map(|(_, r)| r.as_ref()).map(Range::len).sum();
+    let copied: usize = plan
+        .iter()
+        .filter_map(|(_, r)| r.as_ref())
+        .map(Range::len)
+        .sum();
     out.reserve_exact(copied + frames.iter().map(Vec::len).sum::<usize>());
     let mut frames = frames.into_iter();
     let mut outcome = Outcome {
