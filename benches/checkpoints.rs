@@ -788,7 +788,9 @@ async fn run(cfg: Cfg) -> Res<String> {
                 }
                 _ => None,
             })
-            .filter(|s| s.starts_with("versions_") || s.starts_with("dictionar"))
+            .filter(|s| {
+                s.starts_with("versions_") || s.starts_with("dictionar") || s.starts_with("chunk_")
+            })
             .collect();
         let _ = writeln!(
             out,
