@@ -326,10 +326,11 @@ async fn big_checkpoints_reuse_their_unchanged_chunks_and_every_version_reads_ba
 
     // Another statecar writes the key in between: the first one's cached chunks (and delta
     // base) are stale. Its next write may still copy frames of chunks it holds byte for byte,
-    // its delta is refused, and every version reads back right, through either proxy.
+    // its delta is refused, and every version reads back right, through either proxy. A
+    // value read back lends its chunks too.
     let other = Statecar::start(redis.port(), RULES);
     let mut q = RawConn::connect(other.port()).await;
-    let more: Vec<Vec<u8>> = (0..2)
+    let more: Vec<Vec<u8>> = (0..3)
         .map(|_| {
             c.step();
             c.checkpoint()
@@ -337,9 +338,20 @@ async fn big_checkpoints_reuse_their_unchanged_chunks_and_every_version_reads_ba
         .collect();
     assert_eq!(q.cmd(&args!["SET", "cp:big", more[0]]).await, ok());
     assert_eq!(p.cmd(&args!["SET", "cp:big", more[1]]).await, ok());
+    for conn in [&mut p, &mut q] {
+        assert!(conn.cmd(&["GET", "cp:big"]).await == bulk(&more[1]), "GET");
+    }
+    // The second statecar wrote its version with nothing to copy from; the GET just now
+    // taught it the chunks of the value the first one wrote, so its next write copies most.
+    let stats = q.cmd(&["STATE.STATS"]).await;
+    assert_eq!(as_int(&stats.get("chunk_bytes_reused").expect("stat")), 0);
+    assert_eq!(q.cmd(&args!["SET", "cp:big", more[2]]).await, ok());
+    let stats = q.cmd(&["STATE.STATS"]).await;
+    let reused = as_int(&stats.get("chunk_bytes_reused").expect("stat"));
+    assert!(reused > more[2].len() as i64 / 2, "{reused} bytes reused");
     let all: Vec<Vec<u8>> = cps.iter().chain(&more).cloned().collect();
     for conn in [&mut p, &mut q] {
-        assert!(conn.cmd(&["GET", "cp:big"]).await == bulk(&all[5]), "GET");
+        assert!(conn.cmd(&["GET", "cp:big"]).await == bulk(&all[6]), "GET");
         for (i, cp) in all.iter().enumerate() {
             assert!(
                 load(conn, "cp:big", i as u64 + 1).await.as_deref() == Some(&cp[..]),
@@ -349,7 +361,7 @@ async fn big_checkpoints_reuse_their_unchanged_chunks_and_every_version_reads_ba
         }
     }
     let report = verify_clean(&sc);
-    assert!(report.contains("6 versions checked"), "{report}");
+    assert!(report.contains("7 versions checked"), "{report}");
 }
 
 /// Two statecars, and a client straight on Redis, write one key at once: every base is stale

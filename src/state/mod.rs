@@ -413,9 +413,25 @@ impl StateEngine {
         }
         let mut header = [0u8; HEADER_LEN];
         header.copy_from_slice(head);
-        if let Some(b) = Base::from_frame(header, meta.version, frame) {
-            cache.put(key, b);
-        }
+        let Some(b) = Base::from_frame(header, meta.version, frame) else {
+            return;
+        };
+        // A big zstd value written in chunks (by any statecar) lends its frames to the key's
+        // next write, as if this proxy had written it.
+        let chunked = usize::try_from(meta.original_len).is_ok_and(|n| n >= CHUNKED_VALUE)
+            && meta.codec == Codec::Zstd
+            && meta.dict.is_none()
+            && meta.header_len == HEADER_LEN;
+        let chunks = chunked
+            .then(|| codec::chunked::chunks_of(stored.get(HEADER_LEN..)?))
+            .flatten()
+            .map(|chunks| {
+                Arc::new(Chunked {
+                    stored: Bytes::copy_from_slice(stored),
+                    chunks,
+                })
+            });
+        cache.put(key, b.with_chunks(chunks));
     }
 
     /// The reply for a GET of `key` when Redis holds `stored` and the proxy already has that

@@ -211,6 +211,29 @@ pub fn compress_chunked(
     Some(outcome)
 }
 
+/// The chunks of a payload of several zstd frames, read from the frames themselves (each
+/// records its content size): a value this or another statecar wrote in chunks, read back,
+/// serves its next write as well as one it wrote. `None` if a frame does not say its size
+/// or the payload is one frame (nothing to reuse). The table is only a hint: a chunk is
+/// reused only when its bytes are found equal.
+pub fn chunks_of(payload: &[u8]) -> Option<Vec<Chunk>> {
+    let mut chunks = Vec::new();
+    let (mut at, mut value_at) = (0usize, 0usize);
+    while at < payload.len() {
+        let rest = payload.get(at..)?;
+        let n = zstd::zstd_safe::find_frame_compressed_size(rest).ok()?;
+        let size = zstd::zstd_safe::get_frame_content_size(rest.get(..n)?).ok()??;
+        let size = usize::try_from(size).ok().filter(|&s| s > 0)?;
+        let end = value_at.checked_add(size)?;
+        chunks.push(Chunk {
+            value: value_at..end,
+            frame: at..at.checked_add(n)?,
+        });
+        (at, value_at) = (at + n, end);
+    }
+    (chunks.len() > 1).then_some(chunks)
+}
+
 fn fingerprint(bytes: &[u8]) -> (usize, u64, u64) {
     let word = |b: Option<&[u8]>| {
         b.and_then(|b| <[u8; 8]>::try_from(b).ok())
@@ -373,6 +396,19 @@ mod tests {
         let o3 = compress_chunked(&new, 1, Some(prev2), &mut third).expect("compresses");
         assert_eq!(o3.reused, new.len());
         assert_eq!(third, second[6..]);
+    }
+
+    #[test]
+    fn the_chunks_are_read_back_from_the_frames() {
+        let value = sample(4 << 20, 6);
+        let mut payload = Vec::new();
+        let o = compress_chunked(&value, 1, None, &mut payload).expect("compresses");
+        assert_eq!(chunks_of(&payload), Some(o.chunks));
+        // One frame: nothing to reuse. Not frames at all: no table.
+        let one = zstd_frame(&value[..100_000], 1).expect("compresses");
+        assert_eq!(chunks_of(&one), None);
+        assert_eq!(chunks_of(&payload[..payload.len() - 1]), None);
+        assert_eq!(chunks_of(b"not zstd at all"), None);
     }
 
     #[test]
