@@ -55,8 +55,8 @@ impl Links {
 
     /// Lets go of connections that are stalled (their oldest command has waited too long: a
     /// slow script ahead of us) or busy with a big transfer: the next [`Links::conn`] picks one
-    /// that is moving. Only for a client with
-    /// nothing in flight, so that its commands still reach Redis in its order.
+    /// that is moving. Only for a client with nothing in flight, so that its commands still
+    /// reach Redis in its order.
     pub fn leave_stalled(&mut self, now: tokio::time::Instant) {
         self.conns.retain(|(_, _, c)| !c.stalled(now));
     }

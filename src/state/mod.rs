@@ -134,6 +134,30 @@ pub fn show_key(key: &[u8]) -> String {
     }
 }
 
+/// `base`'s value as a delta against `value` (whose CRC-32 is `crc`), the version a write is
+/// about to make `predicted`: what the history keeps of the version the write replaces.
+fn delta_against(
+    rule: &Rule,
+    base: &Base,
+    value: &[u8],
+    crc: u32,
+    predicted: u32,
+) -> Option<Vec<u8>> {
+    let crcs = envelope::Crcs {
+        value: base.crc(),
+        base: crc,
+    };
+    envelope::encode_delta_known(
+        &base.value(),
+        value,
+        crcs,
+        predicted,
+        rule.level,
+        base.timestamp_ms(),
+        base.version,
+    )
+}
+
 impl StateEngine {
     /// Builds the engine from validated configuration.
     pub fn new(rules: Rules, max_decoded: usize) -> StateEngine {
@@ -170,8 +194,9 @@ impl StateEngine {
         self.trainers.get(rule.index).and_then(Option::as_ref)
     }
 
-    /// Encodes `value` whole for `rule`, with the rule's dictionary when it has one in use.
-    fn encode_full(&self, rule: &Rule, value: &[u8], ts: u64, version: u32) -> Vec<u8> {
+    /// Encodes `value` (whose CRC-32 is `crc`) whole for `rule`, with the rule's dictionary
+    /// when it has one in use.
+    fn encode_full(&self, rule: &Rule, value: &[u8], crc: u32, ts: u64, version: u32) -> Vec<u8> {
         let trainer = self.trainer(rule);
         let dict = trainer
             .filter(|_| value.len() <= dict::MAX_DICT_VALUE)
@@ -186,7 +211,7 @@ impl StateEngine {
                 _ => None,
             },
         };
-        let stored = envelope::encode_with(value, &enc, ts, version);
+        let stored = envelope::encode_with_crc(value, &enc, crc, ts, version);
         if let Some(t) = trainer {
             let with_dict = envelope::inspect(&stored)
                 .ok()
@@ -218,23 +243,9 @@ impl StateEngine {
             .as_ref()
             .filter(|b| predicted > 0 && !rule.full_version(b.version));
         // Both versions' checksums are needed twice (in the envelope and in the delta's
-        // header); a big value's takes the better part of a millisecond.
+        // header), and are computed once: the base's is in its header.
         let crc = crc32fast::hash(value);
-        let delta_of = |b: &Base| {
-            let crcs = envelope::Crcs {
-                value: b.crc(),
-                base: crc,
-            };
-            envelope::encode_delta_known(
-                &b.value(),
-                value,
-                crcs,
-                predicted,
-                rule.level,
-                b.timestamp_ms(),
-                b.version,
-            )
-        };
+        let delta_of = |b: &Base| delta_against(rule, b, value, crc, predicted);
         let full = || self.encode_whole(rule, value, crc, ts, predicted, base.as_ref());
         // A large value's two compressions (whole, and the old value as a delta) run on two
         // threads: the caller is already off the async threads (see `plan_is_heavy`).
@@ -286,7 +297,7 @@ impl StateEngine {
                 return (stored, Some(outcome.chunks));
             }
         }
-        (self.encode_full(rule, value, ts, version), None)
+        (self.encode_full(rule, value, crc, ts, version), None)
     }
 
     /// No rules: a plain transparent proxy.
@@ -305,7 +316,7 @@ impl StateEngine {
     /// Encodes a value for `rule` without a history (the version, if any, is filled in by the
     /// write script).
     pub fn encode(&self, rule: &Rule, value: &[u8]) -> Bytes {
-        let stored = self.encode_full(rule, value, now_ms(), 0);
+        let stored = self.encode_full(rule, value, crc32fast::hash(value), now_ms(), 0);
         self.count_write(rule, value.len(), stored.len());
         Bytes::from(stored)
     }
@@ -321,19 +332,11 @@ impl StateEngine {
         base: Option<&Base>,
     ) -> EncodedWrite {
         let predicted = base.and_then(|b| b.version.checked_add(1)).unwrap_or(0);
-        let stored = self.encode_full(rule, value, created_ms, predicted);
+        let crc = crc32fast::hash(value);
+        let stored = self.encode_full(rule, value, crc, created_ms, predicted);
         let delta = base
             .filter(|b| rule.delta.on && predicted > 0 && !rule.full_version(b.version))
-            .and_then(|b| {
-                envelope::encode_delta(
-                    &b.value(),
-                    value,
-                    predicted,
-                    rule.level,
-                    b.timestamp_ms(),
-                    b.version,
-                )
-            });
+            .and_then(|b| delta_against(rule, b, value, crc, predicted));
         self.finish_write(rule, key, value, stored, None, predicted, base, delta)
     }
 

@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::ops::Range;
 
-use super::zstd_frames::zstd_frame;
+use super::zstd_frames::{frames_on_threads, zstd_frame};
 
 /// Chunks are at least this long: the cut search starts here (and the bytes before it are not
 /// hashed at all), which bounds the number of frames and the ratio lost to them.
@@ -213,8 +213,10 @@ pub fn compress_chunked(
 
 /// The chunks of a payload of several zstd frames, read from the frames themselves (each
 /// records its content size): a value this or another statecar wrote in chunks, read back,
-/// serves its next write as well as one it wrote. `None` if a frame does not say its size
-/// or the payload is one frame (nothing to reuse). The table is only a hint: a chunk is
+/// serves its next write as well as one it wrote. `None` if a frame does not say its size,
+/// or the frames are not chunks `cut_points` could have cut (one frame, or frames longer than
+/// `MAX_CHUNK`, as a big value written without a history has): nothing could be reused, and
+/// the cache would keep the envelope for nothing. The table is only a hint: a chunk is
 /// reused only when its bytes are found equal.
 pub fn chunks_of(payload: &[u8]) -> Option<Vec<Chunk>> {
     let mut chunks = Vec::new();
@@ -223,7 +225,9 @@ pub fn chunks_of(payload: &[u8]) -> Option<Vec<Chunk>> {
         let rest = payload.get(at..)?;
         let n = zstd::zstd_safe::find_frame_compressed_size(rest).ok()?;
         let size = zstd::zstd_safe::get_frame_content_size(rest.get(..n)?).ok()??;
-        let size = usize::try_from(size).ok().filter(|&s| s > 0)?;
+        let size = usize::try_from(size)
+            .ok()
+            .filter(|&s| s > 0 && s <= MAX_CHUNK)?;
         let end = value_at.checked_add(size)?;
         chunks.push(Chunk {
             value: value_at..end,
@@ -247,52 +251,19 @@ fn fingerprint(bytes: &[u8]) -> (usize, u64, u64) {
     )
 }
 
-/// Each of `chunks` as one frame, on up to four threads when there is enough to compress.
+/// Each of `chunks` as one frame, on several threads when there is enough to compress.
 fn compress_all(chunks: &[&[u8]], level: i32) -> Option<Vec<Vec<u8>>> {
     let total: usize = chunks.iter().map(|c| c.len()).sum();
-    let threads = std::thread::available_parallelism()
-        .map_or(2, usize::from)
-        .clamp(2, 4);
     if total < PARALLEL_BYTES || chunks.len() < 2 {
         return chunks.iter().map(|c| zstd_frame(c, level)).collect();
     }
-    // Consecutive runs of chunks of about equal bytes, one per thread.
-    let share = total.div_ceil(threads);
-    let mut groups: Vec<&[&[u8]]> = Vec::with_capacity(threads);
-    let (mut from, mut acc) = (0, 0);
-    for (i, c) in chunks.iter().enumerate() {
-        acc += c.len();
-        if acc >= share {
-            groups.push(&chunks[from..=i]);
-            (from, acc) = (i + 1, 0);
-        }
-    }
-    if from < chunks.len() {
-        groups.push(&chunks[from..]);
-    }
-    std::thread::scope(|s| {
-        let jobs: Vec<_> = groups
-            .into_iter()
-            .map(|g| {
-                s.spawn(move || {
-                    g.iter()
-                        .map(|c| zstd_frame(c, level))
-                        .collect::<Option<Vec<_>>>()
-                })
-            })
-            .collect();
-        let mut all = Vec::with_capacity(chunks.len());
-        for j in jobs {
-            all.extend(j.join().ok()??);
-        }
-        Some(all)
-    })
+    frames_on_threads(chunks, level)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::codec::{ZstdBase, zstd_decompress_with};
+    use crate::state::codec::{ZstdBase, ZstdRef, zstd_append, zstd_decompress_with};
 
     /// Text-like bytes that do not repeat (a tiny LCG), so chunks are not all alike.
     fn sample(len: usize, seed: u64) -> Vec<u8> {
@@ -408,6 +379,10 @@ mod tests {
         let one = zstd_frame(&value[..100_000], 1).expect("compresses");
         assert_eq!(chunks_of(&one), None);
         assert_eq!(chunks_of(&payload[..payload.len() - 1]), None);
+        // The two to four frames of a big value written without a history are not chunks.
+        let mut whole = Vec::new();
+        assert!(zstd_append(&value, &mut whole, 1, ZstdRef::None));
+        assert_eq!(chunks_of(&whole), None);
         assert_eq!(chunks_of(b"not zstd at all"), None);
     }
 

@@ -109,12 +109,6 @@ pub fn zstd_append(input: &[u8], out: &mut Vec<u8>, level: i32, with: ZstdRef<'_
     done.is_some()
 }
 
-/// `input` as one self-contained frame at `level`, in a vector of its exact size.
-pub(super) fn zstd_frame(input: &[u8], level: i32) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    zstd_append(input, &mut out, level, ZstdRef::None).then_some(out)
-}
-
 /// Values at least this long are compressed as several zstd frames, one per thread: a
 /// standard payload (zstd decoders read concatenated frames as one stream), and an 8 MB
 /// checkpoint's compression takes about half the time on two cores. Each frame loses the
@@ -123,34 +117,69 @@ pub const PARALLEL_FRAMES: usize = 2 << 20;
 
 /// `input` as consecutive frames compressed on their own threads; the written length.
 fn parallel_frames(input: &[u8], level: i32, dst: &mut [u8]) -> Option<usize> {
-    let threads = std::thread::available_parallelism()
-        .map_or(2, usize::from)
-        .clamp(2, 4);
-    let part = input.len().div_ceil(threads);
-    let frames: Vec<Option<Vec<u8>>> = std::thread::scope(|s| {
-        let jobs: Vec<_> = input
-            .chunks(part)
-            .map(|chunk| {
-                s.spawn(move || {
-                    let mut v = vec![0u8; zstd_safe::compress_bound(chunk.len())];
-                    let n = with_context(&ZSTD_CCTX, zstd_safe::CCtx::try_create, |cctx| {
-                        zstd_with(cctx, chunk, &mut v, level, ZstdRef::None)
-                    })
-                    .flatten()?;
-                    v.truncate(n);
-                    Some(v)
-                })
-            })
-            .collect();
-        jobs.into_iter().map(|j| j.join().ok().flatten()).collect()
-    });
+    let part = input.len().div_ceil(frame_threads());
+    let parts: Vec<&[u8]> = input.chunks(part).collect();
     let mut at = 0;
-    for f in frames {
-        let f = f?;
+    for f in frames_on_threads(&parts, level)? {
         dst.get_mut(at..at + f.len())?.copy_from_slice(&f);
         at += f.len();
     }
     Some(at)
+}
+
+/// Threads that compress a big value's frames: what the machine has, from two to four.
+fn frame_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, usize::from)
+        .clamp(2, 4)
+}
+
+/// Each of `parts` as one self-contained frame, in order: consecutive runs of parts of about
+/// equal bytes, one run per thread (`frame_threads`).
+pub(super) fn frames_on_threads(parts: &[&[u8]], level: i32) -> Option<Vec<Vec<u8>>> {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let share = total.div_ceil(frame_threads()).max(1);
+    let mut runs: Vec<&[&[u8]]> = Vec::new();
+    let (mut from, mut acc) = (0, 0);
+    for (i, p) in parts.iter().enumerate() {
+        acc += p.len();
+        if acc >= share {
+            runs.push(&parts[from..=i]);
+            (from, acc) = (i + 1, 0);
+        }
+    }
+    if from < parts.len() {
+        runs.push(&parts[from..]);
+    }
+    std::thread::scope(|s| {
+        let jobs: Vec<_> = runs
+            .into_iter()
+            .map(|run| {
+                s.spawn(move || {
+                    run.iter()
+                        .map(|p| zstd_frame(p, level))
+                        .collect::<Option<Vec<_>>>()
+                })
+            })
+            .collect();
+        let mut all = Vec::with_capacity(parts.len());
+        for j in jobs {
+            all.extend(j.join().ok()??);
+        }
+        Some(all)
+    })
+}
+
+/// `input` as one self-contained frame at `level`, in a vector of its exact size (whatever
+/// its length: no frames of its own on other threads).
+pub(super) fn zstd_frame(input: &[u8], level: i32) -> Option<Vec<u8>> {
+    let mut v = vec![0u8; zstd_safe::compress_bound(input.len())];
+    let n = with_context(&ZSTD_CCTX, zstd_safe::CCtx::try_create, |cctx| {
+        zstd_with(cctx, input, &mut v, level, ZstdRef::None)
+    })
+    .flatten()?;
+    v.truncate(n);
+    Some(v)
 }
 
 /// One frame with a reused context; the written length.

@@ -1,7 +1,7 @@
 //! Building envelopes: a full value (format 1, or format 2 naming a dictionary) and a delta
 //! against another version (format 2). The header itself is written by `header`.
 
-use super::header::{write_header, write_header_crc};
+use super::header::write_header;
 use super::{FLAG_DELTA, FLAG_DICT, HEADER_LEN};
 use crate::state::codec::{self, Codec, ZstdRef, chunked};
 
@@ -58,6 +58,19 @@ pub fn encode(
 /// script that assigns versions in Redis may overwrite both (see
 /// [`version_patch`](super::version_patch)).
 pub fn encode_with(value: &[u8], enc: &Encoding<'_>, timestamp_ms: u64, version: u32) -> Vec<u8> {
+    let crc = crc32fast::hash(value);
+    encode_with_crc(value, enc, crc, timestamp_ms, version)
+}
+
+/// [`encode_with`] for a value whose CRC-32 the caller already has (a versioned write needs
+/// it for the delta's header too).
+pub fn encode_with_crc(
+    value: &[u8],
+    enc: &Encoding<'_>,
+    value_crc: u32,
+    timestamp_ms: u64,
+    version: u32,
+) -> Vec<u8> {
     let codec = enc.codec;
     let dict = enc.dict.filter(|_| codec == Codec::Zstd);
     let ext = if dict.is_some() { 4 } else { 0 };
@@ -98,15 +111,16 @@ pub fn encode_with(value: &[u8], enc: &Encoding<'_>, timestamp_ms: u64, version:
         flags,
         &ext_bytes,
         timestamp_ms,
-        value,
+        value.len(),
+        value_crc,
         version,
     );
     out
 }
 
 /// Encodes a big `value` as a full envelope (format 1, zstd) whose payload is one frame per
-/// content-defined chunk (`value_crc` is its CRC-32), copying the frames of the chunks `prev` (the value's previous
-/// version, as it was encoded) already holds; see `codec::chunked`. Also returns the chunks,
+/// content-defined chunk (`value_crc` is its CRC-32), copying the frames of the chunks `prev`
+/// (the value's previous version, as it was encoded) already holds; see `codec::chunked`. Also returns the chunks,
 /// with frame ranges relative to the payload, for the next version. `None` if zstd failed or
 /// the payload would not be smaller than the value (the caller then encodes it as usual).
 pub fn encode_chunked(
@@ -123,7 +137,7 @@ pub fn encode_chunked(
     if out.len() - HEADER_LEN >= value.len() {
         return None;
     }
-    write_header_crc(
+    write_header(
         &mut out,
         Codec::Zstd,
         0,
@@ -190,7 +204,7 @@ pub fn encode_delta_known(
     if !codec::zstd_append(value, &mut out, level, ZstdRef::Prefix(base)) {
         return None;
     }
-    write_header_crc(
+    write_header(
         &mut out,
         Codec::Zstd,
         FLAG_DELTA,

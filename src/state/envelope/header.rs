@@ -8,33 +8,11 @@ use super::{
 };
 use crate::state::codec::Codec;
 
-/// Fills in the header (and extension) of `out`, whose payload is already in place.
-pub(super) fn write_header(
-    out: &mut [u8],
-    codec: Codec,
-    flags: u16,
-    ext: &[u8],
-    timestamp_ms: u64,
-    value: &[u8],
-    version: u32,
-) {
-    let crc = crc32fast::hash(value);
-    write_header_crc(
-        out,
-        codec,
-        flags,
-        ext,
-        timestamp_ms,
-        value.len(),
-        crc,
-        version,
-    );
-}
-
-/// [`write_header`] for a value whose CRC-32 the caller already has (a big value's, computed
-/// once for its envelope and the delta made against it).
+/// Fills in the header (and extension) of `out`, whose payload is already in place, for a
+/// value of `value_len` bytes whose CRC-32 is `value_crc` (the callers compute it once: a
+/// versioned write needs it for the delta against the value as well).
 #[allow(clippy::too_many_arguments)]
-pub(super) fn write_header_crc(
+pub(super) fn write_header(
     out: &mut [u8],
     codec: Codec,
     flags: u16,

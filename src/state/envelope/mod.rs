@@ -35,6 +35,7 @@ mod tests;
 pub use decoder::{Decoded, Refs, decode, decode_bulk, decode_bulk_with, decode_with};
 pub use encoder::{
     Crcs, DictRef, Encoding, encode, encode_chunked, encode_delta, encode_delta_known, encode_with,
+    encode_with_crc,
 };
 pub use header::{inspect, set_version, version_patch};
 

@@ -53,19 +53,25 @@ impl Apply<'_> {
             }
             let at = stored.as_ptr() as usize - reply.as_ptr() as usize;
             let span = at..at + stored.len();
+            // Decoded and remembered (which copies a big envelope into the cache) off the
+            // async threads when big.
+            let decode = move |engine: &StateEngine, key: &Bytes, reply: &Bytes| {
+                let frame = engine.decode_frame(&reply[span.clone()], reply)?;
+                if !std::ptr::eq(frame.as_ptr(), reply.as_ptr()) {
+                    engine.remember(key, &reply[span.clone()], frame.clone());
+                }
+                Some(frame)
+            };
             let frame = if stored.len() >= DECODE_OFF_THREAD {
-                let (engine, r, sp) = (self.engine.clone(), reply.clone(), span.clone());
-                tokio::task::spawn_blocking(move || engine.decode_frame(&r[sp], &r))
+                let (engine, k, r) = (self.engine.clone(), key.clone(), reply.clone());
+                tokio::task::spawn_blocking(move || decode(&engine, &k, &r))
                     .await
                     .ok()
                     .flatten()
             } else {
-                self.engine.decode_frame(stored, &reply)
+                decode(self.engine, key, &reply)
             };
             if let Some(frame) = frame {
-                if !std::ptr::eq(frame.as_ptr(), reply.as_ptr()) {
-                    self.engine.remember(key, &reply[span], frame.clone());
-                }
                 return frame;
             }
         }

@@ -225,7 +225,8 @@ fn the_header_extension_is_covered_and_flags_are_strict() {
     let forge2 = |codec: Codec, flags: u16, ext: &[u8]| {
         let mut out = vec![0u8; HEADER_LEN + ext.len()];
         out.extend_from_slice(b"payload");
-        write_header(&mut out, codec, flags, ext, 1, b"payload", 1);
+        let crc = crc32fast::hash(b"payload");
+        write_header(&mut out, codec, flags, ext, 1, b"payload".len(), crc, 1);
         out[4] = FORMAT_VERSION;
         let hc = header_crc(&out[..HEADER_CRC_SPAN], ext);
         out[24..28].copy_from_slice(&hc.to_be_bytes());
