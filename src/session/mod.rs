@@ -30,6 +30,7 @@ mod pipeline;
 pub mod registry;
 mod reshape;
 pub mod retry;
+mod stage;
 mod state_plan;
 mod subscriptions;
 mod transaction;

@@ -104,6 +104,9 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
 
     /// Runs a state plan on the shared connection, in its place in the pipeline.
     pub(super) async fn run_plan(&mut self, plan: Plan) -> Flow {
+        let Some(plan) = self.stage(plan).await else {
+            return Flow::Stop;
+        };
         match self.script_plan(plan, true) {
             Plan::Reject(e) | Plan::Fail(e) => self.reply(e).await,
             Plan::Send { raw, pending } => {

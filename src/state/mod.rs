@@ -64,6 +64,9 @@ pub struct Totals {
     /// Bytes of big values whose compressed chunks were copied from the key's previous
     /// version instead of compressed again (`codec::chunked`).
     pub chunk_bytes_reused: AtomicU64,
+    /// Big values uploaded to a staging key before their write script, which renamed them
+    /// into place (`session/stage.rs`).
+    pub values_staged: AtomicU64,
 }
 
 /// Everything a session needs to treat state keys.

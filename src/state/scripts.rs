@@ -79,8 +79,18 @@ local function current(key, hist)
   if hist ~= key then last = tonumber(redis.call('HGET', hist, 'last') or '0') end
   return h, env_version(h), last
 end
+-- val: the bytes, or {staging key} for a big value uploaded beforehand, renamed into place so
+-- that Lua never copies it (Redis hashes every byte of every string a script receives).
 local function set_value(key, val, tmode, tval)
-  if tmode == 'PX' or tmode == 'PXAT' then
+  if type(val) == 'table' then
+    local at = -1
+    if tmode == 'KEEPTTL' then at = redis.call('PEXPIRETIME', key) end
+    redis.call('RENAME', val[1], key)
+    if tmode == 'PX' then redis.call('PEXPIRE', key, tval)
+    elseif tmode == 'PXAT' then redis.call('PEXPIREAT', key, tval)
+    elseif at > 0 then redis.call('PEXPIREAT', key, at)
+    else redis.call('PERSIST', key) end
+  elseif tmode == 'PX' or tmode == 'PXAT' then
     redis.call('SET', key, val, tmode, tval)
   elseif tmode == 'KEEPTTL' then
     redis.call('SET', key, val, 'KEEPTTL')
@@ -170,15 +180,34 @@ end
 /// Writes: SET (all options), SETNX, SETEX, PSETEX, GETSET, MSET, MSETNX, STATE.SAVE, and the
 /// second step of STATE.ROLLBACK.
 ///
-/// KEYS: (key, history) pairs; history == key when the key keeps none.
+/// KEYS: (key, history) pairs; history == key when the key keeps none; then, with one pair
+/// only, optionally the staging key that holds the pair's value (`session/stage.rs`; the value
+/// argument is then empty).
 /// ARGV: mode (SET|MSETNX), cond (''|NX|XX), want_old (0|1), expected version (''|n), tags,
 /// then per pair: value, max_versions (0 = none), ttl mode (''|PX|PXAT|KEEPTTL), ttl value,
 /// base header (36 bytes or ''), delta envelope (or ''), predicted version (0 = none).
 /// Returns {done, old value or nil, last version written, versions trimmed, {version per
 /// pair}, {1 per pair whose delta was stored}}.
 const WRITE: &str = r#"
+local npairs = math.floor(#KEYS / 2)
+local stage, staged = nil, nil
+if #KEYS % 2 == 1 then
+  stage = KEYS[#KEYS]
+  if redis.call('EXISTS', stage) == 0 then
+    return redis.error_reply('ERR statecar: the uploaded value of ' .. KEYS[1] .. ' was gone (evicted or expired) before its write ran; nothing was written, retry it')
+  end
+  -- Renamed into place, unless the client's ACL user may not rename it and restore the
+  -- expiry: then it is read, as if it had come with the call.
+  local k = KEYS[1]
+  staged = {stage}
+  if not (redis.acl_check_cmd('RENAME', stage, k) and redis.acl_check_cmd('PEXPIRE', k, '1')
+      and redis.acl_check_cmd('PEXPIREAT', k, '1') and redis.acl_check_cmd('PERSIST', k)
+      and redis.acl_check_cmd('PEXPIRETIME', k)) then
+    staged = redis.call('GET', stage)
+  end
+end
+local function write()
 local mode, cond, want_old, expect, tags = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local npairs = #KEYS / 2
 local old = false
 if want_old == '1' or cond ~= '' then
   local r = redis.pcall('GET', KEYS[1])
@@ -212,7 +241,9 @@ for i = 1, npairs do
   if i == 1 then p = pre end
   local o = nil
   if i == 1 then o = old end
-  local v, t, u = store(KEYS[2 * i - 1], KEYS[2 * i], ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3], ARGV[b + 4], tags, ARGV[b + 5], ARGV[b + 6], tonumber(ARGV[b + 7]), p, o)
+  local val = ARGV[b + 1]
+  if staged then val = staged end
+  local v, t, u = store(KEYS[2 * i - 1], KEYS[2 * i], val, tonumber(ARGV[b + 2]), ARGV[b + 3], ARGV[b + 4], tags, ARGV[b + 5], ARGV[b + 6], tonumber(ARGV[b + 7]), p, o)
   if v > 0 then ver = v end
   trimmed = trimmed + t
   versions[i] = v
@@ -220,6 +251,12 @@ for i = 1, npairs do
 end
 if old == true then old = false end
 return {1, old, ver, trimmed, versions, used}
+end
+local r = write()
+-- Renamed, the upload is gone already; otherwise (NX, XX, a version check, read instead of
+-- renamed) it goes now rather than at its expiry.
+if stage then redis.call('DEL', stage) end
+return r
 "#;
 
 /// DEL / UNLINK: KEYS = the client's keys, then history keys; ARGV = {command, client key count}.

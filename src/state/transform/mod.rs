@@ -151,6 +151,30 @@ pub struct ScriptCall {
     pub args: Vec<Bytes>,
 }
 
+/// The write script's arguments before the first pair's, and per pair (see `scripts::WRITE`).
+const WRITE_HEAD_ARGS: usize = 5;
+const WRITE_PAIR_ARGS: usize = 7;
+
+impl ScriptCall {
+    /// The value of a write of one key: the one value the write script can take from a
+    /// staging key instead of its arguments (`session/stage.rs`).
+    pub fn single_write_value(&self) -> Option<&Bytes> {
+        let single = self.script == ScriptKind::Write
+            && self.keys.len() == 2
+            && self.args.len() == WRITE_HEAD_ARGS + WRITE_PAIR_ARGS;
+        single.then(|| &self.args[WRITE_HEAD_ARGS])
+    }
+
+    /// Makes the write script take its value from `stage` (which holds it already) instead of
+    /// its arguments. Only for a call with a [`single_write_value`](Self::single_write_value).
+    pub fn take_value_from(&mut self, stage: Bytes) {
+        if self.single_write_value().is_some() {
+            self.args[WRITE_HEAD_ARGS] = Bytes::new();
+            self.keys.push(stage);
+        }
+    }
+}
+
 use crate::protocol::frames::split_array;
 
 pub(super) fn is_error(frame: &[u8]) -> bool {

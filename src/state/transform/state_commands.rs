@@ -111,6 +111,10 @@ impl Apply<'_> {
                 Value::text("chunk_bytes_reused"),
                 Value::Int(t.chunk_bytes_reused.load(Relaxed) as i64),
             ),
+            (
+                Value::text("values_staged"),
+                Value::Int(t.values_staged.load(Relaxed) as i64),
+            ),
         ];
         for line in info.lines() {
             if let Some((k, v)) = line.trim().split_once(':')
