@@ -102,7 +102,8 @@ fn bench(c: &mut Criterion) {
 
     // The same for an 8.5 MB checkpoint (benches/checkpoints.rs `big`): the value whole in two
     // to four frames, the value in chunks with the previous version's frames to copy (what a
-    // versioned write of it does), and the replaced version as a delta.
+    // versioned write of it does), and the replaced version as a delta of zstd's and as a
+    // chunk map.
     let mut session = Checkpoints::new(77);
     while session.checkpoint().len() < 8 << 20 {
         session.advance(250);
@@ -136,6 +137,28 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("zstd_delta", |b| {
         b.iter(|| envelope::encode_delta(black_box(&old), &new, 2, 1, 1, 1));
+    });
+    // What a versioned write makes of the replaced version instead: a map of the new value's
+    // chunks (codec::chunk_delta).
+    let mut new_payload = Vec::new();
+    let new_chunks = chunked::compress_chunked(&new, 1, Some(prev), &mut new_payload)
+        .expect("the sample compresses")
+        .chunks;
+    let crcs = envelope::Crcs {
+        value: crc32fast::hash(&old),
+        base: crc32fast::hash(&new),
+    };
+    let head = envelope::DeltaHead {
+        value_len: old.len(),
+        crcs,
+        base_version: 2,
+        timestamp_ms: 1,
+        version: 1,
+    };
+    g.bench_function("chunk_map_delta", |b| {
+        b.iter(|| {
+            envelope::encode_chunk_delta(black_box(&old), &old_chunks, &new, &new_chunks, 1, head)
+        });
     });
     g.finish();
 }

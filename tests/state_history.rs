@@ -319,6 +319,21 @@ async fn big_checkpoints_reuse_their_unchanged_chunks_and_every_version_reads_ba
         Ok(envelope::Decoded::State { value, .. }) => assert!(value == cps[3], "decoded"),
         other => panic!("not a state value: {:?}", other.map(|_| ())),
     }
+    // The older versions are chunk maps of the next newer one (format 2, flags 0x0005:
+    // delta and chunk map), a small fraction of the value.
+    for v in 1..=3 {
+        let entry = as_bytes(&d.cmd(&["HGET", &hist("cp:big"), &v.to_string()]).await);
+        assert_eq!(
+            entry[4..8],
+            [2, 3, 0, 5],
+            "version {v}: format, codec, flags"
+        );
+        assert!(
+            entry.len() < cps[v - 1].len() / 100,
+            "version {v}: {} bytes",
+            entry.len()
+        );
+    }
     let url = redis.url();
     decodes_without_the_proxy(&url, "cp:big", &cps, 1..=4).await;
     let report = verify_clean(&sc);

@@ -1,6 +1,6 @@
 //! The stored format: arbitrary stored values, and forged envelopes of both formats (a valid
 //! header CRC around fuzzed codec ids, lengths, checksums, extensions and payloads, so the
-//! fuzzer gets past the header checks). decode must never panic, never return more than the limit, and never return bytes
+//! fuzzer gets past the header checks), and chunk maps against fuzzed bases. decode must never panic, never return more than the limit, and never return bytes
 //! whose CRC32 or length differ from the header's; decode_bulk must agree with decode.
 #![no_main]
 
@@ -47,6 +47,11 @@ fuzz_target!(|data: &[u8]| {
     if data.len() < 10 {
         return;
     }
+    // A chunk map (a big version's delta) against fuzzed base bytes: an error or exactly
+    // `out` filled, never a panic or a read out of bounds.
+    let (base, map) = data.split_at(data.len() / 3);
+    let mut out = vec![0u8; usize::from(data[2]) * 64];
+    let _ = statecar::state::codec::chunk_delta::decode(map, base, &mut out);
     // A forged header: [codec id][flags lo][original_len u32][crc mode][version u32] + payload.
     let codec = data[0] % 6; // ids 4 and 5 are unknown codecs
     let flags = u16::from(data[1] & 0x01);

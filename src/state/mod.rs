@@ -161,6 +161,30 @@ fn delta_against(
     )
 }
 
+/// The replaced version of a big value as a chunk map of the new one (`codec::chunk_delta`),
+/// when both were cut in chunks: `chunks` is the new value's table.
+fn chunk_delta_against(
+    rule: &Rule,
+    base: &Base,
+    value: &[u8],
+    chunks: &[Chunk],
+    crc: u32,
+    predicted: u32,
+) -> Option<Vec<u8>> {
+    let prev = base.previous()?;
+    let head = envelope::DeltaHead {
+        value_len: prev.value.len(),
+        crcs: envelope::Crcs {
+            value: base.crc(),
+            base: crc,
+        },
+        base_version: predicted,
+        timestamp_ms: base.timestamp_ms(),
+        version: base.version,
+    };
+    envelope::encode_chunk_delta(prev.value, prev.chunks, value, chunks, rule.level, head)
+}
+
 impl StateEngine {
     /// Builds the engine from validated configuration.
     pub fn new(rules: Rules, max_decoded: usize) -> StateEngine {
@@ -253,6 +277,18 @@ impl StateEngine {
         // A large value's two compressions (whole, and the old value as a delta) run on two
         // threads: the caller is already off the async threads (see `plan_is_heavy`).
         let ((stored, chunks), delta) = match wants_delta {
+            // A big value after a version cut in chunks: the replaced version's delta is a map
+            // of the new value's chunks, made once they are known; it costs about as much as
+            // comparing them, so it needs no thread of its own. zstd's delta if it does not
+            // apply.
+            Some(b) if value.len() >= CHUNKED_VALUE && b.previous().is_some() => {
+                let (stored, chunks) = full();
+                let delta = chunks
+                    .as_deref()
+                    .and_then(|c| chunk_delta_against(rule, b, value, c, crc, predicted))
+                    .or_else(|| delta_of(b));
+                ((stored, chunks), delta)
+            }
             Some(b) if value.len() >= PARALLEL_ENCODE => std::thread::scope(|s| {
                 let d = s.spawn(|| delta_of(b));
                 let whole = full();

@@ -59,38 +59,86 @@ const GEAR_SHIFTED: [u64; 256] = {
     table
 };
 
+/// Values at least this long have their cut points found on two threads.
+const PARALLEL_CUTS: usize = 4 << 20;
+
 /// Where `data` is cut: the end of every chunk, the last one `data.len()`.
+///
+/// A cut point depends only on where the chunk before it ended and on the bytes after that,
+/// so from any cut point on, the rest of the cuts are the same whoever finds them. A long value
+/// is therefore searched on two threads: the second half as if a chunk began at its start,
+/// and the first half up to where it runs into one of the second half's cut points (about a
+/// chunk past the middle); the second half's cuts from there on are the ones a single pass
+/// would have found. (About 3.7 ms for 8.5 MB on one thread.)
 pub fn cut_points(data: &[u8]) -> Vec<usize> {
-    let mut ends = Vec::with_capacity(data.len() / (MIN_CHUNK * 2) + 1);
-    let mut start = 0;
-    while start < data.len() {
-        let end = data.len().min(start.saturating_add(MAX_CHUNK));
-        let mut cut = end;
-        let from = start.saturating_add(MIN_CHUNK);
-        if from < end {
-            let mut h = 0u64;
-            // Two bytes a step (FastCDC's "rolling two bytes"), testing the cut condition at
-            // both: `first` is the hash after the first byte shifted left by one, so it is
-            // tested with the mask shifted too. The mask leaves out the top bit, which that
-            // shift loses, so every position is tested on the same bits and an insertion of
-            // odd length moves no later cut point.
-            for (i, p) in data[from..end].chunks_exact(2).enumerate() {
-                let first = (h << 2).wrapping_add(GEAR_SHIFTED[usize::from(p[0])]);
-                if first & (CUT_MASK << 1) == 0 {
-                    cut = from + 2 * i + 1;
-                    break;
-                }
-                h = first.wrapping_add(GEAR[usize::from(p[1])]);
-                if h & CUT_MASK == 0 {
-                    cut = from + 2 * i + 2;
-                    break;
-                }
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    if data.len() < PARALLEL_CUTS || threads < 2 {
+        return cuts_from(data, 0, data.len());
+    }
+    let half = data.len() / 2;
+    std::thread::scope(|s| {
+        let tail = s.spawn(|| cuts_from(data, half, data.len()));
+        let mut ends = cuts_from(data, 0, half);
+        let Ok(tail) = tail.join() else {
+            return cuts_from(data, 0, data.len());
+        };
+        let mut at = ends.last().copied().unwrap_or(0);
+        loop {
+            if at >= data.len() {
+                return ends;
             }
+            if at == half {
+                ends.extend_from_slice(&tail);
+                return ends;
+            }
+            if let Ok(i) = tail.binary_search(&at) {
+                ends.extend_from_slice(&tail[i + 1..]);
+                return ends;
+            }
+            at = next_cut(data, at);
+            ends.push(at);
         }
-        ends.push(cut);
-        start = cut;
+    })
+}
+
+/// The cut points after a chunk that begins at `start`, up to the first one at or past
+/// `until` (or the end).
+fn cuts_from(data: &[u8], start: usize, until: usize) -> Vec<usize> {
+    let mut ends = Vec::with_capacity((until - start.min(until)) / (MIN_CHUNK * 2) + 1);
+    let mut at = start;
+    while at < data.len() && (ends.is_empty() || at < until) {
+        at = next_cut(data, at);
+        ends.push(at);
     }
     ends
+}
+
+/// The end of the chunk that begins at `start` (< `data.len()`).
+fn next_cut(data: &[u8], start: usize) -> usize {
+    let end = data.len().min(start.saturating_add(MAX_CHUNK));
+    let mut cut = end;
+    let from = start.saturating_add(MIN_CHUNK);
+    if from < end {
+        let mut h = 0u64;
+        // Two bytes a step (FastCDC's "rolling two bytes"), testing the cut condition at
+        // both: `first` is the hash after the first byte shifted left by one, so it is
+        // tested with the mask shifted too. The mask leaves out the top bit, which that
+        // shift loses, so every position is tested on the same bits and an insertion of
+        // odd length moves no later cut point.
+        for (i, p) in data[from..end].chunks_exact(2).enumerate() {
+            let first = (h << 2).wrapping_add(GEAR_SHIFTED[usize::from(p[0])]);
+            if first & (CUT_MASK << 1) == 0 {
+                cut = from + 2 * i + 1;
+                break;
+            }
+            h = first.wrapping_add(GEAR[usize::from(p[1])]);
+            if h & CUT_MASK == 0 {
+                cut = from + 2 * i + 2;
+                break;
+            }
+        }
+    }
+    cut
 }
 
 /// One chunk of a chunked payload: its bytes in the value, its frame in the payload.
@@ -238,7 +286,7 @@ pub fn chunks_of(payload: &[u8]) -> Option<Vec<Chunk>> {
     (chunks.len() > 1).then_some(chunks)
 }
 
-fn fingerprint(bytes: &[u8]) -> (usize, u64, u64) {
+pub(super) fn fingerprint(bytes: &[u8]) -> (usize, u64, u64) {
     let word = |b: Option<&[u8]>| {
         b.and_then(|b| <[u8; 8]>::try_from(b).ok())
             .map_or(0, u64::from_le_bytes)
@@ -306,6 +354,15 @@ mod tests {
         }
         // One byte repeated never satisfies the cut condition: cut at the maximum.
         assert_eq!(cut_points(&vec![0u8; 3 << 20]), [1 << 20, 2 << 20, 3 << 20]);
+    }
+
+    #[test]
+    fn two_threads_find_the_cut_points_one_would() {
+        let mut runs = sample(9 << 20, 3);
+        runs[2 << 20..5 << 20].fill(b'x'); // cut every MAX_CHUNK from wherever a chunk began
+        for data in [sample(PARALLEL_CUTS, 1), sample(9 << 20, 2), runs] {
+            assert_eq!(cut_points(&data), cuts_from(&data, 0, data.len()));
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! deltas against a base, several frames for large values; `chunked`: a big value's frames
 //! reused by its next version) have files of their own.
 
+pub mod chunk_delta;
 pub mod chunked;
 #[cfg(test)]
 mod tests;

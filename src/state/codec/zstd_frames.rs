@@ -206,6 +206,22 @@ fn zstd_with(
     }
 }
 
+/// Appends `input` as one zstd frame against `prefix` with long-distance matching, whatever
+/// their size: level 1's own match finder keeps too few positions of a prefix of a few hundred
+/// KiB to find the copies a neighbouring version is made of (`chunk_delta`).
+pub(super) fn long_delta_append(
+    input: &[u8],
+    prefix: &[u8],
+    level: i32,
+    out: &mut Vec<u8>,
+) -> bool {
+    let start = out.len();
+    out.resize(start + zstd_safe::compress_bound(input.len()), 0);
+    let done = long_delta(input, prefix, level, &mut out[start..]);
+    out.truncate(start + done.unwrap_or(0));
+    done.is_some()
+}
+
 /// A delta of a large value: a context of its own with long-distance matching and a window
 /// covering base and value (one-shot calls derive their window from the level only).
 fn long_delta(input: &[u8], prefix: &[u8], level: i32, dst: &mut [u8]) -> Option<usize> {

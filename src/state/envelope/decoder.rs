@@ -135,7 +135,11 @@ fn payload_into(
                     found,
                 });
             }
-            codec::zstd_decompress_with(payload, out, ZstdBase::Prefix(bytes))?;
+            if meta.chunk_map {
+                codec::chunk_delta::decode(payload, bytes, out)?;
+            } else {
+                codec::zstd_decompress_with(payload, out, ZstdBase::Prefix(bytes))?;
+            }
         }
         (None, Some(id)) => {
             let dict = refs.dict.ok_or(EnvelopeError::NeedsDictionary(id))?;

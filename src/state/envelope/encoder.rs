@@ -2,7 +2,8 @@
 //! against another version (format 2). The header itself is written by `header`.
 
 use super::header::write_header;
-use super::{FLAG_DELTA, FLAG_DICT, HEADER_LEN};
+use super::{FLAG_CHUNKS, FLAG_DELTA, FLAG_DICT, HEADER_LEN};
+use crate::state::codec::chunked::Chunk;
 use crate::state::codec::{self, Codec, ZstdRef, chunked};
 
 /// A trained dictionary ready for compression at one level.
@@ -196,23 +197,83 @@ pub fn encode_delta_known(
     timestamp_ms: u64,
     version: u32,
 ) -> Option<Vec<u8>> {
-    let mut ext = [0u8; 8];
-    ext[..4].copy_from_slice(&base_version.to_be_bytes());
-    ext[4..].copy_from_slice(&crcs.base.to_be_bytes());
-    let mut out = Vec::with_capacity(HEADER_LEN + 8 + value.len() / 8 + 64);
-    out.resize(HEADER_LEN + 8, 0);
-    if !codec::zstd_append(value, &mut out, level, ZstdRef::Prefix(base)) {
-        return None;
-    }
-    write_header(
-        &mut out,
-        Codec::Zstd,
-        FLAG_DELTA,
-        &ext,
+    let head = DeltaHead {
+        value_len: value.len(),
+        crcs,
+        base_version,
         timestamp_ms,
-        value.len(),
-        crcs.value,
         version,
-    );
+    };
+    head.wrap(FLAG_DELTA, value.len() / 8 + 64, |out| {
+        codec::zstd_append(value, out, level, ZstdRef::Prefix(base))
+    })
+}
+
+/// `value` (cut into `value_chunks`) as a chunk map of `base` (cut into `base_chunks`), the
+/// next newer version (`codec::chunk_delta`); `None` when the map does not apply (fewer than
+/// half of the value's bytes found in the base, a table that does not describe its value),
+/// and the caller makes a delta of zstd's own.
+pub fn encode_chunk_delta(
+    value: &[u8],
+    value_chunks: &[Chunk],
+    base: &[u8],
+    base_chunks: &[Chunk],
+    level: i32,
+    head: DeltaHead,
+) -> Option<Vec<u8>> {
+    let head = DeltaHead {
+        value_len: value.len(),
+        ..head
+    };
+    let mut out = head.wrap(FLAG_DELTA | FLAG_CHUNKS, 4096, |out| {
+        codec::chunk_delta::encode(value, value_chunks, base, base_chunks, level, out)
+    })?;
+    out.shrink_to_fit();
     Some(out)
+}
+
+/// What the header of a delta says besides its flags.
+#[derive(Clone, Copy, Debug)]
+pub struct DeltaHead {
+    /// Length of the value the delta encodes.
+    pub value_len: usize,
+    /// The value's and the base's checksums.
+    pub crcs: Crcs,
+    /// The version the delta is against.
+    pub base_version: u32,
+    /// When the value was first written.
+    pub timestamp_ms: u64,
+    /// The value's version.
+    pub version: u32,
+}
+
+impl DeltaHead {
+    /// An envelope with `flags` whose payload `payload` appends (room for `room` bytes of it
+    /// reserved); `None` if it could not.
+    fn wrap(
+        &self,
+        flags: u16,
+        room: usize,
+        payload: impl FnOnce(&mut Vec<u8>) -> bool,
+    ) -> Option<Vec<u8>> {
+        let mut ext = [0u8; 8];
+        ext[..4].copy_from_slice(&self.base_version.to_be_bytes());
+        ext[4..].copy_from_slice(&self.crcs.base.to_be_bytes());
+        let mut out = Vec::with_capacity(HEADER_LEN + 8 + room);
+        out.resize(HEADER_LEN + 8, 0);
+        if !payload(&mut out) {
+            return None;
+        }
+        write_header(
+            &mut out,
+            Codec::Zstd,
+            flags,
+            &ext,
+            self.timestamp_ms,
+            self.value_len,
+            self.crcs.value,
+            self.version,
+        );
+        Some(out)
+    }
 }

@@ -3,8 +3,8 @@
 //! written down in code once.
 
 use super::{
-    Base, EnvelopeError, FLAG_DELTA, FLAG_DICT, FORMAT_V1, FORMAT_VERSION, HEADER_CRC_SPAN,
-    HEADER_LEN, MAGIC, Meta, SIGNATURE, SIGNATURE_V2, VERSION_OFFSET,
+    Base, EnvelopeError, FLAG_CHUNKS, FLAG_DELTA, FLAG_DICT, FORMAT_V1, FORMAT_VERSION,
+    HEADER_CRC_SPAN, HEADER_LEN, MAGIC, Meta, SIGNATURE, SIGNATURE_V2, VERSION_OFFSET,
 };
 use crate::state::codec::Codec;
 
@@ -174,12 +174,14 @@ pub fn inspect(stored: &[u8]) -> Result<Option<Meta>, EnvelopeError> {
     let known = if format == FORMAT_V1 {
         0
     } else {
-        FLAG_DELTA | FLAG_DICT
+        FLAG_DELTA | FLAG_DICT | FLAG_CHUNKS
     };
-    // Format 2 always has an extension, and a frame cannot have both a dictionary and a base.
+    // Format 2 always has an extension, a frame cannot have both a dictionary and a base, and
+    // only a delta can be a chunk map.
     let valid = flags & !known == 0
         && (format == FORMAT_V1 || flags != 0)
-        && flags != FLAG_DELTA | FLAG_DICT;
+        && flags & (FLAG_DELTA | FLAG_DICT) != FLAG_DELTA | FLAG_DICT
+        && (flags & FLAG_CHUNKS == 0 || flags == FLAG_DELTA | FLAG_CHUNKS);
     if !valid {
         return Err(EnvelopeError::UnsupportedFlags(flags));
     }
@@ -208,6 +210,7 @@ pub fn inspect(stored: &[u8]) -> Result<Option<Meta>, EnvelopeError> {
         stored_len: stored.len(),
         dict,
         base,
+        chunk_map: flags & FLAG_CHUNKS != 0,
         header_len,
     };
     Ok(Some(meta))

@@ -34,8 +34,8 @@ mod tests;
 
 pub use decoder::{Decoded, Refs, decode, decode_bulk, decode_bulk_with, decode_with};
 pub use encoder::{
-    Crcs, DictRef, Encoding, encode, encode_chunked, encode_delta, encode_delta_known, encode_with,
-    encode_with_crc,
+    Crcs, DeltaHead, DictRef, Encoding, encode, encode_chunk_delta, encode_chunked, encode_delta,
+    encode_delta_known, encode_with, encode_with_crc,
 };
 pub use header::{inspect, set_version, version_patch};
 
@@ -58,6 +58,9 @@ pub const VERSION_OFFSET: usize = 28;
 pub const FLAG_DELTA: u16 = 0x0001;
 /// Flag: the payload is a zstd frame compressed with a trained dictionary.
 pub const FLAG_DICT: u16 = 0x0002;
+/// With [`FLAG_DELTA`]: the payload is a chunk map of the base (`codec::chunk_delta`), not a
+/// zstd frame against it.
+pub const FLAG_CHUNKS: u16 = 0x0004;
 
 /// Bytes covered by the header CRC: everything the writer fixes, nothing the Lua script patches.
 const HEADER_CRC_SPAN: usize = 24;
@@ -95,6 +98,8 @@ pub struct Meta {
     pub dict: Option<u32>,
     /// The version whose bytes the payload is a delta against.
     pub base: Option<Base>,
+    /// The delta is a chunk map of the base ([`FLAG_CHUNKS`]).
+    pub chunk_map: bool,
     /// Where the payload starts (the header's length, extension included).
     pub header_len: usize,
 }

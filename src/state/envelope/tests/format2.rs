@@ -238,6 +238,13 @@ fn the_header_extension_is_covered_and_flags_are_strict() {
         (Codec::Zstd, 0x0004, &[][..]),
         (Codec::Lz4, FLAG_DELTA, &[0u8; 8][..]),
         (Codec::None, FLAG_DICT, &[0u8; 4][..]),
+        (Codec::Zstd, FLAG_DICT | FLAG_CHUNKS, &[0u8; 4][..]),
+        (
+            Codec::Zstd,
+            FLAG_DELTA | FLAG_DICT | FLAG_CHUNKS,
+            &[0u8; 12][..],
+        ),
+        (Codec::Lz4, FLAG_DELTA | FLAG_CHUNKS, &[0u8; 8][..]),
     ] {
         let v = forge2(codec, flags, ext);
         assert_eq!(
@@ -269,4 +276,60 @@ fn a_value_one_byte_from_the_format_2_signature_is_damaged_not_plain() {
     let mut v = vec![0xE5, b'S', b'C', b'J', 7];
     v.resize(60, b'x');
     assert_eq!(decode(&v, MAX), Ok(Decoded::Plain));
+}
+
+/// A big version as a chunk map of the next one: flagged delta and chunk map, read only
+/// against the base it names (its CRC checked first), and decoded exactly.
+#[test]
+fn a_chunk_map_delta_reads_back_against_its_base_only() {
+    use crate::state::codec::chunked::compress_chunked;
+    let mut cps = Checkpoints::new(5);
+    while cps.checkpoint().len() < 3 << 20 {
+        cps.advance(200);
+    }
+    let old = cps.checkpoint();
+    cps.step();
+    let new = cps.checkpoint();
+    let table = |v: &[u8]| {
+        let mut payload = Vec::new();
+        compress_chunked(v, 1, None, &mut payload)
+            .unwrap_or_else(|| panic!("compresses"))
+            .chunks
+    };
+    let crcs = Crcs {
+        value: crc32fast::hash(&old),
+        base: crc32fast::hash(&new),
+    };
+    let head = DeltaHead {
+        value_len: old.len(),
+        crcs,
+        base_version: 8,
+        timestamp_ms: 1_000,
+        version: 7,
+    };
+    let stored = encode_chunk_delta(&old, &table(&old), &new, &table(&new), 1, head)
+        .unwrap_or_else(|| panic!("consecutive checkpoints share most chunks"));
+    assert!(stored.len() < 64 << 10, "{} bytes", stored.len());
+    let meta = inspect(&stored)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("an envelope"));
+    assert!(meta.chunk_map);
+    assert_eq!(meta.base.map(|b| b.version), Some(8));
+    assert_eq!(meta.version, 7);
+    assert!(matches!(
+        decode(&stored, usize::MAX),
+        Err(EnvelopeError::NeedsBase(8))
+    ));
+    let refs = |b| Refs {
+        base: Some(b),
+        dict: None,
+    };
+    match decode_with(&stored, usize::MAX, refs(&new)) {
+        Ok(Decoded::State { value, .. }) => assert!(value == old, "decoded"),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    assert!(matches!(
+        decode_with(&stored, usize::MAX, refs(&old)),
+        Err(EnvelopeError::BaseMismatch { version: 8, .. })
+    ));
 }
