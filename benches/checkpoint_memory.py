@@ -25,16 +25,15 @@ import json
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "clients" / "python" / "src"))
+sys.path.insert(0, str(REPO / "benches" / "support"))
 
 import redis  # noqa: E402
 from langchain_core.load import dumpd  # noqa: E402
@@ -43,6 +42,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMe
 from langgraph.graph import END, START, StateGraph  # noqa: E402
 from langgraph.graph.message import add_messages  # noqa: E402
 
+from servers import free_port, start_redis, statecar_bin, wait_ping  # noqa: E402
 from statecar.langgraph import StatecarSaver  # noqa: E402
 
 WORDS = (
@@ -104,43 +104,6 @@ def build_graph(seed: int):
     g.add_conditional_edges("agent", route, ["tool", END])
     g.add_edge("tool", "agent")
     return g.compile, rng
-
-
-# ---------------------------------------------------------------------------------------------
-# processes
-
-
-def free_port() -> int:
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            p = s.getsockname()[1]
-        if p not in (6379, 6380):
-            return p
-
-
-def wait_ping(port: int, proc: subprocess.Popen, what: str) -> None:
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            if redis.Redis(port=port, socket_timeout=1).ping():
-                return
-        except redis.RedisError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"{what} did not start on port {port}")
-        time.sleep(0.05)
-
-
-def statecar_bin() -> str:
-    """$STATECAR_BIN, else the newer of target/release and target/debug (memory figures do not
-    depend on the build profile)."""
-    if os.environ.get("STATECAR_BIN"):
-        return os.environ["STATECAR_BIN"]
-    built = [p for p in (REPO / "target" / d / "statecar" for d in ("release", "debug")) if p.exists()]
-    if not built:
-        raise SystemExit("no statecar binary: cargo build --release")
-    return str(max(built, key=lambda p: p.stat().st_mtime))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,12 +171,7 @@ def main() -> None:
     rport, sport = free_port(), free_port()
     procs = []
     try:
-        rs = subprocess.Popen(
-            ["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp)],
-            stdout=subprocess.DEVNULL,
-        )
-        procs.append(rs)
-        wait_ping(rport, rs, "redis-server")
+        procs.append(start_redis(rport, tmp))
         sc = subprocess.Popen(
             [statecar_bin(), "--config", args.config, "--listen", f"127.0.0.1:{sport}", "--upstream", f"redis://127.0.0.1:{rport}", "--metrics-listen", f"127.0.0.1:{free_port()}", "--log-level", "warn"],
             stdout=subprocess.DEVNULL,

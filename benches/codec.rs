@@ -149,7 +149,6 @@ fn bench(c: &mut Criterion) {
         base: crc32fast::hash(&new),
     };
     let head = envelope::DeltaHead {
-        value_len: old.len(),
         crcs,
         base_version: 2,
         timestamp_ms: 1,

@@ -5,9 +5,9 @@ write function's call, or uploaded first to a staging key that the function rena
 
     python3 benches/staged_writes.py [--statecar BIN] [--writes 40]
 
-It starts its own redis-server and statecar (BIN, else $STATECAR_BIN, else
-target/release/statecar) on free loopback ports. Each size writes one key `--writes` times, the
-values differing in 100 bytes (as consecutive checkpoints do, so the older versions are small
+It starts its own redis-server and statecar (BIN, else $STATECAR_BIN, else the newer of
+target/release and target/debug) on free loopback ports (benches/support/servers.py). Each
+size writes one key `--writes` times, the values differing in 100 bytes (as consecutive checkpoints do, so the older versions are small
 deltas) and made of random bytes (so the stored size is the written size). Per write: Redis's
 time (INFO commandstats, every command counted, CONFIG excluded), the FCALL's share of it, and
 the client's wall time (one client, one write at a time). Needs redis-server and redis-py.
@@ -17,35 +17,23 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
-import redis
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
+
+import redis  # noqa: E402
+from servers import free_port, start_redis, statecar_bin, wait_ping  # noqa: E402
 
 SIZES = [16_000, 60_000, 70_000, 256_000, 1_500_000]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ping(port: int) -> None:
-    for _ in range(200):
-        try:
-            if redis.Redis(port=port).ping():
-                return
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing answers on port {port}")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--statecar", default=os.environ.get("STATECAR_BIN", "target/release/statecar"))
+    ap.add_argument("--statecar", default=None, help="statecar binary (default: $STATECAR_BIN, else the newer build)")
     ap.add_argument("--writes", type=int, default=40)
     a = ap.parse_args()
     run = tempfile.mkdtemp(prefix="staged-writes-")
@@ -55,14 +43,13 @@ def main() -> None:
         f.write(f'listen = "127.0.0.1:{ps}"\n[upstream]\nurl = "redis://127.0.0.1:{pr}"\n'
                 '[log]\nlevel = "warn"\n[[state]]\npattern = "big:*"\ncompression = "zstd"\n'
                 "max_versions = 10\n")
-    procs = [subprocess.Popen(["redis-server", "--port", str(pr), "--bind", "127.0.0.1", "--save", "",
-                               "--appendonly", "no", "--dir", run], stdout=subprocess.DEVNULL)]
+    procs = [start_redis(pr, run)]
     try:
-        wait_ping(pr)
         env = {k: v for k, v in os.environ.items() if not k.startswith("STATECAR_")}
-        procs.append(subprocess.Popen([a.statecar, "--config", conf], env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        wait_ping(ps)
+        sc = subprocess.Popen([a.statecar or statecar_bin(), "--config", conf], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(sc)
+        wait_ping(ps, sc, "statecar")
         p, d = redis.Redis(port=ps), redis.Redis(port=pr)
         print("| stored bytes | Redis us per write | of which FCALL | client us per write | staged |")
         print("|--:|--:|--:|--:|--:|")

@@ -26,13 +26,6 @@ fn hist(key: &str) -> String {
     format!("__statecar:h:{{{key}}}")
 }
 
-fn as_int(f: &Frame) -> i64 {
-    match f {
-        Frame::Int(n) => *n,
-        other => panic!("expected an integer, got {other:?}"),
-    }
-}
-
 fn as_bytes(f: &Frame) -> Vec<u8> {
     match f {
         Frame::Bulk(b) => b.clone(),

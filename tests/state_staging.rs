@@ -27,18 +27,6 @@ pattern = "flat:*"
 compression = "lz4"
 "#;
 
-/// Bytes zstd cannot shrink, so that the stored value is as long as the written one.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    pseudo_random_bytes(seed, len)
-}
-
-fn as_int(f: &Frame) -> i64 {
-    match f {
-        Frame::Int(n) => *n,
-        other => panic!("expected an integer, got {other:?}"),
-    }
-}
-
 /// Every bulk string in a reply, depth first.
 fn strings(f: &Frame, out: &mut Vec<String>) {
     match f {
@@ -80,7 +68,8 @@ async fn big_values_are_renamed_into_place_and_read_back_with_their_history() {
     let (redis, sc) = start_pair(RULES);
     let mut p = RawConn::connect(sc.port()).await;
     let mut d = RawConn::connect(redis.port()).await;
-    let values: Vec<Vec<u8>> = (0..4).map(|i| noise(200_000, i)).collect();
+    // Random bytes: zstd cannot shrink them, so each is stored in about its own length.
+    let values: Vec<Vec<u8>> = (0..4).map(|i| pseudo_random_bytes(i, 200_000)).collect();
     for v in &values {
         assert_eq!(p.cmd(&args!["SET", "big:a", v]).await, ok());
     }
@@ -94,10 +83,10 @@ async fn big_values_are_renamed_into_place_and_read_back_with_their_history() {
         assert!(r.get("value") == Some(bulk(v)), "version {}", i + 1);
     }
     // SET ... GET answers the value it replaced, decoded.
-    let next = noise(200_000, 9);
+    let next = pseudo_random_bytes(9, 200_000);
     assert!(p.cmd(&args!["SET", "big:a", next, "GET"]).await == bulk(&values[3]));
     // A rule without history stages too; a small value never does.
-    let flat = noise(100_000, 5);
+    let flat = pseudo_random_bytes(5, 100_000);
     assert_eq!(p.cmd(&args!["SET", "flat:x", flat]).await, ok());
     assert!(p.cmd(&["GET", "flat:x"]).await == bulk(&flat));
     assert_eq!(p.cmd(&["SET", "big:small", "tiny"]).await, ok());
@@ -114,7 +103,7 @@ async fn a_staged_write_keeps_every_set_option_and_leaves_nothing_behind() {
     let (redis, sc) = start_pair(RULES);
     let mut p = RawConn::connect(sc.port()).await;
     let mut d = RawConn::connect(redis.port()).await;
-    let v = |i| noise(150_000, i);
+    let v = |i| pseudo_random_bytes(i, 150_000);
     let hist = "__statecar:h:{big:t}";
 
     assert_eq!(p.cmd(&args!["SET", "big:t", v(1), "EX", "100"]).await, ok());
@@ -178,7 +167,7 @@ async fn the_write_script_refuses_an_upload_that_is_gone() {
     let (redis, sc) = start_pair(RULES);
     let mut p = RawConn::connect(sc.port()).await;
     let mut d = RawConn::connect(redis.port()).await;
-    let first = noise(100_000, 1);
+    let first = pseudo_random_bytes(1, 100_000);
     assert_eq!(p.cmd(&args!["SET", "big:g", first]).await, ok());
     let mut names = Vec::new();
     strings(&d.cmd(&["FUNCTION", "LIST"]).await, &mut names);
@@ -216,7 +205,9 @@ async fn a_user_who_may_not_rename_still_writes_big_values() {
     assert_eq!(d.cmd(&setuser).await, ok());
     let mut p = RawConn::connect(sc.port()).await;
     assert_eq!(p.cmd(&["AUTH", "agent", "pw"]).await, ok());
-    let values: Vec<Vec<u8>> = (0..3).map(|i| noise(120_000, 20 + i)).collect();
+    let values: Vec<Vec<u8>> = (0..3)
+        .map(|i| pseudo_random_bytes(20 + i, 120_000))
+        .collect();
     for v in &values {
         assert_eq!(p.cmd(&args!["SET", "big:acl", v, "EX", "100"]).await, ok());
     }

@@ -50,7 +50,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
         if !up.functions() || up.is_cluster() {
             return Some(plan);
         }
-        let (Some(value), Some(key)) = (call.single_write_value(), call.keys.first()) else {
+        let (Some(value), Some(key)) = (call.stageable_value(), call.keys.first()) else {
             return Some(plan);
         };
         if value.len() < STAGED_VALUE {

@@ -173,7 +173,6 @@ fn chunk_delta_against(
 ) -> Option<Vec<u8>> {
     let prev = base.previous()?;
     let head = envelope::DeltaHead {
-        value_len: prev.value.len(),
         crcs: envelope::Crcs {
             value: base.crc(),
             base: crc,

@@ -670,6 +670,14 @@ pub fn int(n: i64) -> Frame {
     Frame::Int(n)
 }
 
+/// The value of an integer reply (panics on anything else).
+pub fn as_int(f: &Frame) -> i64 {
+    match f {
+        Frame::Int(n) => *n,
+        other => panic!("expected an integer reply, got {other:?}"),
+    }
+}
+
 /// An error frame with exactly this text.
 pub fn err(s: &str) -> Frame {
     Frame::Error(s.into())

@@ -14,10 +14,9 @@
 //!   records its content size, decompressed against that range of the newer version as its
 //!   raw-content prefix (what `zstd --patch-from` does with a whole file).
 
-use std::collections::HashMap;
 use std::ops::Range;
 
-use super::chunked::{Chunk, fingerprint};
+use super::chunked::{Chunk, same_chunks, tiles};
 use super::zstd_frames::{ZstdBase, long_delta_append, zstd_decompress_with};
 use super::{CodecError, corrupt_msg};
 
@@ -72,30 +71,21 @@ impl Map<'_> {
             new,
             new_chunks,
         } = *self;
-        let covers = |chunks: &[Chunk], len: usize| {
-            let mut at = 0;
-            chunks.iter().all(|c| {
-                let ok = c.value.start == at && c.value.end > at;
-                at = c.value.end;
-                ok
-            }) && at == len
-        };
-        if !covers(old_chunks, old.len()) || !covers(new_chunks, new.len()) {
+        if !tiles(old_chunks.iter().map(|c| &c.value), old.len())
+            || !tiles(new_chunks.iter().map(|c| &c.value), new.len())
+        {
             return false;
         }
-        let index: HashMap<(usize, u64, u64), Range<usize>> = new_chunks
-            .iter()
-            .map(|c| (fingerprint(&new[c.value.clone()]), c.value.clone()))
-            .collect();
         // Where each old chunk is in the new value, if it is there byte for byte.
-        let found: Vec<Option<usize>> = old_chunks
-            .iter()
-            .map(|c| {
-                let bytes = &old[c.value.clone()];
-                let r = index.get(&fingerprint(bytes))?;
-                (&new[r.clone()] == bytes).then_some(r.start)
-            })
-            .collect();
+        let found: Vec<Option<usize>> = same_chunks(
+            old,
+            old_chunks.iter().map(|c| c.value.clone()),
+            new,
+            new_chunks,
+        )
+        .into_iter()
+        .map(|c| c.map(|c| c.value.start))
+        .collect();
         let copied: usize = old_chunks
             .iter()
             .zip(&found)

@@ -165,17 +165,44 @@ impl Previous<'_> {
     /// Whether the chunks describe this value and payload (a stale or foreign table is
     /// ignored rather than trusted).
     fn consistent(&self) -> bool {
-        let mut at = 0;
-        let mut frames_at = 0;
-        for c in self.chunks {
-            if c.value.start != at || c.frame.start != frames_at || c.value.is_empty() {
-                return false;
-            }
-            at = c.value.end;
-            frames_at = c.frame.end;
-        }
-        at == self.value.len() && frames_at == self.payload.len()
+        tiles(self.chunks.iter().map(|c| &c.value), self.value.len())
+            && tiles(self.chunks.iter().map(|c| &c.frame), self.payload.len())
     }
+}
+
+/// Whether `ranges` cover `0..len` in order, back to back, none of them empty: a chunk table
+/// that can describe a value of `len` bytes (or a payload of `len` bytes).
+pub(super) fn tiles<'a>(ranges: impl Iterator<Item = &'a Range<usize>>, len: usize) -> bool {
+    let mut at = 0;
+    for r in ranges {
+        if r.start != at || r.is_empty() {
+            return false;
+        }
+        at = r.end;
+    }
+    at == len
+}
+
+/// For each of the `ranges` of `ours`, a chunk of `theirs` (cut into `their_chunks`, which must
+/// [`tile`](tiles) it) with the same bytes, if there is one. A chunk is looked up by its length
+/// and its first and last 8 bytes, and taken only if all its bytes are equal.
+pub(super) fn same_chunks<'a>(
+    ours: &[u8],
+    ranges: impl Iterator<Item = Range<usize>>,
+    theirs: &[u8],
+    their_chunks: &'a [Chunk],
+) -> Vec<Option<&'a Chunk>> {
+    let index: HashMap<(usize, u64, u64), &Chunk> = their_chunks
+        .iter()
+        .filter_map(|c| Some((fingerprint(theirs.get(c.value.clone())?), c)))
+        .collect();
+    ranges
+        .map(|r| {
+            let bytes = ours.get(r)?;
+            let c = index.get(&fingerprint(bytes))?;
+            (theirs.get(c.value.clone())? == bytes).then_some(*c)
+        })
+        .collect()
 }
 
 /// What a chunked compression did.
@@ -198,27 +225,18 @@ pub fn compress_chunked(
     let start = out.len();
     let ends = cut_points(input);
     let prev = prev.filter(Previous::consistent);
-    // A chunk of the previous version by its length and its first and last 8 bytes; a
-    // candidate is reused only if all its bytes are equal.
-    let index: HashMap<(usize, u64, u64), &Chunk> = prev
-        .map(|p| {
-            p.chunks
-                .iter()
-                .map(|c| (fingerprint(&p.value[c.value.clone()]), c))
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut plan: Vec<(Range<usize>, Option<Range<usize>>)> = Vec::with_capacity(ends.len());
-    let mut begin = 0;
-    for &end in &ends {
-        let bytes = &input[begin..end];
-        let reuse = prev.and_then(|p| {
-            let c = index.get(&fingerprint(bytes))?;
-            (p.value.get(c.value.clone())? == bytes).then(|| c.frame.clone())
-        });
-        plan.push((begin..end, reuse));
-        begin = end;
-    }
+    let ranges = || {
+        let starts = std::iter::once(0).chain(ends.iter().copied());
+        starts.zip(ends.iter().copied()).map(|(a, b)| a..b)
+    };
+    let same = prev.map_or_else(
+        || vec![None; ends.len()],
+        |p| same_chunks(input, ranges(), p.value, p.chunks),
+    );
+    let plan: Vec<(Range<usize>, Option<Range<usize>>)> = ranges()
+        .zip(same)
+        .map(|(v, c)| (v, c.map(|c| c.frame.clone())))
+        .collect();
     let fresh: Vec<&[u8]> = plan
         .iter()
         .filter(|(_, r)| r.is_none())
@@ -286,7 +304,7 @@ pub fn chunks_of(payload: &[u8]) -> Option<Vec<Chunk>> {
     (chunks.len() > 1).then_some(chunks)
 }
 
-pub(super) fn fingerprint(bytes: &[u8]) -> (usize, u64, u64) {
+fn fingerprint(bytes: &[u8]) -> (usize, u64, u64) {
     let word = |b: Option<&[u8]>| {
         b.and_then(|b| <[u8; 8]>::try_from(b).ok())
             .map_or(0, u64::from_le_bytes)

@@ -198,13 +198,12 @@ pub fn encode_delta_known(
     version: u32,
 ) -> Option<Vec<u8>> {
     let head = DeltaHead {
-        value_len: value.len(),
         crcs,
         base_version,
         timestamp_ms,
         version,
     };
-    head.wrap(FLAG_DELTA, value.len() / 8 + 64, |out| {
+    head.wrap(FLAG_DELTA, value.len(), value.len() / 8 + 64, |out| {
         codec::zstd_append(value, out, level, ZstdRef::Prefix(base))
     })
 }
@@ -221,22 +220,16 @@ pub fn encode_chunk_delta(
     level: i32,
     head: DeltaHead,
 ) -> Option<Vec<u8>> {
-    let head = DeltaHead {
-        value_len: value.len(),
-        ..head
-    };
-    let mut out = head.wrap(FLAG_DELTA | FLAG_CHUNKS, 4096, |out| {
+    let mut out = head.wrap(FLAG_DELTA | FLAG_CHUNKS, value.len(), 4096, |out| {
         codec::chunk_delta::encode(value, value_chunks, base, base_chunks, level, out)
     })?;
     out.shrink_to_fit();
     Some(out)
 }
 
-/// What the header of a delta says besides its flags.
+/// What the header of a delta says besides its flags and the value's length.
 #[derive(Clone, Copy, Debug)]
 pub struct DeltaHead {
-    /// Length of the value the delta encodes.
-    pub value_len: usize,
     /// The value's and the base's checksums.
     pub crcs: Crcs,
     /// The version the delta is against.
@@ -248,11 +241,12 @@ pub struct DeltaHead {
 }
 
 impl DeltaHead {
-    /// An envelope with `flags` whose payload `payload` appends (room for `room` bytes of it
-    /// reserved); `None` if it could not.
+    /// The envelope, with `flags`, of a value of `value_len` bytes whose payload `payload`
+    /// appends (room for `room` bytes of it reserved); `None` if it could not.
     fn wrap(
         &self,
         flags: u16,
+        value_len: usize,
         room: usize,
         payload: impl FnOnce(&mut Vec<u8>) -> bool,
     ) -> Option<Vec<u8>> {
@@ -270,7 +264,7 @@ impl DeltaHead {
             flags,
             &ext,
             self.timestamp_ms,
-            self.value_len,
+            value_len,
             self.crcs.value,
             self.version,
         );

@@ -141,6 +141,7 @@ impl StateEngine {
                 script: kind,
                 keys,
                 args,
+                stageable: None,
             }),
             transform,
         })

@@ -128,6 +128,9 @@ impl StateEngine {
                 .unwrap_or_default(),
             tags,
         ];
+        // The first pair's value; the script can take it from a staging key when it is the
+        // only one.
+        let value_arg = (pairs.len() == 1).then_some(args.len());
         let mut notes = Vec::new();
         for (i, p) in pairs.into_iter().enumerate() {
             keys.push(p.key);
@@ -137,11 +140,15 @@ impl StateEngine {
                 notes.push((i, n));
             }
         }
-        self.script(
+        let mut plan = self.script(
             ScriptKind::Write,
             keys,
             args,
             Transform::Write { key, shape, notes },
-        )
+        )?;
+        if let Plan::Script { call, .. } = &mut plan {
+            call.stageable = value_arg;
+        }
+        Some(plan)
     }
 }

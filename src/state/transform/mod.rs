@@ -149,27 +149,22 @@ pub struct ScriptCall {
     pub keys: Vec<Bytes>,
     /// Its ARGV.
     pub args: Vec<Bytes>,
+    /// Which argument is a value the script can take from a staging key instead (the WRITE
+    /// script's value, when it writes one key: `session/stage.rs`).
+    pub stageable: Option<usize>,
 }
 
-/// The write script's arguments before the first pair's, and per pair (see `scripts::WRITE`).
-const WRITE_HEAD_ARGS: usize = 5;
-const WRITE_PAIR_ARGS: usize = 7;
-
 impl ScriptCall {
-    /// The value of a write of one key: the one value the write script can take from a
-    /// staging key instead of its arguments (`session/stage.rs`).
-    pub fn single_write_value(&self) -> Option<&Bytes> {
-        let single = self.script == ScriptKind::Write
-            && self.keys.len() == 2
-            && self.args.len() == WRITE_HEAD_ARGS + WRITE_PAIR_ARGS;
-        single.then(|| &self.args[WRITE_HEAD_ARGS])
+    /// The value the script can take from a staging key instead of its arguments.
+    pub fn stageable_value(&self) -> Option<&Bytes> {
+        self.args.get(self.stageable?)
     }
 
-    /// Makes the write script take its value from `stage` (which holds it already) instead of
-    /// its arguments. Only for a call with a [`single_write_value`](Self::single_write_value).
+    /// Makes the script take its [`stageable_value`](Self::stageable_value) from `stage`
+    /// (which holds it already; the script finds it as its last key).
     pub fn take_value_from(&mut self, stage: Bytes) {
-        if self.single_write_value().is_some() {
-            self.args[WRITE_HEAD_ARGS] = Bytes::new();
+        if let Some(v) = self.stageable.take().and_then(|i| self.args.get_mut(i)) {
+            *v = Bytes::new();
             self.keys.push(stage);
         }
     }

@@ -301,7 +301,6 @@ fn a_chunk_map_delta_reads_back_against_its_base_only() {
         base: crc32fast::hash(&new),
     };
     let head = DeltaHead {
-        value_len: old.len(),
         crcs,
         base_version: 8,
         timestamp_ms: 1_000,
