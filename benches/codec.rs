@@ -141,9 +141,8 @@ fn bench(c: &mut Criterion) {
     // What a versioned write makes of the replaced version instead: a map of the new value's
     // chunks (codec::chunk_delta).
     let mut new_payload = Vec::new();
-    let new_chunks = chunked::compress_chunked(&new, 1, Some(prev), &mut new_payload)
-        .expect("the sample compresses")
-        .chunks;
+    let new_outcome = chunked::compress_chunked(&new, 1, Some(prev), &mut new_payload)
+        .expect("the sample compresses");
     let crcs = envelope::Crcs {
         value: crc32fast::hash(&old),
         base: crc32fast::hash(&new),
@@ -156,7 +155,15 @@ fn bench(c: &mut Criterion) {
     };
     g.bench_function("chunk_map_delta", |b| {
         b.iter(|| {
-            envelope::encode_chunk_delta(black_box(&old), &old_chunks, &new, &new_chunks, 1, head)
+            envelope::encode_chunk_delta(
+                black_box(&old),
+                &old_chunks,
+                &new,
+                &new_outcome.chunks,
+                Some(&new_outcome.sources),
+                1,
+                head,
+            )
         });
     });
     g.finish();

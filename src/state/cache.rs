@@ -42,9 +42,17 @@ pub struct Chunked {
     pub chunks: Vec<Chunk>,
 }
 
-impl Base {
-    /// A base for `value` (copied once into its reply frame).
-    pub fn from_value(header: [u8; HEADER_LEN], version: u32, value: &[u8]) -> Base {
+/// A value as the RESP bulk string a GET of it is answered with (`$<len>\r\n<value>\r\n`):
+/// the form the cache keeps it in.
+pub struct ReplyFrame {
+    frame: Bytes,
+    /// Where the value starts in `frame`.
+    head: usize,
+}
+
+impl ReplyFrame {
+    /// `value`, copied once into its reply frame.
+    pub fn of(value: &[u8]) -> ReplyFrame {
         let mut digits = itoa::Buffer::new();
         let digits = digits.format(value.len()).as_bytes();
         let mut frame = bytes::BytesMut::with_capacity(value.len() + digits.len() + 5);
@@ -54,11 +62,26 @@ impl Base {
         let head = frame.len();
         frame.extend_from_slice(value);
         frame.extend_from_slice(b"\r\n");
+        ReplyFrame {
+            frame: frame.freeze(),
+            head,
+        }
+    }
+}
+
+impl Base {
+    /// A base for `value` (copied once into its reply frame).
+    pub fn from_value(header: [u8; HEADER_LEN], version: u32, value: &[u8]) -> Base {
+        Base::from_reply(header, version, ReplyFrame::of(value))
+    }
+
+    /// A base for a value already copied into its reply frame.
+    pub fn from_reply(header: [u8; HEADER_LEN], version: u32, frame: ReplyFrame) -> Base {
         Base {
             header,
             version,
-            frame: frame.freeze(),
-            head,
+            frame: frame.frame,
+            head: frame.head,
             chunks: None,
         }
     }

@@ -32,12 +32,15 @@ const FRAME: u8 = b'z';
 /// Appends to `out` the chunk map of `old` (cut as `old_chunks` say) against `new` (cut as
 /// `new_chunks` say). False, and `out` as it was, when fewer than half of `old`'s bytes are
 /// found in `new` (a delta of zstd's own then does better), a table does not describe its
-/// value, or zstd fails.
+/// value, or zstd fails. `sources`, when given, says for each chunk of `new` which chunk of
+/// `old` has the same bytes (as `compress_chunked` of `new` against `old` found them), so
+/// they are not compared again.
 pub fn encode(
     old: &[u8],
     old_chunks: &[Chunk],
     new: &[u8],
     new_chunks: &[Chunk],
+    sources: Option<&[Option<usize>]>,
     level: i32,
     out: &mut Vec<u8>,
 ) -> bool {
@@ -47,6 +50,7 @@ pub fn encode(
         old_chunks,
         new,
         new_chunks,
+        sources,
     }
     .write(level, out);
     if !done {
@@ -61,6 +65,7 @@ struct Map<'a> {
     old_chunks: &'a [Chunk],
     new: &'a [u8],
     new_chunks: &'a [Chunk],
+    sources: Option<&'a [Option<usize>]>,
 }
 
 impl Map<'_> {
@@ -70,6 +75,7 @@ impl Map<'_> {
             old_chunks,
             new,
             new_chunks,
+            sources,
         } = *self;
         if !tiles(old_chunks.iter().map(|c| &c.value), old.len())
             || !tiles(new_chunks.iter().map(|c| &c.value), new.len())
@@ -77,15 +83,29 @@ impl Map<'_> {
             return false;
         }
         // Where each old chunk is in the new value, if it is there byte for byte.
-        let found: Vec<Option<usize>> = same_chunks(
-            old,
-            old_chunks.iter().map(|c| c.value.clone()),
-            new,
-            new_chunks,
-        )
-        .into_iter()
-        .map(|c| c.map(|c| c.value.start))
-        .collect();
+        let found: Vec<Option<usize>> = match sources.filter(|s| s.len() == new_chunks.len()) {
+            Some(sources) => {
+                let mut found = vec![None; old_chunks.len()];
+                for (c, j) in new_chunks.iter().zip(sources) {
+                    let slot = j.and_then(|j| Some((found.get_mut(j)?, old_chunks.get(j)?)));
+                    if let Some((slot @ None, o)) = slot
+                        && o.value.len() == c.value.len()
+                    {
+                        *slot = Some(c.value.start);
+                    }
+                }
+                found
+            }
+            None => same_chunks(
+                old,
+                old_chunks.iter().map(|c| c.value.clone()),
+                new,
+                new_chunks,
+            )
+            .into_iter()
+            .map(|j| Some(new_chunks.get(j?)?.value.start))
+            .collect(),
+        };
         let copied: usize = old_chunks
             .iter()
             .zip(&found)
@@ -247,11 +267,27 @@ mod tests {
         new.extend_from_slice(&sample(300_000, 11));
         let (oc, nc) = (chunks_of(&old), chunks_of(&new));
         let mut map = Vec::new();
-        assert!(encode(&old, &oc, &new, &nc, 1, &mut map));
+        assert!(encode(&old, &oc, &new, &nc, None, 1, &mut map));
         assert!(map.len() < 64 << 10, "{} bytes", map.len());
         let mut back = vec![0u8; old.len()];
         decode(&map, &new, &mut back).expect("decodes");
         assert!(back == old);
+        // What a write does: the new value compressed against the old one knows which of
+        // its chunks are old ones, and the map made from that is the same.
+        let mut old_payload = Vec::new();
+        let first = compress_chunked(&old, 1, None, &mut old_payload).expect("compresses");
+        let prev = super::super::chunked::Previous {
+            value: &old,
+            payload: &old_payload,
+            chunks: &first.chunks,
+        };
+        let second = compress_chunked(&new, 1, Some(prev), &mut Vec::new()).expect("compresses");
+        assert_eq!(second.chunks, nc);
+        assert!(second.sources.iter().flatten().count() * 2 > nc.len());
+        let mut known = Vec::new();
+        let sources = Some(second.sources.as_slice());
+        assert!(encode(&old, &oc, &new, &nc, sources, 1, &mut known));
+        assert!(known == map);
         // Against the wrong base, or with the wrong length, it is an error, not a panic.
         let mut short = vec![0u8; old.len() - 1];
         assert!(decode(&map, &new, &mut short).is_err());
@@ -269,7 +305,7 @@ mod tests {
         for new in [shorter, longer] {
             let (oc, nc) = (chunks_of(&old), chunks_of(&new));
             let mut map = Vec::new();
-            assert!(encode(&old, &oc, &new, &nc, 1, &mut map));
+            assert!(encode(&old, &oc, &new, &nc, None, 1, &mut map));
             let mut back = vec![0u8; old.len()];
             decode(&map, &new, &mut back).expect("decodes");
             assert!(back == old);
@@ -282,10 +318,10 @@ mod tests {
         let new = sample(2 << 20, 2);
         let (oc, nc) = (chunks_of(&old), chunks_of(&new));
         let mut map = vec![1, 2, 3];
-        assert!(!encode(&old, &oc, &new, &nc, 1, &mut map));
+        assert!(!encode(&old, &oc, &new, &nc, None, 1, &mut map));
         assert_eq!(map, [1, 2, 3]);
         // A table for other bytes than the value's.
-        assert!(!encode(&old[1..], &oc, &new, &nc, 1, &mut map));
+        assert!(!encode(&old[1..], &oc, &new, &nc, None, 1, &mut map));
     }
 
     #[test]
@@ -295,7 +331,7 @@ mod tests {
         new[5000] ^= 1;
         let (oc, nc) = (chunks_of(&old), chunks_of(&new));
         let mut map = Vec::new();
-        assert!(encode(&old, &oc, &new, &nc, 1, &mut map));
+        assert!(encode(&old, &oc, &new, &nc, None, 1, &mut map));
         let mut out = vec![0u8; old.len()];
         for cut in [0, 1, 9, 17, map.len() / 2, map.len() - 1] {
             let r = decode(&map[..cut], &new, &mut out);

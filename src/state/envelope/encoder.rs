@@ -211,17 +211,19 @@ pub fn encode_delta_known(
 /// `value` (cut into `value_chunks`) as a chunk map of `base` (cut into `base_chunks`), the
 /// next newer version (`codec::chunk_delta`); `None` when the map does not apply (fewer than
 /// half of the value's bytes found in the base, a table that does not describe its value),
-/// and the caller makes a delta of zstd's own.
+/// and the caller makes a delta of zstd's own. `sources`: for each chunk of `base`, the chunk
+/// of `value` with the same bytes, when the caller knows (the outcome of compressing `base`).
 pub fn encode_chunk_delta(
     value: &[u8],
     value_chunks: &[Chunk],
     base: &[u8],
     base_chunks: &[Chunk],
+    sources: Option<&[Option<usize>]>,
     level: i32,
     head: DeltaHead,
 ) -> Option<Vec<u8>> {
     let mut out = head.wrap(FLAG_DELTA | FLAG_CHUNKS, value.len(), 4096, |out| {
-        codec::chunk_delta::encode(value, value_chunks, base, base_chunks, level, out)
+        codec::chunk_delta::encode(value, value_chunks, base, base_chunks, sources, level, out)
     })?;
     out.shrink_to_fit();
     Some(out)

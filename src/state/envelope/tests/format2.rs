@@ -306,7 +306,7 @@ fn a_chunk_map_delta_reads_back_against_its_base_only() {
         timestamp_ms: 1_000,
         version: 7,
     };
-    let stored = encode_chunk_delta(&old, &table(&old), &new, &table(&new), 1, head)
+    let stored = encode_chunk_delta(&old, &table(&old), &new, &table(&new), None, 1, head)
         .unwrap_or_else(|| panic!("consecutive checkpoints share most chunks"));
     assert!(stored.len() < 64 << 10, "{} bytes", stored.len());
     let meta = inspect(&stored)
