@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 
-from servers import free_port, start_redis, statecar_bin, wait_ping  # noqa: E402
+from servers import free_port, start_redis, start_statecar, stop, wait_ping  # noqa: E402
 
 F_SETPIPE_SZ = 1031
 
@@ -109,17 +109,9 @@ def main() -> None:
     a = ap.parse_args()
     run = tempfile.mkdtemp(prefix="forward-floor-")
     pr, ps, pc, pp = free_port(), free_port(), free_port(), free_port()
-    conf = os.path.join(run, "statecar.toml")
-    with open(conf, "w") as f:
-        f.write(f'listen = "127.0.0.1:{ps}"\n[upstream]\nurl = "redis://127.0.0.1:{pr}"\n'
-                '[log]\nlevel = "warn"\n')
     procs = [start_redis(pr, run)]
     try:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STATECAR_")}
-        sc = subprocess.Popen([a.statecar or statecar_bin(), "--config", conf], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        procs.append(sc)
-        wait_ping(ps, sc, "statecar")
+        procs.append(start_statecar(ps, pr, run, a.statecar))
         for mode, port in (("copy", pc), ("splice", pp)):
             fw = subprocess.Popen([sys.executable, __file__, "--forward", mode, str(port), str(pr)])
             procs.append(fw)
@@ -139,9 +131,7 @@ def main() -> None:
             print(f"| {name} | {statistics.median(ms[name]):.2f} | **{statistics.median(ratios):.2f}x** "
                   f"({min(ratios):.2f}-{max(ratios):.2f}) |")
     finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait()
+        stop(procs)
 
 
 if __name__ == "__main__":

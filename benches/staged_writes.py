@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 
 import redis  # noqa: E402
-from servers import free_port, start_redis, statecar_bin, wait_ping  # noqa: E402
+from servers import free_port, start_redis, start_statecar, stop  # noqa: E402
 
 SIZES = [16_000, 60_000, 70_000, 256_000, 1_500_000]
 
@@ -38,18 +37,10 @@ def main() -> None:
     a = ap.parse_args()
     run = tempfile.mkdtemp(prefix="staged-writes-")
     pr, ps = free_port(), free_port()
-    conf = os.path.join(run, "statecar.toml")
-    with open(conf, "w") as f:
-        f.write(f'listen = "127.0.0.1:{ps}"\n[upstream]\nurl = "redis://127.0.0.1:{pr}"\n'
-                '[log]\nlevel = "warn"\n[[state]]\npattern = "big:*"\ncompression = "zstd"\n'
-                "max_versions = 10\n")
     procs = [start_redis(pr, run)]
     try:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STATECAR_")}
-        sc = subprocess.Popen([a.statecar or statecar_bin(), "--config", conf], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        procs.append(sc)
-        wait_ping(ps, sc, "statecar")
+        rules = '[[state]]\npattern = "big:*"\ncompression = "zstd"\nmax_versions = 10\n'
+        procs.append(start_statecar(ps, pr, run, a.statecar, rules))
         p, d = redis.Redis(port=ps), redis.Redis(port=pr)
         print("| stored bytes | Redis us per write | of which FCALL | client us per write | staged |")
         print("|--:|--:|--:|--:|--:|")
@@ -76,9 +67,7 @@ def main() -> None:
             print(f"| {size:,} | {total / a.writes:.1f} | {fcall / a.writes:.1f} | {wall:.0f} | "
                   f"{staged(stats) - staged(staged0)} of {a.writes} |")
     finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait()
+        stop(procs)
 
 
 if __name__ == "__main__":

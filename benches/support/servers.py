@@ -62,3 +62,29 @@ def start_redis(port: int, workdir: str | Path) -> subprocess.Popen:
         proc.terminate()
         raise
     return proc
+
+
+def start_statecar(port: int, redis_port: int, workdir: str | Path, binary: str | None = None,
+                   rules: str = "") -> subprocess.Popen:
+    """A statecar of `binary` (default `statecar_bin()`) on `port` in front of the redis-server
+    on `redis_port`, with `rules` (TOML `[[state]]` tables) as its only configuration besides
+    the addresses, answering PING when this returns. It sees no STATECAR_* variable of ours."""
+    conf = Path(workdir) / "statecar.toml"
+    conf.write_text(f'listen = "127.0.0.1:{port}"\n[upstream]\nurl = "redis://127.0.0.1:{redis_port}"\n'
+                    f'[log]\nlevel = "warn"\n{rules}')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STATECAR_")}
+    proc = subprocess.Popen([binary or statecar_bin(), "--config", str(conf)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_ping(port, proc, "statecar")
+    except SystemExit:
+        proc.terminate()
+        raise
+    return proc
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    """Stops what a benchmark started, last first."""
+    for proc in reversed(procs):
+        proc.terminate()
+        proc.wait()

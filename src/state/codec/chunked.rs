@@ -4,9 +4,9 @@
 //! Why: an 8 MB agent checkpoint changes in a few places per step (a timestamp and an id at
 //! the top, the step's messages appended, the metadata at the end), yet compressing it whole
 //! costs about 22 ms of CPU (10.9 ms on two cores). The value is cut where its own bytes say
-//! (a rolling "gear" hash of about the last 64 bytes, as FastCDC does), so an edit moves only
-//! the cut points near it: every other chunk has exactly the bytes it had in the previous
-//! version, and its frame is reused. The payload stays what FORMAT.md promises for zstd:
+//! (`codec::cuts`: a rolling "gear" hash of about the last 64 bytes, as FastCDC does), so an
+//! edit moves only the cut points near it: every other chunk has exactly the bytes it had in
+//! the previous version, and its frame is reused. The payload stays what FORMAT.md promises for zstd:
 //! concatenated standard frames, which every zstd decoder reads as one stream.
 //!
 //! Cost: each chunk loses the matches it could have found in the others, about 3-4% more
@@ -16,181 +16,11 @@
 use std::collections::HashMap;
 use std::ops::Range;
 
+use super::cuts::{MAX_CHUNK, cut_points, guided_cuts};
 use super::zstd_frames::{frames_on_threads, zstd_frame};
 
-/// Chunks are at least this long: the cut search starts here (and the bytes before it are not
-/// hashed at all), which bounds the number of frames and the ratio lost to them.
-const MIN_CHUNK: usize = 64 << 10;
-/// A cut where `CUT_BITS` high bits of the rolling hash (all but the topmost) are zero: on
-/// average 128 KiB after `MIN_CHUNK`.
-const CUT_BITS: u32 = 17;
-const CUT_MASK: u64 = !(u64::MAX >> CUT_BITS) >> 1;
-/// ... and at most this long, cut there whatever the content (long runs of one byte).
-const MAX_CHUNK: usize = 1 << 20;
 /// Fresh chunks of at least this many bytes in all are compressed on several threads.
 const PARALLEL_BYTES: usize = 1 << 20;
-
-/// One random 64-bit number per byte value (splitmix64 from a fixed seed): the gear hash adds
-/// the byte's number to the hash shifted by one, so a bit of the hash depends on at most the
-/// last 64 bytes, and a cut point depends only on the bytes just before it.
-const GEAR: [u64; 256] = {
-    let mut table = [0u64; 256];
-    let mut x: u64 = 0x5374_6174_6563_6172; // "Statecar"
-    let mut i = 0;
-    while i < 256 {
-        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = x;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        table[i] = z ^ (z >> 31);
-        i += 1;
-    }
-    table
-};
-
-/// `GEAR` shifted left by one: the first byte of a pair, which the second shifts once more.
-const GEAR_SHIFTED: [u64; 256] = {
-    let mut table = [0u64; 256];
-    let mut i = 0;
-    while i < 256 {
-        table[i] = GEAR[i] << 1;
-        i += 1;
-    }
-    table
-};
-
-/// Values at least this long have their cut points found on two threads.
-const PARALLEL_CUTS: usize = 4 << 20;
-
-/// Where `data` is cut: the end of every chunk, the last one `data.len()`.
-///
-/// A cut point depends only on where the chunk before it ended and on the bytes after that,
-/// so from any cut point on, the rest of the cuts are the same whoever finds them. A long value
-/// is therefore searched on two threads: the second half as if a chunk began at its start,
-/// and the first half up to where it runs into one of the second half's cut points (about a
-/// chunk past the middle); the second half's cuts from there on are the ones a single pass
-/// would have found. (About 3.7 ms for 8.5 MB on one thread.)
-pub fn cut_points(data: &[u8]) -> Vec<usize> {
-    let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    if data.len() < PARALLEL_CUTS || threads < 2 {
-        return cuts_from(data, 0, data.len());
-    }
-    let half = data.len() / 2;
-    std::thread::scope(|s| {
-        let tail = s.spawn(|| cuts_from(data, half, data.len()));
-        let mut ends = cuts_from(data, 0, half);
-        let Ok(tail) = tail.join() else {
-            return cuts_from(data, 0, data.len());
-        };
-        let mut at = ends.last().copied().unwrap_or(0);
-        loop {
-            if at >= data.len() {
-                return ends;
-            }
-            if at == half {
-                ends.extend_from_slice(&tail);
-                return ends;
-            }
-            if let Ok(i) = tail.binary_search(&at) {
-                ends.extend_from_slice(&tail[i + 1..]);
-                return ends;
-            }
-            at = next_cut(data, at);
-            ends.push(at);
-        }
-    })
-}
-
-/// The cut points of `data` (as [`cut_points`] finds them) and, for each chunk, the chunk of
-/// `prev` it copies byte for byte, if any, found by comparing rather than hashing.
-///
-/// A cut point depends only on the bytes since the chunk began, so a chunk of `data` that
-/// begins at a cut point with the bytes of a chunk of `prev` that ended at a cut point of its
-/// own (every chunk but the last, which ended where `prev` did) ends where that one did: it
-/// is compared (memcmp, several times faster than the rolling hash) and not hashed. Where the
-/// bytes differ, the rolling hash finds the next cut, and the chunk after it is looked up by
-/// its first 8 bytes. An 8.5 MB checkpoint a step changed in a few places is cut in about
-/// 1 ms instead of 2.3-5 ms on two threads.
-fn guided_cuts(data: &[u8], prev: Previous<'_>) -> (Vec<usize>, Vec<Option<usize>>) {
-    let last = prev.chunks.len().saturating_sub(1);
-    let lead = |b: &[u8], at: usize| {
-        b.get(at..at.saturating_add(8))
-            .and_then(|w| <[u8; 8]>::try_from(w).ok())
-            .map(u64::from_le_bytes)
-    };
-    let mut by_lead: HashMap<u64, Vec<usize>> = HashMap::new();
-    for (j, c) in prev.chunks[..last].iter().enumerate() {
-        if let Some(w) = lead(prev.value, c.value.start) {
-            by_lead.entry(w).or_default().push(j);
-        }
-    }
-    let same_at = |at: usize, j: usize| {
-        j < last
-            && prev.chunks.get(j).is_some_and(|c| {
-                let n = c.value.len();
-                data.get(at..at.saturating_add(n)) == prev.value.get(c.value.clone())
-            })
-    };
-    let mut ends = Vec::with_capacity(prev.chunks.len() + 2);
-    let mut from = Vec::with_capacity(prev.chunks.len() + 2);
-    let (mut at, mut expected) = (0, 0);
-    while at < data.len() {
-        let candidates = lead(data, at).and_then(|w| by_lead.get(&w));
-        let hit = std::iter::once(expected)
-            .chain(candidates.into_iter().flatten().copied())
-            .find(|&j| same_at(at, j));
-        match hit {
-            Some(j) => {
-                at += prev.chunks[j].value.len();
-                expected = j + 1;
-            }
-            None => at = next_cut(data, at),
-        }
-        ends.push(at);
-        from.push(hit);
-    }
-    (ends, from)
-}
-
-/// The cut points after a chunk that begins at `start`, up to the first one at or past
-/// `until` (or the end).
-fn cuts_from(data: &[u8], start: usize, until: usize) -> Vec<usize> {
-    let mut ends = Vec::with_capacity((until - start.min(until)) / (MIN_CHUNK * 2) + 1);
-    let mut at = start;
-    while at < data.len() && (ends.is_empty() || at < until) {
-        at = next_cut(data, at);
-        ends.push(at);
-    }
-    ends
-}
-
-/// The end of the chunk that begins at `start` (< `data.len()`).
-fn next_cut(data: &[u8], start: usize) -> usize {
-    let end = data.len().min(start.saturating_add(MAX_CHUNK));
-    let mut cut = end;
-    let from = start.saturating_add(MIN_CHUNK);
-    if from < end {
-        let mut h = 0u64;
-        // Two bytes a step (FastCDC's "rolling two bytes"), testing the cut condition at
-        // both: `first` is the hash after the first byte shifted left by one, so it is
-        // tested with the mask shifted too. The mask leaves out the top bit, which that
-        // shift loses, so every position is tested on the same bits and an insertion of
-        // odd length moves no later cut point.
-        for (i, p) in data[from..end].chunks_exact(2).enumerate() {
-            let first = (h << 2).wrapping_add(GEAR_SHIFTED[usize::from(p[0])]);
-            if first & (CUT_MASK << 1) == 0 {
-                cut = from + 2 * i + 1;
-                break;
-            }
-            h = first.wrapping_add(GEAR[usize::from(p[1])]);
-            if h & CUT_MASK == 0 {
-                cut = from + 2 * i + 2;
-                break;
-            }
-        }
-    }
-    cut
-}
 
 /// One chunk of a chunked payload: its bytes in the value, its frame in the payload.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -280,7 +110,10 @@ pub fn compress_chunked(
     let start = out.len();
     let prev = prev.filter(Previous::consistent);
     let (ends, known) = match prev {
-        Some(p) => guided_cuts(input, p),
+        Some(p) => {
+            let known: Vec<Range<usize>> = p.chunks.iter().map(|c| c.value.clone()).collect();
+            guided_cuts(input, p.value, &known)
+        }
         None => {
             let ends = cut_points(input);
             let known = vec![None; ends.len()];
@@ -405,122 +238,13 @@ fn compress_all(chunks: &[&[u8]], level: i32) -> Option<Vec<Vec<u8>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::codec::cuts::tests::sample;
     use crate::state::codec::{ZstdBase, ZstdRef, zstd_append, zstd_decompress_with};
-
-    /// Text-like bytes that do not repeat (a tiny LCG), so chunks are not all alike.
-    fn sample(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed;
-        (0..len)
-            .map(|_| {
-                x = x
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407);
-                b"abcdefghij klmnop,{}\":0123"[(x >> 59) as usize % 26]
-            })
-            .collect()
-    }
 
     fn decode(payload: &[u8], len: usize) -> Vec<u8> {
         let mut out = vec![0u8; len];
         zstd_decompress_with(payload, &mut out, ZstdBase::None).expect("decodes");
         out
-    }
-
-    #[test]
-    fn cut_points_respect_the_bounds_and_cover_the_value() {
-        for data in [
-            Vec::new(),
-            vec![7u8; 10],
-            vec![0u8; 3 << 20],
-            sample(5 << 20, 1),
-        ] {
-            let ends = cut_points(&data);
-            let mut at = 0;
-            for (i, &e) in ends.iter().enumerate() {
-                let len = e - at;
-                assert!(len <= MAX_CHUNK, "chunk {i} is {len} bytes");
-                if i + 1 < ends.len() {
-                    assert!(len > MIN_CHUNK, "chunk {i} is {len} bytes");
-                }
-                at = e;
-            }
-            assert_eq!(at, data.len());
-        }
-        // One byte repeated never satisfies the cut condition: cut at the maximum.
-        assert_eq!(cut_points(&vec![0u8; 3 << 20]), [1 << 20, 2 << 20, 3 << 20]);
-    }
-
-    #[test]
-    fn two_threads_find_the_cut_points_one_would() {
-        let mut runs = sample(9 << 20, 3);
-        runs[2 << 20..5 << 20].fill(b'x'); // cut every MAX_CHUNK from wherever a chunk began
-        for data in [sample(PARALLEL_CUTS, 1), sample(9 << 20, 2), runs] {
-            assert_eq!(cut_points(&data), cuts_from(&data, 0, data.len()));
-        }
-    }
-
-    #[test]
-    fn cuts_guided_by_the_previous_version_are_the_ones_hashing_finds() {
-        let old = sample(6 << 20, 11);
-        let mut first = Vec::new();
-        let o = compress_chunked(&old, 1, None, &mut first).expect("compresses");
-        let prev = Previous {
-            value: &old,
-            payload: &first,
-            chunks: &o.chunks,
-        };
-        let mut edited = old.clone();
-        edited[20] = b'#'; // the top changes every step
-        edited.splice(3_000_000..3_000_000, b"a new message".iter().copied());
-        edited.drain(4_000_000..4_000_100);
-        edited.extend_from_slice(&sample(300_000, 12)); // and messages are appended
-        let mut runs = old.clone();
-        runs[1 << 20..3 << 20].fill(b'x'); // chunks cut at their maximum length
-        let mut moved = old[2 << 20..].to_vec(); // the front gone: every chunk found by lookup
-        moved.extend_from_slice(&old[..2 << 20]);
-        for data in [
-            old.clone(),
-            edited,
-            runs,
-            moved,
-            sample(5 << 20, 13),
-            Vec::new(),
-        ] {
-            let (ends, from) = guided_cuts(&data, prev);
-            assert_eq!(ends, cut_points(&data));
-            assert_eq!(from.len(), ends.len());
-            let mut at = 0;
-            for (&end, f) in ends.iter().zip(&from) {
-                if let Some(j) = f {
-                    assert_eq!(data[at..end], old[o.chunks[*j].value.clone()]);
-                }
-                at = end;
-            }
-        }
-        // Unchanged, every chunk but the last is found by comparison.
-        let (_, from) = guided_cuts(&old, prev);
-        assert_eq!(from.iter().flatten().count(), o.chunks.len() - 1);
-    }
-
-    #[test]
-    fn an_edit_moves_only_the_cut_points_near_it() {
-        let old = sample(6 << 20, 2);
-        let mut new = old.clone();
-        new.splice(3_000_000..3_000_000, b"a new message".iter().copied());
-        new[100] = b'#';
-        let (a, b) = (cut_points(&old), cut_points(&new));
-        let shifted: Vec<usize> = a
-            .iter()
-            .filter(|&&e| e > 3_000_000)
-            .map(|e| e + 13)
-            .collect();
-        let kept = shifted.iter().filter(|e| b.contains(e)).count();
-        assert!(
-            kept + 1 >= shifted.len(),
-            "{kept} of {} kept",
-            shifted.len()
-        );
-        assert!(a.len() > 20);
     }
 
     #[test]

@@ -13,6 +13,7 @@
 
 pub mod chunk_delta;
 pub mod chunked;
+mod cuts;
 #[cfg(test)]
 mod tests;
 mod zlib;
