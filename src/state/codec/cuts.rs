@@ -106,33 +106,61 @@ pub(super) fn guided_cuts(
     prev: &[u8],
     prev_chunks: &[Range<usize>],
 ) -> (Vec<usize>, Vec<Option<usize>>) {
+    let g = guide(data, prev, prev_chunks);
+    (g.ends, g.from)
+}
+
+/// What [`guided_cuts`] found, and how many bytes it compared in vain.
+struct Guided {
+    ends: Vec<usize>,
+    from: Vec<Option<usize>>,
+    wasted: usize,
+}
+
+fn guide(data: &[u8], prev: &[u8], prev_chunks: &[Range<usize>]) -> Guided {
     let last = prev_chunks.len().saturating_sub(1);
-    let lead = |b: &[u8], at: usize| {
+    let word = |b: &[u8], at: usize| {
         b.get(at..at.saturating_add(8))
             .and_then(|w| <[u8; 8]>::try_from(w).ok())
             .map(u64::from_le_bytes)
     };
     let mut by_lead: HashMap<u64, Vec<usize>> = HashMap::new();
     for (j, c) in prev_chunks[..last].iter().enumerate() {
-        if let Some(w) = lead(prev, c.start) {
+        if let Some(w) = word(prev, c.start) {
             by_lead.entry(w).or_default().push(j);
         }
     }
-    let same_at = |at: usize, j: usize| {
-        j < last
-            && prev_chunks.get(j).is_some_and(|c| {
-                let n = c.len();
-                data.get(at..at.saturating_add(n)) == prev.get(c.clone())
-            })
+    // Comparisons that fail may cost at most twice the value's length in all, whatever its
+    // bytes: chunks that all begin and end alike would otherwise be compared with every one
+    // of them at every cut. Past that, the rolling hash alone cuts.
+    let mut budget = data.len().saturating_mul(2);
+    let mut g = Guided {
+        ends: Vec::with_capacity(prev_chunks.len() + 2),
+        from: Vec::with_capacity(prev_chunks.len() + 2),
+        wasted: 0,
     };
-    let mut ends = Vec::with_capacity(prev_chunks.len() + 2);
-    let mut from = Vec::with_capacity(prev_chunks.len() + 2);
     let (mut at, mut expected) = (0, 0);
     while at < data.len() {
-        let candidates = lead(data, at).and_then(|w| by_lead.get(&w));
-        let hit = std::iter::once(expected)
-            .chain(candidates.into_iter().flatten().copied())
-            .find(|&j| same_at(at, j));
+        let candidates = word(data, at).and_then(|w| by_lead.get(&w));
+        let mut hit = None;
+        for j in std::iter::once(expected).chain(candidates.into_iter().flatten().copied()) {
+            let Some(c) = prev_chunks.get(j).filter(|_| j < last) else {
+                continue;
+            };
+            let n = c.len();
+            let end = at.saturating_add(n);
+            // The last 8 bytes first: most chunks that are not the same differ there.
+            let tail = |b: &[u8], e: usize| word(b, e.saturating_sub(8));
+            if n > budget || end > data.len() || tail(data, end) != tail(prev, c.end) {
+                continue;
+            }
+            if data.get(at..end) == prev.get(c.clone()) {
+                hit = Some(j);
+                break;
+            }
+            budget -= n;
+            g.wasted += n;
+        }
         match hit {
             Some(j) => {
                 at += prev_chunks[j].len();
@@ -140,10 +168,10 @@ pub(super) fn guided_cuts(
             }
             None => at = next_cut(data, at),
         }
-        ends.push(at);
-        from.push(hit);
+        g.ends.push(at);
+        g.from.push(hit);
     }
-    (ends, from)
+    g
 }
 
 /// The cut points after a chunk that begins at `start`, up to the first one at or past
@@ -276,6 +304,42 @@ pub(super) mod tests {
         // Unchanged, every chunk but the last is found by comparison.
         let (_, from) = guided_cuts(&old, &old, &chunks);
         assert_eq!(from.iter().flatten().count(), chunks.len() - 1);
+    }
+
+    #[test]
+    fn chunks_that_all_look_alike_are_not_compared_with_each_other_at_every_cut() {
+        // Chunks of 1 MiB (a run of one byte is cut at the maximum length) that begin and end
+        // with the same bytes and differ in their middle, against a version whose middles
+        // differ from all of them: every chunk is a candidate at every cut, and none is it.
+        let chunks = 16;
+        let with_middle = |mark: u8| {
+            let mut v = vec![b'x'; chunks << 20];
+            for c in 0..chunks {
+                v[(c << 20) + (512 << 10)] = mark + c as u8;
+            }
+            v
+        };
+        let old = with_middle(b'A');
+        let ends = cut_points(&old);
+        assert_eq!(
+            ends.len(),
+            chunks,
+            "the sample is not cut where the test needs it"
+        );
+        let starts = std::iter::once(0).chain(ends.iter().copied());
+        let old_chunks: Vec<Range<usize>> = starts
+            .zip(ends.iter().copied())
+            .map(|(a, b)| a..b)
+            .collect();
+        let new = with_middle(b'a');
+        let g = guide(&new, &old, &old_chunks);
+        assert_eq!(g.ends, cut_points(&new));
+        assert!(g.from.iter().all(Option::is_none));
+        assert!(
+            g.wasted <= 2 * new.len(),
+            "{} bytes compared in vain",
+            g.wasted
+        );
     }
 
     #[test]
