@@ -221,3 +221,29 @@ async fn a_user_who_may_not_rename_still_writes_big_values() {
     assert_eq!(leftovers(&mut d).await, Frame::Array(vec![]));
     drop(sc);
 }
+
+/// A client's earlier commands run before its upload, as they run before its write: a
+/// pipelined FLUSHDB (or SWAPDB, or a DEL of statecar's keys) ahead of a big write must not
+/// drop the upload that write needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_write_pipelined_behind_flushdb_finds_its_upload() {
+    let (redis, sc) = start_pair(RULES);
+    let mut p = RawConn::connect(sc.port()).await;
+    let mut d = RawConn::connect(redis.port()).await;
+    let value = pseudo_random_bytes(40, 150_000);
+    // The FLUSHDB and the second write arrive while statecar uploads the first one's value, so
+    // they are parsed together, the write right behind the FLUSHDB.
+    for _ in 0..3 {
+        let mut all = encode(&args!["SET", "big:e", value]);
+        all.extend_from_slice(&encode(&["FLUSHDB"]));
+        all.extend_from_slice(&encode(&args!["SET", "big:f", value]));
+        p.send(&all).await;
+        assert_eq!(p.read().await, ok(), "the first write");
+        assert_eq!(p.read().await, ok(), "FLUSHDB");
+        assert_eq!(p.read().await, ok(), "the write behind it");
+    }
+    assert_eq!(staged(&mut p).await, 6);
+    assert!(p.cmd(&["GET", "big:f"]).await == bulk(&value));
+    assert_eq!(leftovers(&mut d).await, Frame::Array(vec![]));
+    drop(sc);
+}

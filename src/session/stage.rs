@@ -63,6 +63,9 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             &mut set,
             &[b"SET".as_slice(), &stage, value, b"PX", ttl.as_bytes()],
         );
+        // The client's earlier commands go first, as they would before the write: a FLUSHDB
+        // (or SWAPDB) batched ahead of it would otherwise run after the upload and drop it.
+        self.flush_batch().await;
         let conn = self.shared_conn();
         let reply = self
             .wait(crate::upstream::conn::call(&conn, set.freeze(), 1))
