@@ -163,19 +163,26 @@ impl StateEngine {
         let crc = crc32fast::hash(value);
         let delta_of = |b: &Base| delta_against(rule, b, value, crc, predicted);
         let full = || self.encode_whole(rule, value, crc, ts, predicted, base.as_ref());
-        // The copy the cache keeps of a big value (2 ms of an 8.5 MB checkpoint's write, with
-        // its page faults) is made on a thread of its own while the value is compressed.
+        if value.len() < PARALLEL_ENCODE {
+            let (stored, chunks) = full();
+            let encoded = Encoded {
+                stored,
+                chunks: chunks.map(|o| o.chunks),
+                frame: None,
+                delta: wants_delta.and_then(delta_of),
+            };
+            return self.finish_write(rule, key, value, encoded, predicted, base.as_ref());
+        }
+        // A big value: the caller is already off the async threads (see `plan_is_heavy`), and
+        // its work is shared with other threads. The copy the cache keeps of it (2 ms of an
+        // 8.5 MB checkpoint's write, with its page faults) is made while it is compressed.
         let cached = cache.is_some() && predicted > 0;
-        let copy_aside = cached && value.len() >= PARALLEL_ENCODE;
         std::thread::scope(|s| {
-            let frame = copy_aside.then(|| s.spawn(|| ReplyFrame::of(value)));
-            // A large value's two compressions (whole, and the old value as a delta) run on
-            // two threads: the caller is already off the async threads (see `plan_is_heavy`).
+            let frame = cached.then(|| s.spawn(|| ReplyFrame::of(value)));
             let ((stored, chunks), delta) = match wants_delta {
-                // A big value after a version cut in chunks: the replaced version's delta is a map
-                // of the new value's chunks, made once they are known; it costs about as much as
-                // comparing them, so it needs no thread of its own. zstd's delta if it does not
-                // apply.
+                // After a version cut in chunks, the replaced version's delta is a map of the
+                // new value's chunks, made once they are known; it costs less than comparing
+                // them, so it needs no thread of its own. zstd's delta if it does not apply.
                 Some(b) if value.len() >= CHUNKED_VALUE && b.previous().is_some() => {
                     let (stored, outcome) = full();
                     let delta = outcome
@@ -184,19 +191,19 @@ impl StateEngine {
                         .or_else(|| delta_of(b));
                     ((stored, outcome), delta)
                 }
-                Some(b) if value.len() >= PARALLEL_ENCODE => {
+                // Otherwise the two compressions (whole, and the old value as a delta) run on
+                // two threads.
+                Some(b) => {
                     let d = s.spawn(|| delta_of(b));
                     let whole = full();
                     (whole, d.join().ok().flatten())
                 }
-                Some(b) => (full(), delta_of(b)),
                 None => (full(), None),
             };
-            let frame = frame.and_then(|f| f.join().ok());
             let encoded = Encoded {
                 stored,
                 chunks: chunks.map(|o| o.chunks),
-                frame,
+                frame: frame.and_then(|f| f.join().ok()),
                 delta,
             };
             self.finish_write(rule, key, value, encoded, predicted, base.as_ref())
