@@ -93,10 +93,12 @@ fn upper(b: &[u8]) -> Vec<u8> {
     b.to_ascii_uppercase()
 }
 
-/// Writes with a value at least this long are planned (encoded) off the async threads: at
-/// about 400 MB/s for zstd level 1 that is over half a millisecond of compression, which
-/// would otherwise delay every other client served by the same thread.
-pub const HEAVY_VALUE: usize = 256 * 1024;
+/// Writes with a value at least this long are planned (encoded) off the async threads: from
+/// 16 KiB a versioned write's two compressions take tens of microseconds, which would delay
+/// every other client served by the same thread, and on the pool several clients' writes
+/// compress at once on every core (38 KB checkpoints from 8 clients: 0.20x-0.23x of a plain
+/// SET's rate against 0.16x-0.18x when they were encoded on the one async thread).
+pub const HEAVY_VALUE: usize = 16 * 1024;
 
 /// Plans `cmd` on the blocking pool (see [`StateEngine::plan_is_heavy`]); gives the command
 /// back with the plan.
