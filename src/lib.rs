@@ -114,6 +114,7 @@ pub async fn run(cfg: Arc<config::Config>, reload: Option<Reloader>) -> Result<(
         }
     }
     tokio::spawn(upstream::probe(upstream.clone()));
+    tokio::spawn(upstream::close_idle_pools(Arc::downgrade(&upstream)));
     if let Some(reload) = reload {
         tokio::spawn(reload_on_sighup(ctx.clone(), reload));
     }

@@ -71,3 +71,73 @@ async fn a_thousand_idle_connections_are_served_and_released() {
     }
     assert_eq!(warm.cmd(&["PING"]).await, Frame::Simple("PONG".into()));
 }
+
+/// Redis's CLIENT LIST lines of connections opened as `user` on database `db`.
+async fn upstream_conns(direct: &mut RawConn, user: &str, db: u32) -> usize {
+    let Frame::Bulk(list) = direct.cmd(&["CLIENT", "LIST"]).await else {
+        panic!("CLIENT LIST did not answer a bulk string")
+    };
+    let (u, d) = (format!(" user={user} "), format!(" db={db} "));
+    String::from_utf8_lossy(&list)
+        .lines()
+        .filter(|l| l.contains(&u) && l.contains(&d))
+        .count()
+}
+
+/// A client that SELECTs another database or AUTHs as an ACL user makes statecar open shared
+/// (and, for a transaction, leased) connections for that (db, identity). Once no connected
+/// client uses them they are closed (`upstream.pool_idle_timeout_ms`), while the pools of
+/// clients still connected, idle or not, stay open; a later client of the same identity gets
+/// them back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_connections_nobody_uses_are_closed() {
+    let (redis, sc) = start_pair("[upstream]\npool_idle_timeout_ms = 200\n");
+    let mut direct = RawConn::connect(redis.port()).await;
+    let setuser = ["ACL", "SETUSER", "agent", "on", ">pw", "~*", "+@all"];
+    assert_eq!(direct.cmd(&setuser).await, ok());
+
+    // `stays` keeps using db 0 as agent (connected, idle); `leaves` also uses db 3, then goes.
+    let mut stays = RawConn::connect(sc.port()).await;
+    assert_eq!(stays.cmd(&["AUTH", "agent", "pw"]).await, ok());
+    assert_eq!(stays.cmd(&["SET", "k0", "v"]).await, ok());
+    let mut leaves = RawConn::connect(sc.port()).await;
+    assert_eq!(leaves.cmd(&["AUTH", "agent", "pw"]).await, ok());
+    assert_eq!(leaves.cmd(&["SELECT", "3"]).await, ok());
+    assert_eq!(leaves.cmd(&["SET", "k3", "v"]).await, ok());
+    // A transaction runs on a leased connection, given back idle after EXEC.
+    assert_eq!(leaves.cmd(&["MULTI"]).await, ok());
+    assert_eq!(
+        leaves.cmd(&["INCR", "n3"]).await,
+        Frame::Simple("QUEUED".into())
+    );
+    assert_eq!(leaves.cmd(&["EXEC"]).await, Frame::Array(vec![int(1)]));
+    assert!(upstream_conns(&mut direct, "agent", 3).await > 0);
+    assert!(upstream_conns(&mut direct, "agent", 0).await > 0);
+
+    drop(leaves);
+    eventually("agent's db 3 connections closed", async || {
+        upstream_conns(&mut direct, "agent", 3).await == 0
+    })
+    .await;
+    // Several timeouts have passed by now: the pool a connected client holds is still open,
+    // and serves it.
+    assert!(upstream_conns(&mut direct, "agent", 0).await > 0);
+    assert_eq!(stays.cmd(&["GET", "k0"]).await, bulk("v"));
+    assert_eq!(stays.cmd(&["ACL", "WHOAMI"]).await, bulk("agent"));
+
+    drop(stays);
+    eventually("agent's db 0 connections closed", async || {
+        upstream_conns(&mut direct, "agent", 0).await == 0
+    })
+    .await;
+    // statecar's own connections (the readiness probe's) stay.
+    assert!(upstream_conns(&mut direct, "default", 0).await > 0);
+
+    // The identity comes back: its pool opens again.
+    let mut back = RawConn::connect(sc.port()).await;
+    assert_eq!(back.cmd(&["AUTH", "agent", "pw"]).await, ok());
+    assert_eq!(back.cmd(&["SELECT", "3"]).await, ok());
+    assert_eq!(back.cmd(&["GET", "k3"]).await, bulk("v"));
+    assert_eq!(back.cmd(&["ACL", "WHOAMI"]).await, bulk("agent"));
+    assert!(upstream_conns(&mut direct, "agent", 3).await > 0);
+}

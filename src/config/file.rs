@@ -61,6 +61,9 @@ pub struct UpstreamSection {
     pub retry_on_timeout: bool,
     /// TCP keepalive interval; 0 disables.
     pub keepalive_s: u64,
+    /// Shared connections of a (db, protocol, identity) that no client has used for this long
+    /// are closed; 0 keeps them for the life of the process.
+    pub pool_idle_timeout_ms: u64,
     /// TLS settings for `rediss://` URLs.
     pub tls: Option<UpstreamTlsSection>,
     /// `standalone` (default), `cluster` or `sentinel`.
@@ -85,6 +88,7 @@ impl Default for UpstreamSection {
             connect_timeout_ms: 2000,
             retry_on_timeout: false,
             keepalive_s: 60,
+            pool_idle_timeout_ms: 60_000,
             tls: None,
             mode: "standalone".into(),
             nodes: Vec::new(),

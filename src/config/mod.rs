@@ -440,6 +440,7 @@ impl Config {
                 connect_timeout_ms: up.connect_timeout_ms,
                 retry_on_timeout: up.retry_on_timeout,
                 keepalive_s: up.keepalive_s,
+                pool_idle_timeout_ms: up.pool_idle_timeout_ms,
                 tls: upstream_tls,
                 mode,
                 function_library: None,

@@ -8,7 +8,7 @@ use tokio::sync::oneshot;
 use super::pipeline::{BatchOut, Item};
 use super::{Flow, Session, reshape, retry};
 use crate::telemetry;
-use crate::upstream::conn::Batch;
+use crate::upstream::batch::Batch;
 
 impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
     /// Queues a reply made here (respecting `CLIENT REPLY`), in its place among the others.

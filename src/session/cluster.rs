@@ -22,8 +22,8 @@ use crate::protocol::frames::split_array;
 use crate::protocol::reply;
 use crate::route::{self, CROSSSLOT, Merge, Route};
 use crate::state::plan::Plan;
+use crate::upstream::batch::Batch;
 use crate::upstream::cluster;
-use crate::upstream::conn::Batch;
 use crate::upstream::node::Node;
 
 /// SCAN cursors carry the primary's index in their low bits: `node_cursor * SCAN_NODES + i`.

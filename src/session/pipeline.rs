@@ -19,7 +19,7 @@ use super::reshape::{Redirectable, reshape_batch};
 use super::retry::{self, Retry};
 use crate::state::transform::Reshape;
 use crate::telemetry;
-use crate::upstream::conn::{BatchResult, Replies};
+use crate::upstream::batch::{BatchResult, Replies};
 
 /// A reply still being put together from several upstream replies (cluster fan-out).
 pub type Joined = Pin<Box<dyn Future<Output = Bytes> + Send>>;

@@ -7,8 +7,8 @@ use bytes::{Bytes, BytesMut};
 
 use crate::protocol::frames::{frame_ranges, frames};
 use crate::state::transform::Reshape;
+use crate::upstream::batch::{BatchResult, Replies};
 use crate::upstream::cluster;
-use crate::upstream::conn::{BatchResult, Replies};
 use crate::upstream::node::Node;
 use crate::upstream::{PoolKey, Upstream};
 

@@ -18,7 +18,8 @@ use crate::command::Command;
 use crate::command::spec::READONLY;
 use crate::protocol::{Limits, Parsed, RequestParser};
 use crate::upstream::UpstreamError;
-use crate::upstream::conn::{Batch, BatchResult, SharedConn};
+use crate::upstream::batch::{Batch, BatchResult};
+use crate::upstream::conn::SharedConn;
 
 /// Counts the batches one client sent to shared connections.
 #[derive(Debug, Default)]

@@ -5,8 +5,7 @@
 //! contiguous slice of the read buffer: no reply is copied or re-encoded on the way back.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -14,7 +13,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::batch::{Batch, BatchFailure, BatchResult, Replies, fail};
 use super::connect;
+use super::front::{BIG_TRANSFER, Front, STALLED_AFTER};
 use super::node::Endpoint;
 use super::{PoolKey, Upstream, UpstreamError};
 use crate::fair_share::FairShare;
@@ -26,112 +27,6 @@ const HIGH_WATER: usize = 1024 * 1024;
 /// First and last delay between reconnection attempts.
 const BACKOFF_MIN: Duration = Duration::from_millis(25);
 const BACKOFF_MAX: Duration = Duration::from_millis(1000);
-
-/// Several commands from one client, sent together; their replies come back together.
-pub struct Batch {
-    /// The commands, RESP-encoded, back to back.
-    pub bytes: Bytes,
-    /// How many replies they produce.
-    pub replies: usize,
-    /// Where the replies go.
-    pub tx: oneshot::Sender<BatchResult>,
-}
-
-/// The replies of a batch, or how far it got before the connection failed.
-pub type BatchResult = Result<Replies, BatchFailure>;
-
-/// A batch's replies, back to back, and which of them are errors.
-#[derive(Debug)]
-pub struct Replies {
-    /// The reply frames as Redis sent them.
-    pub bytes: Bytes,
-    /// Bit i is set when reply i is an error (for the first 128 replies).
-    pub errors: u128,
-}
-
-/// A batch that was cut short: the replies that did arrive, and why the rest did not.
-#[derive(Debug)]
-pub struct BatchFailure {
-    /// Complete replies received before the failure.
-    pub partial: Bytes,
-    /// How many replies `partial` holds.
-    pub received: usize,
-    /// What went wrong.
-    pub error: UpstreamError,
-    /// Some of the batch's bytes reached Redis, so its unanswered commands may have run;
-    /// false when none did (they certainly did not run).
-    pub sent: bool,
-}
-
-impl BatchFailure {
-    /// A batch that never left statecar.
-    pub fn unsent(error: UpstreamError) -> BatchFailure {
-        BatchFailure {
-            partial: Bytes::new(),
-            received: 0,
-            error,
-            sent: false,
-        }
-    }
-}
-
-/// How long a connection's oldest unanswered batch may wait before the connection counts as
-/// stalled (a slow script, DEBUG SLEEP, a KEYS over millions of keys, a Redis that stopped):
-/// clients with nothing in flight on it move to another connection rather than queue behind
-/// it, so they reach Redis and get what a direct client gets (often `-BUSY`). Far above the
-/// time any ordinary batch waits, far below `timeout_ms`.
-pub const STALLED_AFTER: Duration = Duration::from_millis(100);
-
-/// A connection still to receive, or to write, this many bytes of one reply or batch counts as
-/// busy: clients with nothing in flight on it move to another connection rather than wait
-/// behind the transfer (an 8 MB GET kept another client's small GET behind it for about 6 ms).
-const BIG_TRANSFER: usize = 1024 * 1024;
-
-/// The moment [`Front`] times are counted from.
-static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
-
-/// What the sessions read of a connection before sending on it (its task writes it): when the
-/// oldest unanswered batch was sent, and whether a big transfer is under way.
-#[derive(Default)]
-struct Front {
-    /// Microseconds since [`EPOCH`], plus one, when the oldest unanswered batch was sent (0:
-    /// none is).
-    since: AtomicU64,
-    /// Still to receive or write [`BIG_TRANSFER`] bytes or more of one reply or batch.
-    busy: AtomicBool,
-}
-
-impl Front {
-    fn set(&self, since: Option<Instant>) {
-        let v = since.map_or(0, |t| {
-            u64::try_from(t.saturating_duration_since(*EPOCH).as_micros())
-                .unwrap_or(u64::MAX)
-                .saturating_add(1)
-        });
-        self.since.store(v, Ordering::Relaxed);
-    }
-
-    /// Set on every turn of the connection's loop; stored only when it changes, so the cache
-    /// line the sessions read is not written per command.
-    fn set_busy(&self, busy: bool) {
-        if self.busy.load(Ordering::Relaxed) != busy {
-            self.busy.store(busy, Ordering::Relaxed);
-        }
-    }
-
-    fn busy(&self) -> bool {
-        self.busy.load(Ordering::Relaxed)
-    }
-
-    fn waited(&self, now: Instant) -> Duration {
-        match self.since.load(Ordering::Relaxed) {
-            0 => Duration::ZERO,
-            v => now
-                .saturating_duration_since(*EPOCH)
-                .saturating_sub(Duration::from_micros(v - 1)),
-        }
-    }
-}
 
 /// Handle to a shared connection task.
 #[derive(Clone)]
@@ -189,15 +84,6 @@ struct InFlight {
     sent_at: Instant,
     /// Where its bytes begin in everything ever written on the connection.
     start: u64,
-}
-
-fn fail(tx: oneshot::Sender<BatchResult>, partial: Bytes, received: usize, e: &UpstreamError) {
-    let _ = tx.send(Err(BatchFailure {
-        partial,
-        received,
-        error: e.clone(),
-        sent: false,
-    }));
 }
 
 /// Answers every batch still sent to a retired node with the reason, until the last handle

@@ -13,6 +13,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 use super::connect::{self, Stream, check_handshake_reply, handshake_commands, read_frame};
 use super::node::Endpoint;
@@ -51,7 +52,8 @@ pub struct LeasePool {
     ep: Arc<Endpoint>,
     /// Shared by every node: `max_leased_connections` bounds them all together.
     permits: Arc<Semaphore>,
-    idle: Mutex<HashMap<PoolKey, Vec<LeasedConn>>>,
+    /// Connections given back clean, each with when it was given back.
+    idle: Mutex<HashMap<PoolKey, Vec<(Instant, LeasedConn)>>>,
 }
 
 /// A connection checked out of the pool, with its permit.
@@ -113,6 +115,24 @@ impl LeasePool {
         }
     }
 
+    /// Closes the idle connections given back at least `idle` before `now`; returns how many.
+    /// Idle connections hold no slot of `max_leased_connections`, so without this every
+    /// (db, protocol, identity) a transaction or a blocking command ever used would keep its
+    /// connections open in Redis until statecar restarts.
+    pub fn close_unused(&self, now: Instant, idle: Duration) -> usize {
+        let Ok(mut m) = self.idle.lock() else {
+            return 0;
+        };
+        let mut closed = 0;
+        m.retain(|_, conns| {
+            let before = conns.len();
+            conns.retain(|(at, _)| now.saturating_duration_since(*at) < idle);
+            closed += before - conns.len();
+            !conns.is_empty()
+        });
+        closed
+    }
+
     /// Leases a connection for `key`, waiting up to `timeout_ms` for a free slot.
     pub async fn acquire(self: &Arc<Self>, key: PoolKey) -> Result<Lease, UpstreamError> {
         if self.ep.retired().is_cancelled() {
@@ -162,7 +182,8 @@ impl LeasePool {
                 .idle
                 .lock()
                 .ok()
-                .and_then(|mut m| m.get_mut(&key).and_then(|v| v.pop()));
+                .and_then(|mut m| m.get_mut(&key).and_then(|v| v.pop()))
+                .map(|(_, c)| c);
             match candidate {
                 Some(c) if !c.stream.is_stale() => {
                     telemetry::leased_in_use(1);
@@ -217,7 +238,9 @@ impl LeasePool {
             return;
         }
         if let Ok(mut m) = self.idle.lock() {
-            m.entry(conn.key.clone()).or_default().push(conn);
+            m.entry(conn.key.clone())
+                .or_default()
+                .push((Instant::now(), conn));
         }
     }
 

@@ -4,9 +4,11 @@
 //! per-connection state in Redis: a client that runs `SELECT 3` or `HELLO 3` is served by
 //! connections that were opened that way, and keeps the pipelining benefits.
 
+pub mod batch;
 pub mod cluster;
 pub mod conn;
 pub mod connect;
+pub mod front;
 pub mod lease;
 pub mod node;
 pub mod sentinel;
@@ -15,7 +17,8 @@ pub mod url;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use thiserror::Error;
@@ -327,6 +330,21 @@ impl Upstream {
         self.topo.load().primary.clone()
     }
 
+    /// Every node with connections: the topology's and any a redirect named.
+    fn every_node(&self) -> Vec<Arc<Node>> {
+        let mut all = self.topology().all();
+        if let Ok(nodes) = self.nodes.lock() {
+            all.extend(
+                nodes
+                    .values()
+                    .filter(|n| !all.iter().any(|a| a.id == n.id))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            );
+        }
+        all
+    }
+
     /// Picks a shared connection on the primary for a new client of `key`.
     pub fn assign(&self, key: PoolKey) -> SharedConn {
         self.primary().assign(key)
@@ -503,6 +521,39 @@ impl Upstream {
             .lock()
             .map(|s| s.clone())
             .unwrap_or_default()
+    }
+}
+
+/// Every half `upstream.pool_idle_timeout_ms`, closes the shared-connection pools no client has
+/// used for that long ([`Node::close_idle_pools`]); while it is 0, closes none.
+pub async fn close_idle_pools(up: Weak<Upstream>) {
+    loop {
+        let Some(timeout) = up.upgrade().map(|u| u.cfg.pool_idle_timeout_ms) else {
+            return;
+        };
+        let idle = Duration::from_millis(timeout);
+        tokio::time::sleep(if timeout == 0 {
+            Duration::from_secs(1)
+        } else {
+            (idle / 2).max(Duration::from_millis(10))
+        })
+        .await;
+        let Some(up) = up.upgrade() else { return };
+        if timeout == 0 {
+            continue;
+        }
+        let now = tokio::time::Instant::now();
+        for node in up.every_node() {
+            let (pools, leased) = node.close_idle_pools(now, idle);
+            if pools + leased > 0 {
+                tracing::debug!(
+                    node = node.name(),
+                    pools,
+                    leased,
+                    "closed unused connections"
+                );
+            }
+        }
     }
 }
 

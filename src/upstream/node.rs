@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
 
 use crate::signal::Signal;
 use tokio::sync::Semaphore;
@@ -58,9 +59,29 @@ impl Endpoint {
 struct Pool {
     shared: Vec<SharedConn>,
     next: AtomicUsize,
+    /// When a sweep first found no client on any of its connections; None while in use.
+    unused_since: Mutex<Option<Instant>>,
 }
 
 impl Pool {
+    /// Whether no client holds any of its connections (only the pool itself does).
+    fn unused(&self) -> bool {
+        self.shared.iter().all(|c| c.users() == 0)
+    }
+
+    /// Whether it has been unused for `idle` by `now`, as far as sweeps have seen.
+    fn idle_for(&self, now: Instant, idle: Duration) -> bool {
+        let mut since = match self.unused_since.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        if !self.unused() {
+            *since = None;
+            return false;
+        }
+        now.saturating_duration_since(*since.get_or_insert(now)) >= idle
+    }
+
     fn pick(&self) -> SharedConn {
         let now = Instant::now();
         if let Some(c) = self
@@ -144,9 +165,30 @@ impl Node {
                     })
                     .collect(),
                 next: AtomicUsize::new(0),
+                unused_since: Mutex::new(None),
             })
         });
         pool.pick()
+    }
+
+    /// Closes the shared pools no client has used for `idle`, as seen by sweeps at `now`, and
+    /// the leased connections idle that long ([`LeasePool::close_unused`]); returns how many
+    /// pools and leased connections it closed. A pool is one (db, protocol, identity): a client
+    /// that SELECTed another database or AUTHed as an ACL user once would otherwise keep
+    /// `max_connections` connections open in Redis until statecar restarts. Dropping the pool
+    /// drops the last handles to its connections, whose tasks then close them (nothing is in
+    /// flight: no client holds them). The write lock keeps `assign` from handing out a
+    /// connection of a pool while it is being closed.
+    pub fn close_idle_pools(&self, now: Instant, idle: Duration) -> (usize, usize) {
+        let mut pools = match self.pools.write() {
+            Ok(p) => p,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let before = pools.len();
+        pools.retain(|_, p| !p.idle_for(now, idle));
+        let closed = before - pools.len();
+        drop(pools);
+        (closed, self.leases.close_unused(now, idle))
     }
 
     /// The dedicated-connection pool of this node.

@@ -22,6 +22,8 @@ pub struct UpstreamConfig {
     pub retry_on_timeout: bool,
     /// See `upstream.keepalive_s`.
     pub keepalive_s: u64,
+    /// See `upstream.pool_idle_timeout_ms`.
+    pub pool_idle_timeout_ms: u64,
     /// The TLS connector; `Some` exactly when the URL is `rediss://`.
     pub tls: Option<ClientTls>,
     /// How the Redis deployment is found.
