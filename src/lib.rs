@@ -25,6 +25,18 @@ pub mod upstream;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
+/// Threads the runtime may start for work off the async threads (state writes from 16 KiB
+/// encoded, big values decoded, dictionaries trained): twice the cores, from 4 to 64. All of
+/// that work is CPU-bound, so more threads than that do not finish it sooner; each one keeps
+/// its own compression contexts and up to 2 MiB of scratch, and tokio's default (512) let a
+/// few hundred clients writing state at once start a few hundred threads.
+pub fn blocking_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, usize::from)
+        .saturating_mul(2)
+        .clamp(4, 64)
+}
+
 /// Re-reads the configuration (for SIGHUP).
 pub type Reloader = Box<dyn Fn() -> Result<config::Config, String> + Send + Sync>;
 

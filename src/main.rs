@@ -167,7 +167,8 @@ fn serve(cfg: Config, cli: &Cli, dev_port: Option<u16>) -> ExitCode {
         }
         b
     };
-    rt.enable_all();
+    rt.enable_all()
+        .max_blocking_threads(statecar::blocking_threads());
     let rt = match rt.build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -171,3 +171,79 @@ async fn memory_budget_holds_while_clients_upload_huge_values() {
     let mut c = RawConn::connect(pp).await;
     assert_eq!(c.cmd(&["PING"]).await, Frame::Simple("PONG".into()));
 }
+
+/// Threads in statecar's process right now.
+fn threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// State writes from 16 KiB are encoded off the async threads. Many clients writing at once
+/// must share a bounded set of threads ([`statecar::blocking_threads`]: each keeps compression
+/// contexts and scratch memory), and every write still lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_state_writers_share_a_bounded_set_of_threads() {
+    const WRITERS: usize = 48;
+    const WRITES: usize = 3;
+    // Level 12: each write's encoding takes longer than statecar takes to read the next
+    // client's, so writes pile up on the blocking pool as they do under real load (48 threads
+    // without the cap).
+    let rule = "[[state]]\npattern = \"s:*\"\ncompression = \"zstd\"\ncompression_level = 12\n";
+    let (_redis, sc) = start_pair(&format!("{rule}max_versions = 5\n"));
+    let (port, pid) = (sc.port(), sc.pid());
+    let before = threads(pid);
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut most = 0;
+            while !done.load(Ordering::Relaxed) {
+                most = most.max(threads(pid));
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            most
+        })
+    };
+    // Embeddings-like digits (they compress about 2:1, so each write's encoding takes a
+    // while), made before the writers start so that they send as fast as statecar reads.
+    let bodies: Vec<Arc<String>> = (0..WRITERS)
+        .map(|w| {
+            let mut x = (w as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let mut v = String::with_capacity(260 * 1024);
+            while v.len() < 128 * 1024 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                v.push_str(&format!("0.{:06},", x % 1_000_000));
+            }
+            Arc::new(v)
+        })
+        .collect();
+    let value = |body: &str, i: usize| format!("{{\"step\":{i},\"embedding\":[{body}0]}}");
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let body = bodies[w].clone();
+            tokio::spawn(async move {
+                let mut c = RawConn::connect(port).await;
+                let key = format!("s:{w}");
+                let values: Vec<String> = (0..WRITES).map(|i| value(&body, i)).collect();
+                for v in &values {
+                    assert_eq!(c.cmd(&["SET", &key, v]).await, ok());
+                }
+                assert_eq!(c.cmd(&["GET", &key]).await, bulk(&values[WRITES - 1]));
+            })
+        })
+        .collect();
+    for w in writers {
+        within("a state writer", w).await.expect("writer task");
+    }
+    done.store(true, Ordering::Relaxed);
+    let most = sampler.await.expect("sampler");
+    let bound = before + statecar::blocking_threads();
+    assert!(
+        most <= bound,
+        "{WRITERS} state writers made statecar run {most} threads (started with {before}; at \
+         most {bound} expected)"
+    );
+}
