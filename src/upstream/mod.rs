@@ -525,7 +525,8 @@ impl Upstream {
 }
 
 /// Every half `upstream.pool_idle_timeout_ms`, closes the shared-connection pools no client has
-/// used for that long ([`Node::close_idle_pools`]); while it is 0, closes none.
+/// used for that long, and the leased connections idle that long ([`Node::close_idle_pools`]);
+/// while it is 0, closes none.
 pub async fn close_idle_pools(up: Weak<Upstream>) {
     loop {
         let Some(timeout) = up.upgrade().map(|u| u.cfg.pool_idle_timeout_ms) else {
