@@ -526,23 +526,17 @@ impl Upstream {
 
 /// Every half `upstream.pool_idle_timeout_ms`, closes the shared-connection pools no client has
 /// used for that long, and the leased connections idle that long ([`Node::close_idle_pools`]);
-/// while it is 0, closes none.
+/// when it is 0, closes none. (Upstream settings are not reloaded: read once.)
 pub async fn close_idle_pools(up: Weak<Upstream>) {
+    let timeout = match up.upgrade() {
+        Some(u) if u.cfg.pool_idle_timeout_ms > 0 => u.cfg.pool_idle_timeout_ms,
+        _ => return,
+    };
+    let idle = Duration::from_millis(timeout);
+    let every = (idle / 2).max(Duration::from_millis(10));
     loop {
-        let Some(timeout) = up.upgrade().map(|u| u.cfg.pool_idle_timeout_ms) else {
-            return;
-        };
-        let idle = Duration::from_millis(timeout);
-        tokio::time::sleep(if timeout == 0 {
-            Duration::from_secs(1)
-        } else {
-            (idle / 2).max(Duration::from_millis(10))
-        })
-        .await;
+        tokio::time::sleep(every).await;
         let Some(up) = up.upgrade() else { return };
-        if timeout == 0 {
-            continue;
-        }
         let now = tokio::time::Instant::now();
         for node in up.every_node() {
             let (pools, leased) = node.close_idle_pools(now, idle);

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::keys::history_key;
-use super::rules::Rule;
+use super::rules::{HEAVY_VALUE, Rule};
 use super::scripts::ScriptKind;
 use super::transform::{Pending, ScriptCall, Transform, WriteShape};
 use super::{StateEngine, show_key};
@@ -93,13 +93,6 @@ fn upper(b: &[u8]) -> Vec<u8> {
     b.to_ascii_uppercase()
 }
 
-/// Writes with a value at least this long are planned (encoded) off the async threads: from
-/// 16 KiB a versioned write's two compressions take tens of microseconds, which would delay
-/// every other client served by the same thread, and on the pool several clients' writes
-/// compress at once on every core (38 KB checkpoints from 8 clients: 0.20x-0.23x of a plain
-/// SET's rate against 0.16x-0.18x when they were encoded on the one async thread).
-pub const HEAVY_VALUE: usize = 16 * 1024;
-
 /// Plans `cmd` on the blocking pool (see [`StateEngine::plan_is_heavy`]); gives the command
 /// back with the plan.
 pub async fn plan_on_pool(engine: Arc<StateEngine>, cmd: Command) -> (Command, Option<Plan>) {
@@ -159,8 +152,9 @@ impl StateEngine {
     }
 
     /// Whether planning `cmd` compresses enough bytes that it should run on the blocking pool
-    /// ([`plan_on_pool`]) rather than on the thread that serves other clients: a write of a
-    /// value of at least [`HEAVY_VALUE`] bytes. Cheap: looks at argument lengths only.
+    /// ([`plan_on_pool`]) rather than on the thread that serves other clients: a write to a
+    /// state key of a value of at least its rule's [`Rule::heavy_from`] bytes. Cheap: looks
+    /// at argument lengths first.
     pub fn plan_is_heavy(&self, cmd: &Command) -> bool {
         if cmd.argc() < 3 || !cmd.args().skip(2).any(|v| v.len() >= HEAVY_VALUE) {
             return false;
@@ -172,12 +166,14 @@ impl StateEngine {
         let name = cmd.name();
         let multi = name.eq_ignore_ascii_case(b"MSET") || name.eq_ignore_ascii_case(b"MSETNX");
         if multi {
-            cmd.args()
-                .skip(1)
-                .step_by(2)
-                .any(|k| self.rule_for(k).is_some())
+            let mut args = cmd.args().skip(1);
+            std::iter::from_fn(|| Some((args.next()?, args.next()?)))
+                .any(|(k, v)| self.rule_for(k).is_some_and(|r| v.len() >= r.heavy_from()))
         } else {
-            cmd.arg(1).is_some_and(|k| self.rule_for(k).is_some())
+            // SET, SETEX, STATE.SAVE...: the key first; the value is among the rest.
+            cmd.arg(1)
+                .and_then(|k| self.rule_for(k))
+                .is_some_and(|r| cmd.args().skip(2).any(|v| v.len() >= r.heavy_from()))
         }
     }
 

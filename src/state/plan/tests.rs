@@ -8,7 +8,8 @@ use bytes::Bytes;
 use crate::command::Command;
 use crate::state::codec::Codec;
 use crate::state::envelope;
-use crate::state::plan::{HEAVY_VALUE, Plan};
+use crate::state::plan::Plan;
+use crate::state::rules::{HEAVY_FAST_VALUE, HEAVY_VALUE};
 use crate::state::rules::{Rule, RuleConfig, Rules};
 use crate::state::scripts::ScriptKind;
 use crate::state::transform::{Transform, WriteShape};
@@ -490,4 +491,12 @@ fn only_large_writes_to_state_keys_are_planned_off_thread() {
     assert!(e.plan_is_heavy(&cmd(&[b"MSET", b"plain", b"x", b"s:1", &big])));
     assert!(!e.plan_is_heavy(&cmd(&[b"MSET", b"plain", &big])));
     assert!(!e.plan_is_heavy(&cmd(&[b"GET", b"s:1"])));
+    // The value of SETEX comes after the seconds.
+    assert!(e.plan_is_heavy(&cmd(&[b"SETEX", b"s:1", b"60", &big])));
+    // lz4 without a delta history costs about a copy: off-thread only from 256 KiB.
+    assert!(!e.plan_is_heavy(&cmd(&[b"SET", b"n:1", &big])));
+    assert!(!e.plan_is_heavy(&cmd(&[b"MSET", b"n:1", &big, b"s:1", b"small"])));
+    let huge = vec![b'x'; HEAVY_FAST_VALUE];
+    assert!(e.plan_is_heavy(&cmd(&[b"SET", b"n:1", &huge])));
+    assert!(e.plan_is_heavy(&cmd(&[b"MSET", b"s:1", b"small", b"n:1", &huge])));
 }
