@@ -100,18 +100,23 @@ static STATE: LazyLock<Entry> = LazyLock::new(|| Entry {
     index: 0,
 });
 
+/// A map of the table's names. The table is fixed before the first client connects and only
+/// read after, so client input cannot flood a bucket: a fast hash (foldhash) serves where
+/// SipHash, std's default, cost 2% of the proxy's CPU at pipeline 16 (one lookup a command).
+type Names = HashMap<Box<[u8]>, &'static Entry, foldhash::fast::FixedState>;
+
 /// Entries by upper-cased name ("GET", "CLIENT|KILL").
 struct Index {
-    by_name: HashMap<Box<[u8]>, &'static Entry>,
+    by_name: Names,
     /// Every row's name as Redis reports it, by [`Entry::index`] (0: "NULL").
     names: Vec<&'static str>,
     /// Containers' "unknown subcommand" rows, by container name.
-    unknown_sub: HashMap<Box<[u8]>, &'static Entry>,
+    unknown_sub: Names,
 }
 
 static INDEX: LazyLock<Index> = LazyLock::new(|| {
-    let mut by_name = HashMap::new();
-    let mut unknown_sub = HashMap::new();
+    let mut by_name = Names::default();
+    let mut unknown_sub = Names::default();
     let mut names = vec!["NULL"];
     let mut add = |spec: &'static Spec| {
         names.push(spec.name);

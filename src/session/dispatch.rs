@@ -85,7 +85,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
             // encoded on the blocking pool while this client's earlier replies keep flowing.
             Some(s) if s.plan_is_heavy(&cmd) => {
                 let s = arc_swap::Guard::into_inner(s);
-                match self.wait(crate::state::plan::plan_on_pool(s, cmd)).await {
+                match Box::pin(self.wait(crate::state::plan::plan_on_pool(s, cmd))).await {
                     Some((c, p)) => {
                         cmd = c;
                         p

@@ -228,7 +228,8 @@ impl Pipeline {
                                 let later = reshapes.split_off(
                                     reshapes.partition_point(|(i, _)| (*i as usize) < answered),
                                 );
-                                if let Err(f) = reshape_batch(Err(f), reshapes, &[], None).await
+                                if let Err(f) =
+                                    Box::pin(reshape_batch(Err(f), reshapes, &[], None)).await
                                     && !discard
                                 {
                                     out.push(&f.partial);
@@ -258,11 +259,13 @@ impl Pipeline {
                 if let (Some(red), Ok(replies)) = (&redirect, &mut r)
                     && replies.errors != 0
                 {
-                    moved = red.fix(replies).await;
+                    moved = Box::pin(red.fix(replies)).await;
                 }
                 if !reshapes.is_empty() {
                     let key = redirect.as_ref().map(|red| red.key.clone());
-                    r = reshape_batch(r, reshapes, &moved, key).await;
+                    // Boxed, as the other rare awaits here: every batch's settling would
+                    // otherwise carry a state reshape's future (about 1.7 KB).
+                    r = Box::pin(reshape_batch(r, reshapes, &moved, key)).await;
                 }
                 telemetry::round_trip(started.elapsed());
                 put_batch(out, r, &ids, discard);
