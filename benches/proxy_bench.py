@@ -13,6 +13,7 @@ Subcommands (see `proxy_bench.py SUBCOMMAND --help`):
   bench ...             run the case matrix, interleaving targets, write raw results as JSON
   memory ...            RSS of a proxy process empty and with N idle clients, as JSON
   report ...            aggregate JSON into markdown; --write replaces the generated block in a doc
+  probe ...             one client's round trips timed one by one (added latency to the microsecond)
 """
 
 import argparse
@@ -798,6 +799,78 @@ def cmd_callgrind_top(a):
     return 0
 
 
+# ---------------------------------------------------------------------------------------------
+# probe: one client, one request at a time, each round trip timed on its own
+
+def round_trips(port, request, reply_len, n):
+    """Times `n` sends of `request` on one connection, each waiting for its whole reply of
+    `reply_len` bytes; returns the round trips in nanoseconds."""
+    buf = bytearray(max(reply_len, 1 << 16))
+    view = memoryview(buf)
+    out = []
+    with socket.create_connection((HOST, port), timeout=10) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        clock = time.perf_counter_ns
+        for _ in range(n):
+            t0 = clock()
+            s.sendall(request)
+            got = 0
+            while got < reply_len:
+                k = s.recv_into(view[got:], len(buf) - got)
+                if k == 0:
+                    raise ConnectionError(f"port {port} closed the connection")
+                got += k
+            out.append(clock() - t0)
+            if got != reply_len:
+                raise ValueError(f"port {port}: {got} bytes of reply, expected {reply_len}")
+    return out
+
+
+def cmd_probe(a):
+    """redis-benchmark reports p50 in steps of 8 us, coarser than what a proxy adds at one
+    client. Here one client (this process, a raw socket, no parsing) sends a GET of a
+    --size-byte value and waits for it, --requests times per target and round, the targets
+    taking turns within each round; the client's own cost is the same for every target, so the
+    difference of medians is what the proxy adds."""
+    targets = [(k, int(v)) for k, v in (t.split("=", 1) for t in a.targets.split(","))]
+    direct = dict(targets).get("direct")
+    key = "probe:latency"
+    with socket.create_connection((HOST, direct or targets[0][1]), timeout=10) as s:
+        s.sendall(resp_cmd("SET", key, "x" * a.size))
+        if not read_reply_line(s, time.monotonic() + 5).startswith(b"+OK"):
+            raise SystemExit("probe: the SET of the probe key failed")
+    request = resp_cmd("GET", key)
+    reply_len = len(b"$%d\r\n" % a.size) + a.size + 2
+    samples = {name: [] for name, _ in targets}
+    for r in range(a.rounds):
+        order = targets[r % len(targets):] + targets[:r % len(targets)]
+        for name, port in order:
+            round_trips(port, request, reply_len, a.warmup)
+            samples[name] += round_trips(port, request, reply_len, a.requests)
+    def pct(xs, q):
+        xs = sorted(xs)
+        return xs[min(len(xs) - 1, int(q * len(xs)))] / 1000.0
+    base = pct(samples["direct"], 0.5) if "direct" in samples else None
+    lines = [
+        f"One client, GET of {a.size} B, {a.requests:,} timed round trips per target and round "
+        f"({a.warmup:,} untimed first), {a.rounds} round(s), targets taking turns; "
+        "microseconds, this client's own cost included (the same for every target).",
+        "",
+        "| target | p50 | p90 | p99 | added p50 |",
+        "|---|--:|--:|--:|--:|",
+    ]
+    for name, _ in targets:
+        xs = samples[name]
+        p50 = pct(xs, 0.5)
+        added = "" if base is None or name == "direct" else f"{p50 - base:+.1f}"
+        lines.append(f"| {name} | {p50:.1f} | {pct(xs, 0.9):.1f} | {pct(xs, 0.99):.1f} | {added} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(text)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -839,6 +912,14 @@ def main():
     p.add_argument("--requests", type=int, required=True)
     p.add_argument("--top", type=int, default=15)
     p.set_defaults(fn=cmd_callgrind_top)
+    p = sub.add_parser("probe")
+    p.add_argument("--targets", required=True, help="direct=PORT,statecar=PORT,twemproxy=PORT")
+    p.add_argument("--requests", type=int, default=20000)
+    p.add_argument("--warmup", type=int, default=2000)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--size", type=int, default=100)
+    p.add_argument("--out", default="")
+    p.set_defaults(fn=cmd_probe)
     p = sub.add_parser("report")
     p.add_argument("--results", required=True)
     p.add_argument("--memory", action="append")

@@ -14,6 +14,9 @@
 #   BENCH_KEYS=100000      keyspace (-r), prefilled so every GET hits a value of the case's size
 #   BENCH_CASES=all        or SIZE:PIPELINE:CLIENTS,... e.g. "100:1:50,4096:16:50"
 #   IDLE_CLIENTS=2000      idle connections for the memory measurement (0 skips it)
+#   PROBE_REQUESTS=20000   one client's GETs (100 B) timed one by one, per target and round, for
+#                          the added latency to the microsecond (redis-benchmark's p50 moves in
+#                          steps of 8 us); 0 skips it
 #   BENCH_WORKERS=         statecar [server] worker_threads (unset: statecar's default)
 #   BENCH_UPSTREAM_CONNS=  statecar [upstream] max_connections (unset: statecar's default)
 #   BENCH_METRICS=0        1 turns statecar's Prometheus listener on (as a sidecar usually runs)
@@ -51,6 +54,7 @@ BENCH_SECONDS=${BENCH_SECONDS:-3}
 BENCH_KEYS=${BENCH_KEYS:-100000}
 BENCH_CASES=${BENCH_CASES:-all}
 IDLE_CLIENTS=${IDLE_CLIENTS:-2000}
+PROBE_REQUESTS=${PROBE_REQUESTS:-20000}
 BENCH_WORKERS=${BENCH_WORKERS:-}
 BENCH_UPSTREAM_CONNS=${BENCH_UPSTREAM_CONNS:-}
 BENCH_METRICS=${BENCH_METRICS:-0}
@@ -65,7 +69,7 @@ done
 
 # The exact command, with the knobs that were set, for the report.
 CMD="benches/proxy_bench.sh"
-for v in ROUNDS BENCH_SECONDS BENCH_KEYS BENCH_CASES IDLE_CLIENTS BENCH_WORKERS BENCH_UPSTREAM_CONNS BENCH_METRICS BENCH_STATECAR_BIN; do
+for v in ROUNDS BENCH_SECONDS BENCH_KEYS BENCH_CASES IDLE_CLIENTS PROBE_REQUESTS BENCH_WORKERS BENCH_UPSTREAM_CONNS BENCH_METRICS BENCH_STATECAR_BIN; do
     if printenv "$v" >/dev/null; then CMD="$v=${!v} $CMD"; fi
 done
 [[ ${#ARGS_ORIG[@]} -gt 0 ]] && CMD="$CMD ${ARGS_ORIG[*]}"
@@ -172,6 +176,13 @@ PIDS+=("$BENCH_PID")
 wait "$BENCH_PID" || die "benchmark matrix failed"
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
+# One client, round trip by round trip, while the matrix's proxies are still up.
+if [[ $PROBE_REQUESTS -gt 0 ]]; then
+    python3 "$HELPER" probe --targets "direct=$P_REDIS,statecar=$P_SC,twemproxy=$P_TW" \
+        --requests "$PROBE_REQUESTS" --rounds "$ROUNDS" --out "$RUN/probe.md" >/dev/null \
+        || log "latency probe failed"
+fi
+
 SC_SHAPE=$(python3 "$HELPER" shape --pid "$PID_statecar" --upstream-port "$P_REDIS" 2>/dev/null) || SC_SHAPE="(unknown shape)"
 hwm() { awk '/VmHWM/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 HWM="statecar=$(hwm "$PID_statecar"),twemproxy=$(hwm "$PID_twemproxy")"
@@ -213,6 +224,11 @@ REPORT_ARGS=(report --results "$RUN/results.json" "${MEM_ARGS[@]}" --hwm "$HWM"
     --load-before "$LOAD_BEFORE" --load-after "$LOAD_AFTER")
 [[ -n $WRITE ]] && REPORT_ARGS+=(--write "$WRITE")
 python3 "$HELPER" "${REPORT_ARGS[@]}"
+if [[ -s $RUN/probe.md ]]; then
+    cp "$RUN/probe.md" "$ROOT/target/proxy-bench/probe-$STAMP.md"
+    printf '\n#### Added latency, one client, each round trip timed (`proxy_bench.py probe`)\n\n'
+    cat "$RUN/probe.md"
+fi
 log "raw results: target/proxy-bench/results-$STAMP.json"
 exit
 }
