@@ -86,8 +86,8 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Session<S> {
     ///
     /// Its own function, awaited boxed, because of its size: the wait inlines the reply path
     /// (settling a batch, reshaping state replies), about 3 KB of future, which every plain
-    /// command's future used to hold and copy (`memcpy` was 4% of the proxy's CPU at pipeline
-    /// 16 before).
+    /// command's futures used to hold, and move, along with a client's idle task
+    /// (docs/BENCHMARKS.md, "Smaller futures and a faster name lookup").
     async fn make_room(&mut self, n: usize, max: usize) -> bool {
         while self.pipeline.outstanding() > 0 && self.pipeline.outstanding() + n > max {
             if !self.settle().await {
