@@ -72,16 +72,25 @@ async fn a_thousand_idle_connections_are_served_and_released() {
     assert_eq!(warm.cmd(&["PING"]).await, Frame::Simple("PONG".into()));
 }
 
-/// Redis's CLIENT LIST lines of connections opened as `user` on database `db`.
-async fn upstream_conns(direct: &mut RawConn, user: &str, db: u32) -> usize {
+/// Redis's client ids of the connections opened as `user` on database `db` (CLIENT LIST).
+async fn upstream_ids(direct: &mut RawConn, user: &str, db: u32) -> Vec<String> {
     let Frame::Bulk(list) = direct.cmd(&["CLIENT", "LIST"]).await else {
         panic!("CLIENT LIST did not answer a bulk string")
     };
     let (u, d) = (format!(" user={user} "), format!(" db={db} "));
-    String::from_utf8_lossy(&list)
+    let mut ids: Vec<String> = String::from_utf8_lossy(&list)
         .lines()
         .filter(|l| l.contains(&u) && l.contains(&d))
-        .count()
+        .filter_map(|l| l.strip_prefix("id="))
+        .filter_map(|l| l.split(' ').next().map(str::to_string))
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// How many connections Redis has open as `user` on database `db`.
+async fn upstream_conns(direct: &mut RawConn, user: &str, db: u32) -> usize {
+    upstream_ids(direct, user, db).await.len()
 }
 
 /// A client that SELECTs another database or AUTHs as an ACL user makes statecar open shared
@@ -140,4 +149,47 @@ async fn shared_connections_nobody_uses_are_closed() {
     assert_eq!(back.cmd(&["GET", "k3"]).await, bulk("v"));
     assert_eq!(back.cmd(&["ACL", "WHOAMI"]).await, bulk("agent"));
     assert!(upstream_conns(&mut direct, "agent", 3).await > 0);
+}
+
+/// "Unused" means no client was assigned a connection of the pool for the whole timeout, not
+/// only that none was connected when the sweeps looked: clients that each connect for a moment
+/// (a worker per request) keep the pool, and its connections, open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_come_and_go_keep_their_pool() {
+    let (redis, sc) = start_pair("[upstream]\npool_idle_timeout_ms = 600\nmax_connections = 2\n");
+    let mut direct = RawConn::connect(redis.port()).await;
+    let setuser = ["ACL", "SETUSER", "agent", "on", ">pw", "~*", "+@all"];
+    assert_eq!(direct.cmd(&setuser).await, ok());
+    let mut first = RawConn::connect(sc.port()).await;
+    assert_eq!(first.cmd(&["AUTH", "agent", "pw"]).await, ok());
+    assert_eq!(first.cmd(&["SELECT", "3"]).await, ok());
+    assert_eq!(first.cmd(&["SET", "k", "v"]).await, ok());
+    drop(first);
+    // The pool's two connections, once both are up.
+    eventually("agent's db 3 pool open", async || {
+        upstream_conns(&mut direct, "agent", 3).await == 2
+    })
+    .await;
+    let opened = upstream_ids(&mut direct, "agent", 3).await;
+    // Connected for a few milliseconds out of every 50, for 3 s (10 sweeps, 5 timeouts): the
+    // sweeps nearly always find the pool without a client.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let mut c = RawConn::connect(sc.port()).await;
+        assert_eq!(c.cmd(&["AUTH", "agent", "pw"]).await, ok());
+        assert_eq!(c.cmd(&["SELECT", "3"]).await, ok());
+        assert_eq!(c.cmd(&["GET", "k"]).await, bulk("v"));
+        drop(c);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        upstream_ids(&mut direct, "agent", 3).await,
+        opened,
+        "the pool of clients that came every 50 ms was closed and opened again"
+    );
+    // Once they stop coming, it is closed.
+    eventually("agent's db 3 connections closed", async || {
+        upstream_conns(&mut direct, "agent", 3).await == 0
+    })
+    .await;
 }

@@ -59,22 +59,26 @@ impl Endpoint {
 struct Pool {
     shared: Vec<SharedConn>,
     next: AtomicUsize,
-    /// When a sweep first found no client on any of its connections; None while in use.
+    /// When a sweep found no client on any of its connections, with none assigned one since;
+    /// None while in use.
     unused_since: Mutex<Option<Instant>>,
 }
 
 impl Pool {
+    fn unused_since(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.unused_since.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Whether no client holds any of its connections (only the pool itself does).
     fn unused(&self) -> bool {
         self.shared.iter().all(|c| c.users() == 0)
     }
 
-    /// Whether it has been unused for `idle` by `now`, as far as sweeps have seen.
+    /// Whether it has been unused for `idle` by `now`: no client held a connection of it at
+    /// any sweep since `idle` ago, and none was assigned one in between ([`Pool::pick`]), so
+    /// clients that come and go between two sweeps keep it open.
     fn idle_for(&self, now: Instant, idle: Duration) -> bool {
-        let mut since = match self.unused_since.lock() {
-            Ok(s) => s,
-            Err(p) => p.into_inner(),
-        };
+        let mut since = self.unused_since();
         if !self.unused() {
             *since = None;
             return false;
@@ -82,7 +86,9 @@ impl Pool {
         now.saturating_duration_since(*since.get_or_insert(now)) >= idle
     }
 
+    /// A connection for a client that starts using the pool (which is then in use again).
     fn pick(&self) -> SharedConn {
+        *self.unused_since() = None;
         let now = Instant::now();
         if let Some(c) = self
             .shared
